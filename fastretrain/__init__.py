@@ -1,0 +1,13 @@
+"""fastretrain: faster and better fine-tuning of image CNNs, one small engine with composable strategies."""
+from .config import TrainConfig
+from .data import DataBundle, from_arrays, from_folder, load_data
+from .engine import Engine, SkipBatch, StopFit, Strategy
+from .errors import FastRetrainError
+from .methods import METHODS, register_method
+from .models import create_model, list_models, register_model
+from .run import build_engine, make_config, train
+
+__version__ = "0.1.0"
+__all__ = ["TrainConfig", "DataBundle", "from_arrays", "from_folder", "load_data", "Engine", "SkipBatch", "StopFit",
+           "Strategy", "FastRetrainError", "METHODS", "register_method", "create_model", "list_models",
+           "register_model", "build_engine", "make_config", "train"]  # fmt: skip

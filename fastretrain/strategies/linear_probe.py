@@ -1,0 +1,51 @@
+"""Linear probe: a frozen backbone whose pooled features are computed once (eval transform, no
+augmentation) and cached; only the classifier trains, on the cache. The standard transfer baseline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import FeatureTensors
+from ..engine import Strategy
+from ..methods import register_method
+from ..models import FeatureTap, classifier
+
+
+@dataclass
+class LinearProbe(Strategy):
+    order = -100  # sets up data and net before anything else looks at them
+
+    def before_fit(self, engine) -> None:
+        head = classifier(engine.model)
+        for p in engine.model.parameters():
+            p.requires_grad_(False)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        self._images = (engine.train_data, engine.test_data)
+        engine.train_data = self._cache(engine, engine.train_data, head)
+        engine.test_data = self._cache(engine, engine.test_data, head)
+        engine.set_net(head)
+        engine.rebuild_optimizer()
+
+    @staticmethod
+    @torch.no_grad()
+    def _cache(engine, data, head) -> FeatureTensors:
+        """Features (N, d) of every image, the backbone run once; every rank gets all of them."""
+        engine.model.eval()
+        tap = FeatureTap(head)
+        feats = []  # extraction counts as training time: it is the method's cost
+        for x, _ in engine.batches(data, train=False, shard=False):
+            with engine.autocast():
+                engine.model(x)
+            feats.append(tap.value.float().flatten(1))
+        tap.close()
+        return FeatureTensors(torch.cat(feats), data.y.to(engine.device))
+
+    def after_fit(self, engine) -> None:
+        engine.train_data, engine.test_data = self._images
+        engine.set_net(engine.model)
+
+
+register_method("linear-probe", LinearProbe, defaults={"lr": 0.01, "epochs": 10},
+                help="frozen backbone, features cached once, only the classifier trains")  # fmt: skip
