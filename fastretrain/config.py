@@ -10,41 +10,48 @@ from typing import Any
 from .errors import FastRetrainError
 
 
+def _f(default, help: str):
+    """A dataclass field with the CLI help text kept next to it."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # data
-    data: str = "fashion-mnist"  # dataset name (`fastretrain datasets`) or a folder / .zip / .npz path
-    data_root: str | None = None  # where named datasets live (default: $FASTRETRAIN_DATA, ../shared/data)
-    image_size: int = 64  # pixels, square; the engine's input size (a strategy may change it)
-    val_split: float = 0.2  # fraction held out per class when the data has no test split
-    max_train: int | None = None  # keep at most this many training images (stratified), for quick runs
-    skip_bad_images: bool = False  # warn and skip unreadable images instead of stopping
+    data: str = _f("fashion-mnist", "dataset name (see `fastretrain datasets`) or a path: image folder, .zip, or .npz")
+    data_root: str | None = _f(None, "folder holding the named datasets (default: $FASTRETRAIN_DATA, then ../shared/data)")
+    image_size: int = _f(64, "input size in pixels (square); images are stored at size/0.875 and cropped")
+    val_split: float = _f(0.2, "fraction of each class held out as test set when the data has no test split")
+    max_train: int | None = _f(None, "keep at most this many training images (stratified), for quick runs")
+    skip_bad_images: bool = _f(False, "warn about and skip unreadable images instead of stopping")
     # model
-    model: str = "tf_efficientnet_lite0"
-    pretrained: bool = False  # load the shipped ImageNet weights
-    weights: str | None = None  # a user's weight file (.safetensors / .pt)
+    model: str = _f("tf_efficientnet_lite0", "model name: this package's, timm's, or tv:NAME for torchvision (see `fastretrain models`)")
+    pretrained: bool = _f(False, "load the ImageNet weights shipped for this model (tf_efficientnet_lite0/1/2)")
+    weights: str | None = _f(None, "load a weight file (.safetensors or .pt state_dict); a head of another size is skipped")
     # method
-    method: str = "sgdm"  # one or more method names, comma separated
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {method: {field: value}}
+    method: str = _f("sgdm", "training method(s), comma separated, e.g. fast-retrain,rifle (see `fastretrain methods`)")
+    options: dict[str, dict[str, Any]] = _f({}, "per-method options {method: {field: value}}; CLI: -o method.field=value")
     # optimisation
-    epochs: int = 5
-    batch_size: int = 32  # per process
-    lr: float = 0.01  # base learning rate (per batch of batch_size)
-    optimizer: str = "sgd"  # sgd (with momentum) | adamw
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # see fastretrain.schedules
-    label_smoothing: float = 0.0
+    epochs: int = _f(5, "training epochs")
+    batch_size: int = _f(32, "images per batch, per process")
+    lr: float = _f(0.01, "base learning rate (peak of the schedule)")
+    optimizer: str = _f("sgd", "sgd (with momentum) or adamw")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
+    schedule: str = _f("cosine", "LR schedule: constant, cosine, onecycle, step:E1,E2, piecewise:MxE,..., cyclic:P")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     # run
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool | None = None  # bf16 autocast; None = on for CUDA, off for CPU
-    channels_last: bool | None = None  # None = on for CUDA, off for CPU
-    deterministic: bool = False  # torch.use_deterministic_algorithms
-    out: str = "runs/latest"
-    resume: bool = False
-    progress: bool = True
-    save_checkpoint: bool = True
+    seed: int = _f(0, "seed of everything random: split, head init, shuffling, augmentation, strategies")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool | None = _f(None, "bf16 autocast (default: on for CUDA, off for CPU)")
+    channels_last: bool | None = _f(None, "channels-last memory format (default: on for CUDA, off for CPU)")
+    deterministic: bool = _f(False, "use deterministic algorithms only (slower on GPU)")
+    out: str = _f("runs/latest", "output folder: config, metrics.jsonl, summary.json, weights, checkpoint")
+    resume: bool = _f(False, "continue the run in --out from its checkpoint")
+    progress: bool = _f(True, "show a progress bar per epoch and a line per epoch")
+    save_checkpoint: bool = _f(True, "write a checkpoint after every epoch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,17 +69,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FastRetrainError(f"config file not found: {path}")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
-        return cls.from_dict(d)
+        return cls.from_dict(read_config_file(path))
 
     def validate(self) -> None:
         checks = [
@@ -87,3 +84,23 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise FastRetrainError(msg)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The fields a YAML/JSON config file sets (checked against TrainConfig)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastRetrainError(f"config file not found: {path}")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(path.read_text()) or {}
+        else:
+            d = json.loads(path.read_text())
+    except Exception as e:  # noqa: BLE001 - any parse error is the file's
+        raise FastRetrainError(f"cannot parse config file {path}: {e}") from e
+    if not isinstance(d, dict):
+        raise FastRetrainError(f"config file {path} must hold a mapping of TrainConfig fields")
+    TrainConfig.from_dict(d)  # validates the keys
+    return d

@@ -1,0 +1,220 @@
+"""Command line: `fastretrain train | eval | bench | demo | models | methods | datasets`.
+
+Every `train` option maps one-to-one onto a TrainConfig field; errors in the user's input end the
+program with one line naming the problem and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .config import TrainConfig, read_config_file
+from .errors import FastRetrainError
+
+DEMO_METHODS = ["sgdm", "linear-probe", "freeze-unfreeze", "fast-retrain", "rifle", "kernel-rescale"]
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_options(items: list[str] | None) -> dict[str, dict]:
+    """['rifle.period=2', 'mp-refine.lam=0.5'] -> {'rifle': {'period': 2}, 'mp-refine': {'lam': 0.5}}."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not (eq and dot and method and name):
+            raise FastRetrainError(f"bad option {item!r}: expected METHOD.FIELD=VALUE, e.g. rifle.period=2")
+        out.setdefault(method, {})[name.replace("-", "_")] = _parse_value(value)
+    return out
+
+
+def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
+    """One --flag per TrainConfig field (default None: 'not given', so method defaults can apply)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip or f.name == "options":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if isinstance(default, bool) or f.type in ("bool | None", "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(type(default).__name__, str)
+            if f.type == "int | None":
+                kind = int
+            p.add_argument(flag, type=kind, default=None, help=help_text)
+    p.add_argument("-o", "--option", action="append", metavar="METHOD.FIELD=VALUE",
+                   help="a method's option, e.g. -o rifle.period=2 (repeatable; see `fastretrain methods`)")  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON file of TrainConfig fields; command-line flags override it")
+
+
+def _config_from_args(args, skip=()) -> TrainConfig:
+    from .run import make_config
+
+    # only what the file states explicitly, so method defaults still apply to the rest
+    given = read_config_file(args.config) if args.config else {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in skip and f.name != "options" and getattr(args, f.name, None) is not None:
+            given[f.name] = getattr(args, f.name)
+    opts = parse_options(args.option)
+    if opts:
+        merged = dict(given.get("options") or {})
+        for k, v in opts.items():
+            merged[k] = {**merged.get(k, {}), **v}
+        given["options"] = merged
+    return make_config(**given)
+
+
+def cmd_train(args) -> int:
+    from .run import train
+
+    cfg = _config_from_args(args)
+    s = train(cfg)
+    print(f"done: best test acc {s['best_test_acc']:.4f}, final {s['final_test_acc']:.4f}, "
+          f"training wall time {s['wall_seconds']:.1f}s -> {cfg.out}")  # fmt: skip
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import load_data
+    from .engine import Engine
+    from .models import create_model
+    from .run import resolve_device
+
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise FastRetrainError(f"not a run folder (no config.json): {run}")
+    cfg = TrainConfig.load(run / "config.json")
+    cfg.data = args.data or cfg.data
+    weights = run / f"model_{args.which}.safetensors"
+    if not weights.is_file():
+        raise FastRetrainError(f"weights not found: {weights}")
+    data = load_data(cfg.data, cfg.image_size, cfg.val_split, cfg.seed, cfg.skip_bad_images, cfg.data_root)
+    model = create_model(cfg.model, data.num_classes)
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as e:
+        raise FastRetrainError(f"{weights} does not fit {cfg.model} with {data.num_classes} classes: {str(e).splitlines()[0]}") from e
+    cfg.method, cfg.options = "sgdm", {}
+    engine = Engine(model, data, cfg, device=resolve_device(args.device or cfg.device))
+    with torch.no_grad():
+        loss, acc = engine.evaluate()
+    print(json.dumps({"run": str(run), "weights": weights.name, "data": data.name, "test_images": len(data.test),
+                      "test_loss": round(loss, 6), "test_acc": round(acc, 6)}))  # fmt: skip
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import compare
+
+    cfg = _config_from_args(args, skip=("method", "seed", "out"))
+    base = {k: v for k, v in cfg.to_dict().items() if k not in ("method", "seed", "out", "resume")}
+    base["progress"] = False
+    res = compare(base, args.methods, list(range(args.seeds)), args.out, baseline=args.baseline)
+    print(res["table"])
+    print(f"\nwritten: {args.out}/results.md, results.json, accuracy_vs_time.png")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .bench import compare
+    from .methods import METHODS
+    from .run import _strategies  # noqa: F401 - registers methods
+
+    methods = [m for m in DEMO_METHODS if m in METHODS]
+    base = {"data": "fashion-mnist", "model": "tf_efficientnet_lite0", "pretrained": True, "image_size": 32,
+            "epochs": 2 if args.quick else 4, "batch_size": 32, "lr": 0.01, "schedule": "cosine", "device": args.device,
+            "progress": False}  # fmt: skip
+    print(f"demo: fine-tuning ImageNet-pretrained EfficientNet-Lite0 on the bundled Fashion-MNIST subset "
+          f"(2,000 train / 1,000 test, {base['image_size']} px, {base['epochs']} epochs) with: {', '.join(methods)}\n")  # fmt: skip
+    res = compare(base, methods, [0], args.out, baseline="sgdm", title="demo: Lite0 on Fashion-MNIST (2k/1k)")
+    print("\n" + res["table"])
+    print(f"\nplot: {args.out}/accuracy_vs_time.png   table: {args.out}/results.md")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.command == "models":
+        from .models import MODELS, PRETRAINED_FILES, list_models
+
+        names = [n for n in list_models() if not args.filter or args.filter in n]
+        print("with shipped ImageNet weights (--pretrained): " + ", ".join(PRETRAINED_FILES))
+        print("this package's: " + ", ".join(sorted(MODELS)))
+        print(f"{len(names)} models" + (f" matching {args.filter!r}" if args.filter else "") + ":")
+        print("\n".join(names[:200]) + ("\n..." if len(names) > 200 else ""))
+    elif args.command == "methods":
+        from .methods import METHODS
+        from .run import _strategies  # noqa: F401
+
+        for m in METHODS.values():
+            opts = ""
+            if m.strategy is not None and dataclasses.is_dataclass(m.strategy):
+                opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.strategy))
+            parts = f" = {' + '.join(m.parts)}" if m.parts else ""
+            print(f"{m.name}{parts}: {m.help}" + (f"\n    options: {opts}" if opts else "") + (f"\n    defaults: {m.defaults}" if m.defaults else ""))
+    else:
+        from .data import DATASETS
+
+        print("\n".join(DATASETS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastretrain", description="Faster and better fine-tuning of image CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one model with one or more methods")
+    _add_config_args(t)
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run's weights on its (or another) test set")
+    e.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
+    e.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
+    e.add_argument("--data", help="evaluate on this dataset instead of the run's")
+    e.add_argument("--device", help="auto, cpu, cuda (default: the run's)")
+    e.set_defaults(fn=cmd_eval)
+    b = sub.add_parser("bench", help="run several methods side by side (seeds × methods) and write table + plot")
+    b.add_argument("--methods", nargs="+", required=True, help="methods to compare; `a,b` composes a and b")
+    b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    b.add_argument("--baseline", default="sgdm", help="method whose best accuracy is the time-to-target (default: sgdm)")
+    b.add_argument("--out", default="runs/bench", help="output folder (finished cells are reused)")
+    _add_config_args(b, skip=("method", "seed", "out"))
+    b.set_defaults(fn=cmd_bench)
+    d = sub.add_parser("demo", help="the main job on the bundled data: compare methods, print a table, write a plot")
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--quick", action="store_true", help="2 epochs instead of 4")
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    d.set_defaults(fn=cmd_demo)
+    for name, text in (("models", "list model names"), ("methods", "list methods and their options"), ("datasets", "list named datasets")):
+        m = sub.add_parser(name, help=text)
+        if name == "models":
+            m.add_argument("filter", nargs="?", help="substring to filter by")
+        m.set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FastRetrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last finished epoch is in the checkpoint (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
