@@ -79,8 +79,11 @@ def cmd_train(args) -> int:
 
     cfg = _config_from_args(args)
     s = train(cfg)
-    print(f"done: best test acc {s['best_test_acc']:.4f}, final {s['final_test_acc']:.4f}, "
-          f"training wall time {s['wall_seconds']:.1f}s -> {cfg.out}")  # fmt: skip
+    from . import distributed
+
+    if distributed.is_main():
+        print(f"done: best test acc {s['best_test_acc']:.4f}, final {s['final_test_acc']:.4f}, "
+              f"training wall time {s['wall_seconds']:.1f}s -> {cfg.out}")  # fmt: skip
     return 0
 
 
