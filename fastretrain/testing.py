@@ -1,0 +1,61 @@
+"""Helpers for tests and examples: tiny learnable image data, and running a function on K gloo processes."""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import torch
+
+from .data import DataBundle, from_arrays
+
+
+def tiny_images(n_per_class: int = 16, classes: int = 3, size: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, size, size, 3) images whose class sets a colour and a stripe orientation, plus noise."""
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    base = torch.rand(classes, 3, generator=torch.Generator().manual_seed(1234)) * 200 + 20  # per-class colour, fixed
+    g = torch.Generator().manual_seed(seed)  # the noise
+    ii = torch.arange(size).float()
+    xs = []
+    for c in y.tolist():
+        stripes = torch.sin(ii[:, None] * (1 + c) * 0.9 + ii[None, :] * 0.3 * c) * 40  # (size, size)
+        img = base[c][None, None, :] + stripes[..., None] + torch.randn(size, size, 3, generator=g) * 20
+        xs.append(img.clamp(0, 255))
+    return torch.stack(xs).round().to(torch.uint8), y
+
+
+def tiny_bundle(n_per_class: int = 16, classes: int = 3, size: int = 12, image_size: int = 16, seed: int = 0) -> DataBundle:
+    """A small learnable DataBundle for tests (test set drawn with another seed)."""
+    xtr, ytr = tiny_images(n_per_class, classes, size, seed)
+    xte, yte = tiny_images(max(n_per_class // 2, 2), classes, size, seed + 1000)
+    return from_arrays(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), image_size, name="tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn, args) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_processes(fn, world: int = 2, args=()) -> None:
+    """Run fn(rank, *args) in `world` spawned processes joined in a gloo process group on 127.0.0.1.
+
+    `fn` must be importable (a module-level function). Raises if any process fails.
+    """
+    import torch.multiprocessing as mp
+
+    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def scratch_dir() -> str:
+    return tempfile.mkdtemp(prefix="fastretrain-test-")
