@@ -253,7 +253,7 @@ class Engine:
         if dist.all_reduce_sum(bad).item() > 0:
             where = f" (last good checkpoint: {self.out / CHECKPOINT})" if self.out and self.epoch > 0 else ""
             raise NonFiniteLossError(
-                f"training loss is {float(self.loss):.4g} at epoch {self.epoch + 1}, batch {self.iter + 1}; "
+                f"training loss is {float(self.loss.detach()):.4g} at epoch {self.epoch + 1}, batch {self.iter + 1}; "
                 f"stopped (try a lower --lr){where}"
             )
 
@@ -270,45 +270,55 @@ class Engine:
         self.model.train()
         self._sync()
         t0 = time.perf_counter()
-        self._call("before_epoch")
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
         bar = tqdm(total=self.num_batches(), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
                    leave=False, dynamic_ncols=True, disable=not (self.cfg.progress and dist.is_main() and sys.stderr.isatty()))  # fmt: skip
-        for self.iter, (self.x, self.y) in enumerate(self.batches(train=True)):
-            try:
-                self._call("before_batch")
-                self._set_lr()
-                with self.autocast():
-                    self.logits = self.net(self.x)
-                    self.loss = self.loss_fn(self.logits.float(), self.y)
-                self._call("after_loss")
-                self._check_finite()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.loss.backward()
-                self._call("before_step")
-                self.optimizer.step()
-                self._call("after_step")
-            except SkipBatch:
-                continue
-            finally:
-                bar.update(1)
-            b = len(self.y)
-            sums += torch.stack([self.loss.detach().double() * b, (self.logits.argmax(1) == self.y).sum().double(),
-                                 torch.tensor(b, device=self.device, dtype=torch.float64)])  # fmt: skip
-            if self.iter % 10 == 0 and not bar.disable:
-                loss, correct, count = sums.tolist()
-                bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}",
-                                img_s=f"{count * dist.world() / (time.perf_counter() - t0):.0f}")  # fmt: skip
-        bar.close()
-        if self.device.type != "cpu" and hasattr(self, "loss"):
-            self._check_finite(force=True)
-        self._call("after_epoch")
+        stop = False
+        try:
+            self._call("before_epoch")
+            for self.iter, (self.x, self.y) in enumerate(self.batches(train=True)):
+                try:
+                    self._train_batch()
+                except SkipBatch:
+                    continue
+                finally:
+                    bar.update(1)
+                b = len(self.y)
+                sums += torch.stack([self.loss.detach().double() * b, (self.logits.argmax(1) == self.y).sum().double(),
+                                     torch.tensor(b, device=self.device, dtype=torch.float64)])  # fmt: skip
+                if self.iter % 10 == 0 and not bar.disable:
+                    loss, correct, count = sums.tolist()
+                    bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}",
+                                    img_s=f"{count * dist.world() / (time.perf_counter() - t0):.0f}")  # fmt: skip
+            if self.device.type != "cpu" and hasattr(self, "loss"):
+                self._check_finite(force=True)
+            self._call("after_epoch")
+        except StopFit:
+            stop = True
+        finally:
+            bar.close()
         self._sync()
         seconds = time.perf_counter() - t0 - self._untimed
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
         self.wall_seconds += seconds
         self.log.update(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1), epoch_seconds=seconds,
                         wall_seconds=self.wall_seconds, images_per_second=count / seconds, lr=self.lr)  # fmt: skip
+        if stop:
+            raise StopFit
+
+    def _train_batch(self) -> None:
+        self._call("before_batch")
+        self._set_lr()
+        with self.autocast():
+            self.logits = self.net(self.x)
+            self.loss = self.loss_fn(self.logits.float(), self.y)
+        self._call("after_loss")
+        self._check_finite()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss.backward()
+        self._call("before_step")
+        self.optimizer.step()
+        self._call("after_step")
 
     def _end_epoch(self) -> None:
         test_loss, test_acc = self.evaluate()
@@ -343,17 +353,13 @@ class Engine:
             (self.out / "metrics.jsonl").write_text("")
         try:
             for self.epoch in range(self.start_epoch, self.cfg.epochs):
-                stop = False
                 try:
                     self._train_epoch()
                 except StopFit:
-                    stop = True
-                    if "train_loss" not in self.log:
-                        break
-                self._end_epoch()
-                if stop:
+                    self._end_epoch()  # the epoch's training is done: evaluate and save it, then stop
                     break
-        except StopFit:
+                self._end_epoch()
+        except StopFit:  # raised in after_eval
             pass
         self._call("after_fit")
         return self._finish()

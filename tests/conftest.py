@@ -1,0 +1,16 @@
+import pytest
+
+from fastretrain.config import TrainConfig
+from fastretrain.testing import tiny_bundle
+
+
+@pytest.fixture
+def bundle():
+    return tiny_bundle()
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """A fast CPU config for a tiny model; tests override fields as needed."""
+    return TrainConfig(model="tiny-cnn", epochs=2, image_size=16, batch_size=8, lr=0.05, device="cpu",
+                       progress=False, out=str(tmp_path / "run"))  # fmt: skip

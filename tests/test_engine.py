@@ -1,0 +1,155 @@
+"""Engine: event order, composition, control exceptions, optimizer rebuild, resume exactness, NaN guard."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fastretrain import SkipBatch, StopFit, Strategy, build_engine, train
+from fastretrain.engine import EVENTS
+from fastretrain.errors import NonFiniteLossError
+from safetensors.torch import load_file
+
+
+class Recorder(Strategy):
+    def __init__(self, log, tag="r", order=0):
+        self.events, self.tag, self.order = log, tag, order
+
+    def __getattr__(self, name):
+        if name in EVENTS:
+            return lambda engine: self.events.append((self.tag, name))
+        raise AttributeError(name)
+
+
+def test_event_order(cfg, bundle):
+    log = []
+    cfg.epochs, cfg.out = 2, None
+    engine = build_engine(cfg, bundle, strategies=[Recorder(log)])
+    n = engine.num_batches()
+    engine.fit()
+    names = [e for _, e in log]
+    per_batch = ["before_batch", "after_loss", "before_step", "after_step"]
+    per_epoch = ["before_epoch", *per_batch * n, "after_epoch", "after_eval"]
+    assert names == ["before_fit", *per_epoch * 2, "after_fit"]
+
+
+def test_strategies_run_by_order_and_compose(cfg, bundle):
+    log = []
+    cfg.epochs, cfg.out = 1, None
+    build_engine(cfg, bundle, strategies=[Recorder(log, "late", order=10), Recorder(log, "early", order=-5)]).fit()
+    assert log[:2] == [("early", "before_fit"), ("late", "before_fit")]
+    assert sum(1 for t, e in log if e == "after_step") == 2 * sum(1 for t, e in log if e == "after_step" and t == "late")
+
+
+class SkipOdd(Strategy):
+    def before_batch(self, engine):
+        if engine.iter % 2:
+            raise SkipBatch
+
+
+class StopAfterFirstEpoch(Strategy):
+    def after_epoch(self, engine):
+        raise StopFit
+
+
+def test_skip_batch_and_stop_fit(cfg, bundle):
+    steps = []
+
+    class Count(Strategy):
+        order = 1
+
+        def after_step(self, engine):
+            steps.append(engine.iter)
+
+    cfg.epochs, cfg.out = 3, None
+    engine = build_engine(cfg, bundle, strategies=[SkipOdd(), StopAfterFirstEpoch(), Count()])
+    summary = engine.fit()
+    assert steps == list(range(0, engine.num_batches(), 2))  # odd batches skipped: no step
+    assert summary["epochs"] == 1 and len(engine.history) == 1  # stopped after the first epoch, which was evaluated
+
+
+def test_rebuild_keeps_momentum_of_kept_and_returning_params(cfg, bundle):
+    cfg.out = None
+    engine = build_engine(cfg, bundle)
+    engine.fit()
+    named = dict(engine.model.named_parameters())
+    before = {n: engine.optimizer.state[p]["momentum_buffer"].clone() for n, p in named.items()}
+    frozen = "features.0.0.weight"
+    named[frozen].requires_grad_(False)
+    engine.rebuild_optimizer()
+    opt_params = {id(p) for g in engine.optimizer.param_groups for p in g["params"]}
+    assert id(named[frozen]) not in opt_params
+    for n, p in named.items():
+        if n != frozen:
+            assert torch.equal(engine.optimizer.state[p]["momentum_buffer"], before[n]), n
+    named[frozen].requires_grad_(True)  # thaws: its buffer comes back
+    engine.rebuild_optimizer()
+    assert torch.equal(engine.optimizer.state[named[frozen]]["momentum_buffer"], before[frozen])
+
+
+def test_frozen_param_gets_no_update_not_even_weight_decay(cfg, bundle):
+    cfg.out, cfg.weight_decay, cfg.epochs = None, 0.1, 1
+    engine = build_engine(cfg, bundle)
+    p = engine.model.features[0][0].weight
+    p.requires_grad_(False)
+    engine.rebuild_optimizer()
+    w0 = p.detach().clone()
+    engine.fit()
+    assert torch.equal(p, w0)
+
+
+class Interrupt(Strategy):
+    def before_epoch(self, engine):
+        if engine.epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_is_bit_exact(tmp_path, cfg, bundle, optimizer):
+    cfg.epochs, cfg.optimizer, cfg.deterministic = 3, optimizer, True
+    straight = dataclasses.replace(cfg, out=str(tmp_path / "straight"))
+    train(straight, bundle=bundle)
+    broken = dataclasses.replace(cfg, out=str(tmp_path / "broken"))
+    with pytest.raises(KeyboardInterrupt):
+        train(broken, bundle=bundle, strategies=[Interrupt()])
+    assert len((tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()) == 1
+    train(dataclasses.replace(broken, resume=True), bundle=bundle)
+    a = load_file(str(tmp_path / "straight" / "model_final.safetensors"))
+    b = load_file(str(tmp_path / "broken" / "model_final.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(x) for x in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert [x["test_acc"] for x in lines] == [x["test_acc"] for x in ref]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cfg, bundle):
+    class Poison(Strategy):
+        def after_loss(self, engine):
+            if engine.epoch == 1:
+                engine.loss = engine.loss * float("nan")
+
+    cfg.epochs = 3
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at epoch 2"):
+        train(cfg, bundle=bundle, strategies=[Poison()])
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_metrics_and_outputs(cfg, bundle, tmp_path):
+    summary = train(cfg, bundle=bundle)
+    out = tmp_path / "run"
+    for f in ("config.json", "metrics.jsonl", "summary.json", "model_final.safetensors", "model_best.safetensors", "checkpoint.pt"):
+        assert (out / f).is_file(), f
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "wall_seconds", "images_per_second"}
+    assert all(keys <= set(x) for x in lines)
+    assert all(0 <= x["test_acc"] <= 1 and 0 <= x["train_acc"] <= 1 for x in lines)
+    assert lines[-1]["wall_seconds"] == pytest.approx(sum(x["epoch_seconds"] for x in lines), rel=0.05, abs=0.5)
+    on_disk = json.loads((out / "summary.json").read_text())
+    for k in ("best_test_acc", "final_test_acc", "wall_seconds", "epochs", "method", "model"):
+        assert on_disk[k] == summary[k]
+    assert summary["best_test_acc"] == max(x["test_acc"] for x in lines)
