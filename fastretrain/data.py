@@ -89,23 +89,28 @@ def _boxes_random_resized(n: int, s: int, generator, scale=(0.35, 1.0), ratio=(3
 
 
 def prepare_images(x: torch.Tensor, train: bool, size: int, norm, generator=None) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> normalised float (B, 3, size, size); random crop + flip when `train`."""
+    """uint8 (B, 3, S, S) -> normalised float (B, 3, size, size).
+
+    train: per-sample random resized crop + horizontal flip. Eval: the central 87.5% (exactly `size`
+    pixels when S = size/0.875, else resized to `size`, antialiased).
+    """
     b, _, s, _ = x.shape
-    xf = x.float()
     if train:
         boxes = _boxes_random_resized(b, s, generator)
+        rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes], 1).to(x.device)
+        out = roi_align(x.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        out[flip] = out[flip].flip(-1)
     else:
-        m = s * (1 - CROP_PCT) / 2
-        boxes = torch.tensor([[m, m, s - m, s - m]]).expand(b, 4)
-    rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes], 1).to(x.device)
-    out = roi_align(xf, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # (B, 3, size, size)
-    if train:
-        flip = torch.rand(b, generator=generator) < 0.5
-        out[flip.to(x.device)] = out[flip.to(x.device)].flip(-1)
+        c = size if store_size(size) == s else min(s, int(round(s * CROP_PCT)))
+        t = (s - c) // 2
+        out = x[..., t : t + c, t : t + c].float()
+        if c != size:
+            out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean, std = norm
     mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255
-    return (out - mean) / std
+    return (out - mean) / std  # (B, 3, size, size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,7 +137,7 @@ def resize_square(x: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _to_nchw_uint8(x) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(x))
+    x = torch.as_tensor(np.array(x))
     if x.dtype != torch.uint8:
         if x.is_floating_point() and float(x.max()) <= 1.0:
             x = x * 255
@@ -149,7 +154,7 @@ def _to_nchw_uint8(x) -> torch.Tensor:
 
 
 def _labels(y, num_classes: int | None, what: str) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(y)).long().flatten()
+    y = torch.as_tensor(np.array(y)).long().flatten()
     if len(y) == 0:
         raise FastRetrainError(f"{what}: dataset is empty")
     if num_classes is not None and (int(y.min()) < 0 or int(y.max()) >= num_classes):
@@ -318,6 +323,7 @@ def _find(rel: str, data_root: str | None) -> Path:
 
 
 def _npz(path: Path, image_size: int, name: str, classes=None) -> DataBundle:
+    """An .npz with arrays x_train, y_train, x_test, y_test."""
     with np.load(path) as z:
         return from_arrays(z["x_train"], z["y_train"], z["x_test"], z["y_test"], image_size, classes, name)
 
@@ -330,30 +336,26 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _fashion_full(image_size: int, data_root) -> DataBundle:
+def _fashion_full(root) -> Path:
     d = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
     if not d.is_dir():
         raise FastRetrainError(f"{d} not found: apt-get install dataset-fashion-mnist")
+    return d
+
+
+def _idx_bundle(d: Path, image_size: int) -> DataBundle:
     f = {k: _idx(d / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz") for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    return from_arrays(f["train-images"], f["train-labels"], f["t10k-images"], f["t10k-labels"], image_size, FASHION_CLASSES, "fashion-mnist-full")
+    return from_arrays(f["train-images"], f["train-labels"], f["t10k-images"], f["t10k-labels"], image_size, FASHION_CLASSES)
 
 
+# name -> where its files are (given --data-root); see ../shared/data/README.md
 DATASETS = {
-    # shipped inside this package (2,000 train / 1,000 test; see datasets/FASHION_MNIST_NOTICE.txt)
-    "fashion-mnist": lambda size, root, **kw: _npz(PACKAGE_DATA / "fashion_mnist_2k.npz", size, "fashion-mnist", FASHION_CLASSES),
-    "fashion-mnist-5k": lambda size, root, **kw: _npz(_find("fashion_mnist_train5k_test1k.npz", root), size, "fashion-mnist-5k", FASHION_CLASSES),
-    "fashion-mnist-full": lambda size, root, **kw: _fashion_full(size, root),
-    "flowers5": lambda size, root, **kw: from_folder(_find("flowers5", root), size, **kw),
-    "cifar10-subset": lambda size, root, **kw: from_folder(_find("cifar10_jpeg.zip", root), size, **kw),
+    "fashion-mnist": lambda root: PACKAGE_DATA / "fashion_mnist_2k.npz",  # shipped: 2,000 train / 1,000 test
+    "fashion-mnist-5k": lambda root: _find("fashion_mnist_train5k_test1k.npz", root),  # 5,000 / 1,000
+    "fashion-mnist-full": _fashion_full,  # 60,000 / 10,000 (Debian's dataset-fashion-mnist)
+    "flowers5": lambda root: _find("flowers5", root),  # 4,317 photos, 5 classes, no split: val_split applies
+    "cifar10-subset": lambda root: _find("cifar10_jpeg.zip", root),  # 15,000 / 3,000, zipped JPEG folders
 }
-
-
-def _cache_key(spec: str, image_size: int, val_split: float, seed: int, skip_bad: bool) -> str | None:
-    path = Path(spec)
-    if not path.exists():
-        return None
-    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
-    return hashlib.sha1(repr((str(path.resolve()), stats, image_size, val_split, seed, skip_bad)).encode()).hexdigest()[:16]
 
 
 def load_data(
@@ -371,36 +373,36 @@ def load_data(
     Decoded folders/zips are cached as tensors in `cache_dir` (default ~/.cache/fastretrain; None disables).
     """
     if spec in DATASETS:
-        kw = {"val_split": val_split, "seed": seed, "skip_bad": skip_bad}
-        if spec in ("flowers5", "cifar10-subset"):
-            bundle = _cached(str(_find("flowers5" if spec == "flowers5" else "cifar10_jpeg.zip", data_root)), image_size, kw, cache_dir,
-                             lambda: DATASETS[spec](image_size, data_root, **kw))  # fmt: skip
-            bundle.name = spec
-        else:
-            bundle = DATASETS[spec](image_size, data_root, **kw)
+        path, name = DATASETS[spec](data_root), spec
     else:
-        path = Path(spec)
+        path, name = Path(spec), Path(spec).stem
         if not path.exists():
             if os.sep not in spec and "." not in spec:
                 raise unknown_name("dataset", spec, DATASETS)
             raise FastRetrainError(f"data path not found: {spec}")
-        kw = {"val_split": val_split, "seed": seed, "skip_bad": skip_bad}
-        if path.suffix.lower() == ".npz":
-            bundle = _npz(path, image_size, path.stem)
-        else:
-            bundle = _cached(spec, image_size, kw, cache_dir, lambda: from_folder(path, image_size, **kw))
+    classes = FASHION_CLASSES if name.startswith("fashion-mnist") else None
+    if path.is_dir() and (path / "train-images-idx3-ubyte.gz").is_file():
+        bundle = _idx_bundle(path, image_size)
+    elif path.suffix.lower() == ".npz":
+        bundle = _npz(path, image_size, name, classes)
+    else:
+        bundle = _cached(path, image_size, val_split, seed, skip_bad, cache_dir)
+    bundle.name = name
     if max_train is not None and max_train < len(bundle.train):
         keep, _ = stratified_split(bundle.train.y, 1 - max_train / len(bundle.train), seed)
         bundle.train = ImageTensors(bundle.train.x[keep], bundle.train.y[keep])
     return bundle
 
 
-def _cached(spec: str, image_size: int, kw: dict, cache_dir, build) -> DataBundle:
+def _cached(path: Path, image_size: int, val_split: float, seed: int, skip_bad: bool, cache_dir) -> DataBundle:
+    """from_folder, memoised on disk as uint8 tensors keyed by the files' names, sizes and times."""
     if cache_dir == "auto":
         cache_dir = os.environ.get("FASTRETRAIN_CACHE", Path.home() / ".cache" / "fastretrain")
-    key = _cache_key(spec, image_size, kw["val_split"], kw["seed"], kw["skip_bad"]) if cache_dir else None
-    if key is None:
-        return build()
+    if not cache_dir:
+        return from_folder(path, image_size, val_split, seed, skip_bad)
+    files = [path] if path.is_file() else sorted(path.rglob("*"))
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = hashlib.sha1(repr((str(path.resolve()), stats, image_size, val_split, seed, skip_bad)).encode()).hexdigest()[:16]
     file = Path(cache_dir) / f"data-{key}.pt"
     if file.is_file():
         try:
@@ -408,10 +410,9 @@ def _cached(spec: str, image_size: int, kw: dict, cache_dir, build) -> DataBundl
             return DataBundle(ImageTensors(d["xtr"], d["ytr"]), ImageTensors(d["xte"], d["yte"]), d["classes"], d["name"])
         except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
             pass
-    bundle = build()
+    bundle = from_folder(path, image_size, val_split, seed, skip_bad)
     from .checkpoint import atomic_torch_save
 
-    file.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"xtr": bundle.train.x, "ytr": bundle.train.y, "xte": bundle.test.x, "yte": bundle.test.y,
                        "classes": bundle.classes, "name": bundle.name}, file)  # fmt: skip
     return bundle

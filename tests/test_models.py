@@ -1,0 +1,86 @@
+"""Models: registry, shipped pretrained weights (ImageNet sanity check), helpers."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastretrain import FastRetrainError, create_model
+from fastretrain.models import classifier, conv_layers, final_linears, load_weights, pooled_features
+
+
+def _imagenet_input(img, size=224):
+    """RGB uint8 HWC -> the Lite preprocessing: bicubic short side to size/0.875, centre crop, (x-0.5)/0.5."""
+    x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
+    h, w = x.shape[-2:]
+    k = size / 0.875 / min(h, w)
+    x = F.interpolate(x, size=(round(h * k), round(w * k)), mode="bicubic", antialias=True, align_corners=False)
+    t, l = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return (x[..., t : t + size, l : l + size] - 0.5) / 0.5
+
+
+def test_shipped_lite0_weights_pass_the_cat_and_espresso_check():
+    skimage_data = pytest.importorskip("skimage.data")
+    model = create_model("tf_efficientnet_lite0", 1000, pretrained=True).eval()
+    with torch.no_grad():
+        cat = model(_imagenet_input(skimage_data.chelsea())).softmax(-1)[0]
+        coffee = model(_imagenet_input(skimage_data.coffee())).softmax(-1)[0]
+    assert set(cat.topk(5).indices.tolist()) >= {282, 285, 281}  # tiger cat, Egyptian cat, tabby
+    assert coffee.argmax().item() == 967 and coffee[967] > 0.9  # espresso, p ≈ 0.95
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_other_shipped_weights_load_strictly(name):
+    model = create_model(name, 7, pretrained=True)
+    assert classifier(model).out_features == 7
+
+
+def test_pretrained_head_is_replaced_and_seeded():
+    torch.manual_seed(0)
+    a = create_model("tf_efficientnet_lite0", 5, pretrained=True)
+    torch.manual_seed(0)
+    b = create_model("tf_efficientnet_lite0", 5, pretrained=True)
+    assert classifier(a).weight.shape == (5, 1280)
+    assert torch.equal(classifier(a).weight, classifier(b).weight)
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(FastRetrainError, match="did you mean: resnet18"):
+        create_model("resnet19", 3)
+    with pytest.raises(FastRetrainError, match="no shipped pretrained weights for 'resnet18'.*tf_efficientnet_lite0"):
+        create_model("resnet18", 3, pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["tiny-cnn", "tiny-resnet", "resnet10t", "tv:resnet18"])
+def test_registry_helpers(name):
+    model = create_model(name, 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 4)
+    convs = conv_layers(model)
+    assert convs and all(isinstance(m, nn.Conv2d) for _, m in convs)
+    head = classifier(model)
+    assert isinstance(head, nn.Linear) and head.out_features == 4
+    assert final_linears(model)[-1][1] is head
+    feats = pooled_features(model, x)
+    assert feats.shape == (2, head.in_features)
+    assert torch.allclose(head(feats), model(x), atol=1e-5)  # the tapped features are what the head sees
+
+
+def test_final_linears_finds_a_multi_fc_head():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert [n for n, _ in final_linears(model)] == ["3", "5"]
+
+
+def test_weight_file_roundtrip_skips_a_head_of_another_size(tmp_path):
+    from fastretrain.checkpoint import save_weights
+
+    src = create_model("tiny-cnn", 5)
+    save_weights(src, tmp_path / "w.safetensors")
+    dst = create_model("tiny-cnn", 3)
+    load_weights(dst, tmp_path / "w.safetensors")
+    assert torch.equal(dst.features[0][0].weight, src.features[0][0].weight)
+    assert dst.fc.weight.shape == (3, 32)
+    with pytest.raises(FastRetrainError, match="not found"):
+        load_weights(dst, tmp_path / "missing.safetensors")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FastRetrainError, match="cannot read weights file"):
+        load_weights(dst, tmp_path / "junk.pt")
