@@ -234,6 +234,14 @@ class Engine:
             if hook is not None:
                 hook(self)
 
+    @torch.no_grad()
+    def _sync_buffers(self) -> None:
+        """Average floating-point buffers (BN running stats) over ranks so every replica evaluates alike."""
+        if dist.world() > 1:
+            for b in self.model.buffers():
+                if b.is_floating_point():
+                    b.copy_(dist.all_reduce_sum(b.clone()) / dist.world())
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -292,6 +300,7 @@ class Engine:
                                     img_s=f"{count * dist.world() / (time.perf_counter() - t0):.0f}")  # fmt: skip
             if self.device.type != "cpu" and hasattr(self, "loss"):
                 self._check_finite(force=True)
+            self._sync_buffers()
             self._call("after_epoch")
         except StopFit:
             stop = True
