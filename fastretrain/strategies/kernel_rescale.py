@@ -1,0 +1,243 @@
+"""Kernel rescaling (de Gusmão et al., "Fast Training of Convolutional Neural Networks via Kernel
+Rescaling", arXiv 1610.03623): train first on images downscaled by s with the large conv kernels
+downscaled by s too (phase 1, about s² cheaper per image), then rescale the kernels up, recompute the
+batch-norm statistics at full resolution, and continue at full resolution (phase 2).
+
+The numerics (kernel resampling, conv geometry) are in `fastretrain.kernels`; this module decides when to
+switch and keeps the engine consistent:
+- phase 1: `engine.image_size` = round(image_size / s) (batches are cut from the stored images with
+  `roi_align`, which averages several samples per output pixel when shrinking: antialiased); every conv
+  with a kernel side ≥ `min_kernel` gets its kernel area-resampled down (for a pretrained model: from
+  the pretrained kernel).
+- the switch (at the start of the first phase-2 epoch, counted as training time): kernels resampled up
+  (bilinear, gain preserved), `engine.image_size` back to the configured size, batch-norm running
+  statistics recomputed from scratch on `bn_images` training images at full size (train mode, no grad,
+  cumulative average: momentum=None), optimizer rebuilt.
+- when: *default* automatic — after an epoch whose monitored loss did not improve by `min_delta`
+  (relative) for `patience` epochs, and at the latest after floor(max_fraction · epochs) epochs. No data
+  is held out: the monitored loss is this epoch's training loss (`monitor="train-loss"`, free; measured
+  on augmented batches while the weights move) or the eval-mode loss on a fixed slice of
+  `monitor_images` training images (`monitor="train-slice"`, costs one forward pass over the slice per
+  phase-1 epoch, counted as training time). Either measures how phase 1 still fits the training data,
+  not generalisation. `switch_epoch=N` fixes phase 1 to N epochs instead (0: no phase 1).
+- optimizer state of a resized kernel (SGD momentum, AdamW moments) is dropped at each resize: the
+  kernel restarts its momentum from its first new gradient. (The buffer has the old shape; resampling it
+  with the kernel's map would be defensible for SGD, but the per-tap gradient scale also changes with the
+  resolution, so there is no exact transfer. The effect is a few steps on a few layers.)
+- resume: the phase is in `state_dict`. `before_fit` (which the engine runs before it restores a
+  checkpoint) always starts by downscaling; each rescaled conv then adopts the kernel size of the weights
+  loaded into it (a load_state_dict pre-hook), so a checkpoint saved in either phase loads, and
+  `load_state_dict` sets the input size to the saved phase's.
+- DDP: every decision uses all-reduced numbers (training loss, slice loss), the BN statistics are computed
+  on the same images on every rank, and the optimizer rebuild re-wraps the model, since the parameter
+  shapes changed.
+- evaluation in phase 1 runs at the low resolution (it is the model as it trains); weights saved in
+  phase 1 (`model_best.safetensors` of a phase-1 epoch, a phase-1 checkpoint) hold the small kernels.
+  If a run ends in phase 1 (fixed `switch_epoch` ≥ epochs, or StopFit), `after_fit` switches so the final
+  weights are full size (their full-resolution accuracy is then not measured).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data import ImageTensors
+from ..engine import Strategy
+from ..errors import FastRetrainError
+from ..kernels import ConvGeometry, downscale_kernels, follow_loaded_shapes, large_convs, upscale_kernels
+from ..methods import register_method
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches) -> int:
+    """Reset every batch-norm layer's running statistics and re-estimate them as the plain average over
+    `batches` (train-mode forward, no grad, momentum=None). Returns the number of images seen."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    was = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the mean over all batches
+    model.train()
+    seen = 0
+    try:
+        for x, _ in batches:
+            model(x)
+            seen += len(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was)
+    return seen
+
+
+@dataclass
+class KernelRescale(Strategy):
+    order = -50  # switch the kernels before other strategies look at parameters in the same hook
+
+    scale: float = 2.0  # phase-1 input size = image_size / scale
+    min_kernel: int = 5  # convs with a kernel side >= this are rescaled (3×3 and 1×1 stay)
+    switch_epoch: int | None = None  # fixed number of phase-1 epochs; None: automatic
+    max_fraction: float = 0.4  # automatic switch: at most this fraction of the epochs in phase 1
+    monitor: str = "train-loss"  # automatic switch watches: train-loss (free) or train-slice
+    monitor_images: int = 512  # train-slice: training images evaluated after each phase-1 epoch
+    patience: int = 1  # epochs without improvement before the switch
+    min_delta: float = 0.01  # relative loss decrease that counts as an improvement
+    bn_images: int = 512  # training images for the batch-norm statistics at the switch (0: keep stats)
+    down_mode: str = "area"  # kernel resampling when going down: area or bilinear
+    up_mode: str = "bilinear"  # kernel resampling when going up: bilinear or area
+
+    def __post_init__(self):
+        self.phase = 1
+        self.pending = False  # switch at the start of the next epoch
+        self.best = float("inf")
+        self.bad_epochs = 0
+        self.phase1_epochs: int | None = None  # epochs trained in phase 1, once switched
+        self.geometry: dict[str, ConvGeometry] = {}
+        self._engine = None
+        self._handles: list = []
+        self._slice: ImageTensors | None = None
+        self._slice_loss: float | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _check(self, engine) -> None:
+        bad = [
+            (self.scale > 1, f"kernel-rescale.scale must be > 1, got {self.scale}"),
+            (self.min_kernel >= 2, f"kernel-rescale.min_kernel must be >= 2, got {self.min_kernel}"),
+            (0 <= self.max_fraction < 1, f"kernel-rescale.max_fraction must be in [0, 1), got {self.max_fraction}"),
+            (self.switch_epoch is None or self.switch_epoch >= 0, f"kernel-rescale.switch_epoch must be >= 0, got {self.switch_epoch}"),
+            (self.monitor in ("train-loss", "train-slice"), f"kernel-rescale.monitor must be train-loss or train-slice, got {self.monitor!r}"),
+            (self.down_mode in ("area", "bilinear") and self.up_mode in ("area", "bilinear"), "kernel-rescale modes must be area or bilinear"),
+            (round(engine.cfg.image_size / self.scale) >= 8, f"image size {engine.cfg.image_size} / scale {self.scale} is below 8 px"),
+        ]  # fmt: skip
+        for ok, msg in bad:
+            if not ok:
+                raise FastRetrainError(msg)
+
+    @property
+    def max_phase1_epochs(self) -> int:
+        cfg = self._engine.cfg
+        if self.switch_epoch is not None:
+            return self.switch_epoch
+        return int(self.max_fraction * cfg.epochs)
+
+    def low_size(self, engine) -> int:
+        return round(engine.cfg.image_size / self.scale)
+
+    def actual_scale(self, engine) -> float:
+        """Full size / low size: the factor the images really shrink by, used for the kernels too."""
+        return engine.cfg.image_size / self.low_size(engine)
+
+    def before_fit(self, engine) -> None:
+        self._engine = engine
+        self._check(engine)
+        if self.max_phase1_epochs == 0:
+            self.phase = 2
+            return
+        s = self.actual_scale(engine)
+        self._forget_optimizer_state(engine, [n for n, _ in large_convs(engine.model, self.min_kernel)])
+        self.geometry = downscale_kernels(engine.model, s, self.min_kernel, self.down_mode)
+        self._handles = follow_loaded_shapes(engine.model, self.geometry)
+        engine.rebuild_optimizer()
+        engine.image_size = self.low_size(engine)
+
+    @staticmethod
+    def _forget_optimizer_state(engine, modules) -> None:
+        """Drop the optimizer state of these convs' weights; call it before their Parameters are replaced."""
+        # optimizer_state_by_name() hands out the engine's state dicts themselves (live, or kept by name
+        # for rebuilds: the same object); emptying them in place drops the state wherever it is kept.
+        names = {f"{n}.weight" for n in modules}
+        for n, st in engine.optimizer_state_by_name().items():
+            if n in names:
+                st.clear()
+
+    # ------------------------------------------------------------------ phase 1: when to switch
+    def _monitor_slice(self, engine) -> ImageTensors:
+        if self._slice is None:
+            data = engine.train_data
+            g = torch.Generator().manual_seed(engine.cfg.seed * 7919 + 17)  # the same slice every epoch
+            idx = torch.randperm(len(data), generator=g)[: min(self.monitor_images, len(data))].sort().values
+            self._slice = ImageTensors(data.x[idx], data.y[idx])
+        return self._slice
+
+    def after_epoch(self, engine) -> None:
+        if self.phase == 1 and self.switch_epoch is None and self.monitor == "train-slice":
+            self._slice_loss, _ = engine.evaluate(self._monitor_slice(engine))  # the method's cost: timed
+
+    def after_eval(self, engine) -> None:
+        engine.log["kernel_rescale_phase"] = self.phase
+        if self.phase != 1:
+            return
+        done = engine.epoch + 1
+        if self.switch_epoch is not None:
+            self.pending = done >= self.switch_epoch
+            return
+        value = engine.log["train_loss"] if self.monitor == "train-loss" else self._slice_loss
+        engine.log["kernel_rescale_monitor"] = value
+        if value < self.best * (1 - self.min_delta):
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        self.best = min(self.best, value)
+        self.pending = self.bad_epochs >= self.patience or done >= self.max_phase1_epochs
+
+    def before_epoch(self, engine) -> None:
+        if self.phase == 1 and self.pending:
+            t = time.perf_counter()
+            self.switch(engine)
+            engine.log["kernel_rescale_switch_seconds"] = time.perf_counter() - t
+
+    # ------------------------------------------------------------------ the switch
+    def switch(self, engine) -> None:
+        """Phase 1 -> 2: kernels up, inputs at full size, batch-norm statistics recomputed, optimizer rebuilt."""
+        self._forget_optimizer_state(engine, self.geometry)
+        upscale_kernels(engine.model, self.geometry, self.actual_scale(engine), self.up_mode)
+        engine.rebuild_optimizer()
+        engine.image_size = engine.cfg.image_size
+        if self.bn_images > 0:
+            data = engine.train_data
+            idx = torch.randperm(len(data), generator=engine.rng("kernel-rescale/bn"))[: min(self.bn_images, len(data))]
+            subset = ImageTensors(data.x[idx.sort().values], data.y[idx.sort().values])
+            # every rank sees the same images, so the statistics agree without communication
+            with engine.autocast():
+                recompute_batchnorm(engine.model, engine.batches(subset, train=False, shard=False))
+        self.phase, self.pending = 2, False
+        self.phase1_epochs = engine.epoch
+
+    def after_fit(self, engine) -> None:
+        if self.phase == 1 and self.geometry:
+            self.switch(engine)  # leave full-size weights behind
+            self.phase1_epochs = engine.epoch + 1
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self):
+        return {"phase": self.phase, "pending": self.pending, "best": self.best, "bad_epochs": self.bad_epochs,
+                "phase1_epochs": self.phase1_epochs}  # fmt: skip
+
+    def load_state_dict(self, state) -> None:
+        if not state:
+            return
+        self.phase, self.pending = int(state["phase"]), bool(state["pending"])
+        self.best, self.bad_epochs, self.phase1_epochs = float(state["best"]), int(state["bad_epochs"]), state["phase1_epochs"]
+        engine = self._engine
+        if engine is None or not self.geometry:
+            return
+        # the engine loaded the model weights first; the pre-hooks gave each conv the checkpoint's kernel size
+        modules = dict(engine.model.named_modules())
+        want = {n: (g.kernel if self.phase == 2 else g.small_kernel) for n, g in self.geometry.items()}
+        wrong = [n for n, k in want.items() if tuple(modules[n].weight.shape[-2:]) != k]
+        if wrong:
+            raise FastRetrainError(f"kernel-rescale: checkpoint of phase {self.phase} has kernels of another size for {', '.join(wrong[:3])}")
+        engine.image_size = engine.cfg.image_size if self.phase == 2 else self.low_size(engine)
+
+
+register_method("kernel-rescale", KernelRescale,
+                help="train at image_size/2 with large kernels downscaled, then rescale kernels and finish at full size")  # fmt: skip
