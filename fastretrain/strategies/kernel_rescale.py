@@ -88,7 +88,7 @@ class KernelRescale(Strategy):
     monitor_images: int = 512  # train-slice: training images evaluated after each phase-1 epoch
     patience: int = 1  # epochs without improvement before the switch
     min_delta: float = 0.01  # relative loss decrease that counts as an improvement
-    bn_images: int = 512  # training images for the batch-norm statistics at the switch (0: keep stats)
+    bn_images: int = 256  # training images for the batch-norm statistics at the switch (0: keep stats)
     down_mode: str = "area"  # kernel resampling when going down: area or bilinear
     up_mode: str = "bilinear"  # kernel resampling when going up: bilinear or area
 
