@@ -22,19 +22,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import FastRetrainError
 from .models import BasicBlock
-from .widthnets import WidthNet
+from .widthnets import CompositionError, WidthNet
 
 # modules without parameters that act on each channel separately (so they commute with channel concat),
 # and containers whose forward only chains / adds their children's outputs
 CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout,
                nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)  # fmt: skip
 CONTAINERS = (nn.Sequential, nn.ModuleList, BasicBlock, WidthNet)
-
-
-class CompositionError(FastRetrainError):
-    """The network cannot be decomposed / composed (width not divisible by K, unsupported layer, mismatch)."""
 
 
 # ------------------------------------------------------------------------------------------ tensors

@@ -24,6 +24,10 @@ from .errors import FastRetrainError
 from .models import BasicBlock, _Classifier, register_model
 
 
+class CompositionError(FastRetrainError):
+    """The network cannot be decomposed / composed (width not divisible by K, unsupported layer, mismatch)."""
+
+
 def scale_width(base: int, width: float) -> int:
     """Channels of a layer whose base width is `base`, at multiplier `width` (at least 1)."""
     if width <= 0:
@@ -45,7 +49,7 @@ class WidthNet(_Classifier):
             widths = list(value) if isinstance(value, (tuple, list)) else [value]
             bad = [w for w in widths if w % divisor]
             if bad:
-                raise FastRetrainError(
+                raise CompositionError(
                     f"{type(self).__name__}: width(s) {bad} of `{key}` = {value} are not divisible by K={divisor}; "
                     f"choose a width multiplier that makes every hidden width a multiple of {divisor}"
                 )
