@@ -1,0 +1,217 @@
+"""Random layer freezing (stage 1 of fast retraining; Zhang, Yang et al., IEEE T-Cybernetics 2024;
+METHODS.md §1a).
+
+Every epoch e has a trainable ratio r(e) (default `[1, 1, .75, .75, .5, .5, .25, .25]`, stretched
+piecewise-constantly over the run's epochs). At the start of the epoch, round(N_conv·(1 − r)) of the
+model's N_conv conv layers (depthwise included) are drawn uniformly without replacement from the run's
+seeded generator (`engine.rng("random-freeze")`, so a run is reproducible and a resumed run redraws the
+same set) and frozen for that epoch: `requires_grad_(False)`, then `engine.rebuild_optimizer()`, which
+drops them from the optimizer (no weight decay, no momentum step; their momentum buffers are kept by
+name for when they thaw) and rebuilds the DDP wrapper.
+
+Where the saving comes from: a frozen conv's weight-gradient GEMM disappears, and everything that runs
+before the lowest trainable conv (in execution order, traced once) needs no backward pass at all. That
+prefix runs with autograd switched off (a forward pre-hook on the model turns grad mode off, one on
+the lowest trainable conv turns it back on, a forward hook restores it), so no graph is recorded and
+no activations are kept for it. Consequence, by design: batch-norm (and any other) parameters in that
+prefix get no gradient that epoch, so they are frozen with it (`requires_grad_(False)`, counted in the
+log as `frozen_prefix_params`); their running statistics still update in train mode. Every other BN
+layer and the FC head always train.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine import Strategy
+from ..errors import FastRetrainError
+from ..methods import register_method
+from ..models import conv_layers
+
+DEFAULT_RATIOS = [1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
+
+
+def ratio_for_epoch(ratios, epoch: int, epochs: int) -> float:
+    """Trainable ratio of 0-based `epoch`: a list stretched piecewise-constantly over `epochs`, or a
+    callable f(epoch, epochs)."""
+    if callable(ratios):
+        r = float(ratios(epoch, epochs))
+    else:
+        ratios = list(ratios)
+        r = float(ratios[min(epoch * len(ratios) // max(epochs, 1), len(ratios) - 1)])
+    if not 0.0 <= r <= 1.0:
+        raise FastRetrainError(f"random-freeze: trainable ratio must be in [0, 1], got {r} for epoch {epoch + 1}")
+    return r
+
+
+def num_frozen(n_conv: int, ratio: float) -> int:
+    """round(n_conv · (1 − ratio)), halves rounded up."""
+    return int(math.floor(n_conv * (1.0 - ratio) + 0.5 + 1e-9))
+
+
+def draw_frozen(n_conv: int, ratio: float, generator: torch.Generator) -> list[int]:
+    """Indices (sorted) of the convs to freeze: uniform without replacement."""
+    k = num_frozen(n_conv, ratio)
+    return sorted(torch.randperm(n_conv, generator=generator)[:k].tolist())
+
+
+@torch.no_grad()
+def execution_order(model: nn.Module, image_size: int, device) -> list[str]:
+    """Names of the modules that own parameters, in the order a forward pass first calls them.
+
+    Traced with one 2-image forward in eval mode (running statistics untouched). Modules never called
+    are appended in registration order.
+    """
+    owners = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    order: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda mod, args: order.append(owners[mod]) if owners[mod] not in order else None)
+               for m in owners]  # fmt: skip
+    was = model.training
+    model.eval()
+    try:
+        model(torch.zeros(2, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return order + [n for n in owners.values() if n not in order]
+
+
+class _NoGradPrefix:
+    """Runs every module before `boundary` with autograd off, inside each forward of `root`."""
+
+    def __init__(self, root: nn.Module, boundary: nn.Module):
+        self.saved: bool | None = None  # grad mode at the start of the current forward; None outside one
+        self.handles = [
+            root.register_forward_pre_hook(self._start),
+            boundary.register_forward_pre_hook(self._resume),
+            root.register_forward_hook(self._end),
+        ]
+
+    def _start(self, module, args):
+        self.saved = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+
+    def _resume(self, module, args):
+        if self.saved is not None:
+            torch.set_grad_enabled(self.saved)
+            self.saved = None
+
+    def _end(self, module, args, output):
+        self._resume(module, args)
+
+    def close(self) -> None:
+        self._resume(None, None)  # a forward that raised leaves grad mode switched off: restore it
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+@dataclass
+class RandomFreeze(Strategy):
+    order = -10  # decides the trainable set before strategies that read it
+    ratios: list[float] | Callable[[int, int], float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    no_grad_prefix: bool = True  # run layers below the lowest trainable conv without autograd
+    bn_eval_frozen: bool = False  # keep the BN right after each frozen conv in eval mode (running stats fixed)
+
+    def __post_init__(self):
+        self.frozen: list[str] = []  # conv names frozen this epoch (kept for resume/inspection)
+        self.touched: list[str] = []  # names of the parameters this strategy switched off this epoch
+        self._convs: list[tuple[str, nn.Conv2d]] = []
+        self._order: list[str] = []
+        self._prefix: _NoGradPrefix | None = None
+        self._bn_eval: list[nn.Module] = []
+
+    def before_fit(self, engine) -> None:
+        self._convs = conv_layers(engine.model)
+        if not self._convs:
+            raise FastRetrainError("random-freeze: the model has no nn.Conv2d layers to freeze")
+        self._order = execution_order(engine.model, engine.image_size, engine.device)
+
+    def before_epoch(self, engine) -> None:
+        if not self._convs:
+            self.before_fit(engine)
+        model = engine.model
+        self._release(model)
+        ratio = ratio_for_epoch(self.ratios, engine.epoch, engine.cfg.epochs)
+        idx = draw_frozen(len(self._convs), ratio, engine.rng("random-freeze"))
+        self.frozen = [self._convs[i][0] for i in idx]
+        frozen = set(self.frozen)
+        for name, conv in self._convs:
+            if name in frozen:
+                self._switch_off(name, conv)
+        prefix_params = self._freeze_prefix(model, frozen) if self.no_grad_prefix else 0
+        if self.bn_eval_frozen:
+            self._set_bn_eval(model, frozen)
+        engine.rebuild_optimizer()
+        engine.log.update(trainable_ratio=ratio, frozen_layers=len(self.frozen), frozen_prefix_params=prefix_params)
+
+    def _release(self, model: nn.Module) -> None:
+        """Undo the previous epoch's freezing: all parameters train again."""
+        if self._prefix is not None:
+            self._prefix.close()
+            self._prefix = None
+        for m in self._bn_eval:
+            m.train(model.training)
+        self._bn_eval = []
+        params = dict(model.named_parameters())
+        for n in self.touched:
+            params[n].requires_grad_(True)
+        self.touched = []
+
+    def _switch_off(self, module_name: str, module: nn.Module) -> int:
+        """Freeze the module's own parameters that train now; return how many."""
+        count = 0
+        for pn, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                p.requires_grad_(False)
+                self.touched.append(f"{module_name}.{pn}" if module_name else pn)
+                count += 1
+        return count
+
+    def _freeze_prefix(self, model: nn.Module, frozen: set[str]) -> int:
+        """Switch autograd off below the lowest trainable conv; freeze the parameters that run there."""
+        conv_names = {n for n, _ in self._convs}
+        modules = dict(model.named_modules())
+        first = next((i for i, n in enumerate(self._order) if n in conv_names and n not in frozen), None)
+        if first is None:  # every conv frozen: the prefix ends at the first module of the head
+            first = next((i for i, n in enumerate(self._order) if isinstance(modules[n], nn.Linear)), None)
+        if not first:  # the first module already trains: no prefix
+            return 0
+        count = sum(self._switch_off(name, modules[name]) for name in self._order[:first] if name not in frozen)
+        self._prefix = _NoGradPrefix(model, modules[self._order[first]])
+        return count
+
+    def _set_bn_eval(self, model: nn.Module, frozen: set[str]) -> None:
+        """The normalisation layer called right after each frozen conv goes to eval mode for the epoch."""
+        modules = dict(model.named_modules())
+        for a, b in zip(self._order, self._order[1:]):
+            if a in frozen and isinstance(modules[b], nn.modules.batchnorm._BatchNorm):
+                modules[b].eval()
+                self._bn_eval.append(modules[b])
+
+    def before_batch(self, engine) -> None:
+        if self._prefix is not None and self._prefix.saved is not None:  # an earlier forward raised midway
+            self._prefix._resume(None, None)
+
+    def after_fit(self, engine) -> None:
+        self._release(engine.model)  # leave the model as it came: all trainable, no hooks
+        engine.rebuild_optimizer()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": list(self.frozen), "touched": list(self.touched)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # the engine restores requires_grad from the checkpoint; remember what to thaw at the next epoch
+        self.frozen = list(state.get("frozen", []))
+        self.touched = list(state.get("touched", []))
+
+
+register_method("random-freeze", RandomFreeze,
+                help="each epoch freeze a random subset of conv layers (trainable ratio schedule 1,1,.75,.75,.5,.5,.25,.25); "
+                     "layers below the lowest trainable conv run without autograd")  # fmt: skip
