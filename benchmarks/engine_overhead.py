@@ -4,7 +4,7 @@ Same model (ImageNet-pretrained EfficientNet-Lite0), same data (bundled Fashion-
 size, same batch preparation (crop/flip/normalise) and optimizer; the two alternate A, B, A, B, ... in
 one process so machine noise hits both alike. Reports the median of each and their ratio.
 
-    python benchmarks/engine_overhead.py [--image-size 32] [--reps 3]
+    python benchmarks/engine_overhead.py [--image-size 32] [--reps 3] [--max-train N]
 """
 import argparse
 import json
@@ -51,11 +51,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--max-train", type=int, default=None, help="use this many training images (stratified)")
     ap.add_argument("--out", default="benchmarks/results/engine_overhead.json")
     args = ap.parse_args()
     cfg = TrainConfig(model="tf_efficientnet_lite0", pretrained=True, data="fashion-mnist", epochs=1, image_size=args.image_size,
                       batch_size=32, lr=0.01, device="cpu", progress=False, out=None, save_checkpoint=False)  # fmt: skip
-    data = load_data(cfg.data, cfg.image_size)
+    data = load_data(cfg.data, cfg.image_size, max_train=args.max_train)
     hand, eng = [], []
     for rep in range(args.reps):
         torch.manual_seed(rep)

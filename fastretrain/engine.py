@@ -190,7 +190,8 @@ class Engine:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    def num_batches(self, train: bool = True) -> int:
+    def num_batches(self) -> int:
+        """Training batches per epoch on this rank."""
         per_rank = math.ceil(len(self.train_data) / dist.world())
         n = math.ceil(per_rank / self.cfg.batch_size)
         return n - 1 if n > 1 and per_rank % self.cfg.batch_size == 1 else n
