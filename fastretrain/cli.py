@@ -51,6 +51,8 @@ def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
             if f.type == "int | None":
                 kind = int
+            elif f.type == "float | None":
+                kind = float
             p.add_argument(flag, type=kind, default=None, help=help_text)
     p.add_argument("-o", "--option", action="append", metavar="METHOD.FIELD=VALUE",
                    help="a method's option, e.g. -o rifle.period=2 (repeatable; see `fastretrain methods`)")  # fmt: skip
@@ -104,7 +106,9 @@ def cmd_eval(args) -> int:
     if not weights.is_file():
         raise FastRetrainError(f"weights not found: {weights}")
     data = load_data(cfg.data, cfg.image_size, cfg.val_split, cfg.seed, cfg.skip_bad_images, cfg.data_root)
-    model = create_model(cfg.model, data.num_classes)
+    from .run import model_kwargs
+
+    model = create_model(cfg.model, data.num_classes, **model_kwargs(cfg))
     from safetensors.torch import load_file
 
     try:

@@ -30,6 +30,7 @@ class TrainConfig:
     model: str = _f("tf_efficientnet_lite0", "model name: this package's, timm's, or tv:NAME for torchvision (see `fastretrain models`)")
     pretrained: bool = _f(False, "load the ImageNet weights shipped for this model (tf_efficientnet_lite0/1/2)")
     weights: str | None = _f(None, "load a weight file (.safetensors or .pt state_dict); a head of another size is skipped")
+    width: float | None = _f(None, "width multiplier of models with a width argument (vgg-small, resnet20, resnet32, resnet18-cifar)")
     # method
     method: str = _f("sgdm", "training method(s), comma separated, e.g. fast-retrain,rifle (see `fastretrain methods`)")
     options: dict[str, dict[str, Any]] = _f({}, "per-method options {method: {field: value}}; CLI: -o method.field=value")
@@ -80,6 +81,7 @@ class TrainConfig:
             (0 < self.val_split < 1, f"--val-split must be in (0, 1), got {self.val_split}"),
             (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
             (not (self.pretrained and self.weights), "give --pretrained or --weights, not both"),
+            (self.width is None or self.width > 0, f"--width must be > 0, got {self.width}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -26,6 +26,17 @@ def make_config(**kwargs) -> TrainConfig:
     return cfg
 
 
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """Constructor arguments the config gives the model (the width multiplier, when set)."""
+    if cfg.width is None:
+        return {}
+    from .models import MODELS
+
+    if cfg.model not in MODELS:
+        raise FastRetrainError(f"--width applies to this package's width-parametrised models (vgg-small, resnet20, ...), not {cfg.model!r}")
+    return {"width": cfg.width}
+
+
 def resolve_device(spec: str) -> torch.device:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if spec == "auto":
@@ -74,7 +85,7 @@ def build_engine(
     model = module
     if model is None:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
-        model = create_model(cfg.model, data.num_classes, pretrained=cfg.pretrained, weights=cfg.weights)
+        model = create_model(cfg.model, data.num_classes, pretrained=cfg.pretrained, weights=cfg.weights, **model_kwargs(cfg))
     out = Path(cfg.out) if cfg.out else None
     if out and dist.is_main():
         if out.exists() and (out / "metrics.jsonl").exists() and not cfg.resume and (out / "checkpoint.pt").exists():

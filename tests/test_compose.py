@@ -243,3 +243,29 @@ def test_option_errors(tmp_path):
         build_engine(_cfg(tmp_path, options={"decompose": {"sub_epochs": 3}}), bundle).fit()
     with pytest.raises(Exception, match="not divisible"):
         build_engine(_cfg(tmp_path, options={"decompose": {"subnets": 3}}), bundle).fit()
+
+
+def test_cli_width_and_decompose_round_trip(tmp_path, capsys):
+    import numpy as np
+
+    from fastretrain.cli import main
+    from fastretrain.testing import tiny_images
+
+    x, y = tiny_images(12, 3, 12, seed=0)
+    xt, yt = tiny_images(6, 3, 12, seed=9)
+    np.savez(tmp_path / "tiny.npz", x_train=x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy())
+    out = tmp_path / "cli"
+    args = ["train", "--model", "vgg-small", "--width", "0.25", "--data", str(tmp_path / "tiny.npz"), "--image-size", "16",
+            "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--no-progress", "--method", "decompose",
+            "-o", "decompose.parallel=sequential", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "sub-network phase" in printed and "global phase" in printed
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "model_final.safetensors"))
+    assert w["features.0.weight"].shape == (8, 3, 3, 3) and w["fc.weight"].shape == (3, 64)  # width 0.25: 32 -> 8, 256 -> 64
+    assert main(["eval", "--run", str(out)]) == 0  # eval rebuilds the model with the run's width
+    assert main(["train", "--model", "tiny-cnn", "--method", "decompose", "--data", str(tmp_path / "tiny.npz"),
+                 "--image-size", "16", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "width-parametrised" in capsys.readouterr().err

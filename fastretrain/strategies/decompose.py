@@ -235,7 +235,8 @@ class Decompose(Strategy):
         shard = None
         if self.shards == "disjoint":
             perm = torch.randperm(len(engine.train_data), generator=torch.Generator().manual_seed(_seed_from(cfg.seed, "shards")))
-        threads = self.threads or max(1, torch.get_num_threads() // (K if self.parallel == "processes" else 1))
+        spawned = self.parallel == "processes" and dist.world() == 1
+        threads = self.threads or max(1, torch.get_num_threads() // (K if spawned else 1))
         jobs = []
         for j in range(K):
             if self.shards == "disjoint":

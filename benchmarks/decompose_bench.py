@@ -1,0 +1,200 @@
+"""Decomposition/composition benchmark: the global network trained from random init (`sgdm`) vs from the
+composed init of K = 2 and 4 sub-networks (`decompose`), from scratch, same wall-clock budget, 3 seeds.
+
+Clocks. Every run uses one thread (OMP_NUM_THREADS=1); one core stands for one device. The composed arms
+train their sub-networks one after another (`parallel=sequential`) so that each sub-network's own
+training time is measured alone; the *simulated K-device* wall time of a composed run is
+    wall_seconds − subnet_seconds + max_j(train_seconds of sub-network j) + compose time,
+i.e. the sub-network phase costs its slowest sub-network. Separately (`--measure-parallel`) the real
+parallel phase is run as K spawned processes on this machine's 2 cores and its wall time is reported
+(process start-up and contention included) — the measured figure here, not the simulated one.
+
+Budget. The composed arms get sub_epochs sub-network epochs plus as many global epochs as keeps their
+simulated K-device time close to the random-init arm's (ratios measured in a pilot, see PRESETS).
+
+    OMP_NUM_THREADS=1 python benchmarks/decompose_bench.py --seeds 3 --measure-parallel
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from fastretrain.bench import _ms, environment, load_record  # noqa: E402
+from fastretrain.checkpoint import atomic_json  # noqa: E402
+
+PRESETS = {
+    "cifar": {
+        "config": dict(model="vgg-small", width=0.5, data="cifar10-subset", max_train=3000, image_size=32, batch_size=64, lr=0.05,
+                       weight_decay=5e-4, device="cpu", progress=False, save_checkpoint=False),
+        # label -> (method, epochs, decompose options). Pilot (1 thread): a K=2 sub-network epoch costs ~1/2.8 of a
+        # global epoch, a K=4 one ~1/4.2, so 3 K=2 epochs ≈ 1.07 global epochs and 4 K=4 epochs ≈ 0.95: with 7 global
+        # epochs each composed arm's K-device budget ≈ the random-init arm's 8 epochs.
+        "arms": {
+            "random-init": ("sgdm", 8, None),
+            "composed-K2": ("decompose", 10, {"subnets": 2, "sub_epochs": 3, "parallel": "sequential"}),
+            "composed-K4": ("decompose", 11, {"subnets": 4, "sub_epochs": 4, "parallel": "sequential"}),
+        },
+    },
+}  # fmt: skip
+
+
+def k_device_history(rec: dict) -> list[dict]:
+    """The run's (wall time, test acc) curve with the sub-network phase costing its slowest sub-network.
+
+    For a composed run the curve starts at the composition point (accuracy of the composed init).
+    """
+    h = rec["history"]
+    first = h[0]
+    if "subnet_seconds" not in first:
+        return [{"t": e["wall_seconds"], "acc": e["test_acc"]} for e in h]
+    shift = first["subnet_seconds"] - first["subnet_seconds_k_devices"]
+    pts = [{"t": first["subnet_seconds_k_devices"], "acc": first["test_acc_at_composition"]}]
+    return pts + [{"t": e["wall_seconds"] - shift, "acc": e["test_acc"]} for e in h]
+
+
+def first_reach(curve: list[dict], target: float):
+    return next((p["t"] for p in curve if p["acc"] >= target - 1e-12), None)
+
+
+def run(preset: str, seeds: list[int], out: Path, runs: Path, measure_parallel: bool) -> None:
+    from fastretrain.run import make_config, train
+
+    p = PRESETS[preset]
+    records = []
+    for seed in seeds:  # seed-major: machine noise hits every arm alike
+        for label, (method, epochs, opts) in p["arms"].items():
+            cell = runs / label / f"seed{seed}"
+            if not (cell / "summary.json").is_file():
+                kw = {**p["config"], "seed": seed, "out": str(cell), "method": method, "epochs": epochs}
+                if opts:
+                    kw["options"] = {"decompose": opts}
+                print(f"== {label}  seed {seed}  -> {cell}", flush=True)
+                train(make_config(**kw))
+            records.append(load_record(cell, label, seed))
+    parallel = {}
+    if measure_parallel:  # the real parallel phase on this machine: K processes, 1 thread each
+        for label, (method, epochs, opts) in p["arms"].items():
+            if method != "decompose":
+                continue
+            cell = runs / f"{label}-processes" / "seed0"
+            if not (cell / "summary.json").is_file():
+                kw = {**p["config"], "seed": 0, "out": str(cell), "method": method, "epochs": opts["sub_epochs"] + 1,
+                      "options": {"decompose": {**opts, "parallel": "processes"}}}  # fmt: skip
+                print(f"== {label} parallel phase as {opts['subnets']} processes -> {cell}", flush=True)
+                train(make_config(**kw))
+            first = load_record(cell, label, 0)["history"][0]
+            parallel[label] = {k: first[k] for k in ("subnet_seconds", "subnet_train_seconds", "subnet_seconds_k_devices",
+                                                     "test_acc_at_composition")}  # fmt: skip
+    report(preset, records, parallel, out)
+
+
+def report(preset: str, records: list[dict], parallel: dict, out: Path) -> None:
+    labels = list(dict.fromkeys(r["method"] for r in records))
+    base = [r for r in records if r["method"] == "random-init"]
+    target = float(np.mean([r["summary"]["best_test_acc"] for r in base]))
+    base_curves = {r["seed"]: k_device_history(r) for r in base}
+    base_time = float(np.mean([first_reach(c, max(p["acc"] for p in c)) for c in base_curves.values()]))
+    rows, curves = [], {}
+    for label in labels:
+        rs = [r for r in records if r["method"] == label]
+        cs = [k_device_history(r) for r in rs]
+        curves[label] = cs
+        reach = [first_reach(c, target) for c in cs]
+        # per seed: time to reach the same seed's random-init best, relative to random-init's time to it
+        own = []
+        for r, c in zip(rs, cs):
+            bc = base_curves.get(r["seed"])
+            if bc:
+                best = max(p["acc"] for p in bc)
+                t = first_reach(c, best)
+                own.append(None if t is None else t / first_reach(bc, best))
+        first = [r["history"][0] for r in rs]
+        row = {
+            "arm": label, "seeds": len(rs),
+            "acc_at_composition": [f.get("test_acc_at_composition") for f in first if "test_acc_at_composition" in f],
+            "subnet_test_acc": [f.get("subnet_test_acc") for f in first if "subnet_test_acc" in f],
+            "best": [r["summary"]["best_test_acc"] for r in rs], "final": [r["summary"]["final_test_acc"] for r in rs],
+            "wall_measured": [r["summary"]["wall_seconds"] for r in rs], "wall_k_devices": [c[-1]["t"] for c in cs],
+            "subnet_seconds_sequential": [f["subnet_seconds"] for f in first if "subnet_seconds" in f],
+            "subnet_seconds_k_devices": [f["subnet_seconds_k_devices"] for f in first if "subnet_seconds_k_devices" in f],
+            "time_to_target": reach, "ratio_to_same_seed_random_best": own,
+        }  # fmt: skip
+        rows.append(row)
+    env = environment()
+    lines = [f"# Decomposition/composition vs random init — preset `{preset}`", "",
+             f"Command: `{env['command']}`  ", f"Code: {env['commit']}, torch {env['torch']}, {env['cpu_count']} CPU cores "
+             f"(shared with other jobs), torch threads {env['torch_threads']}  ",
+             f"Config: `{json.dumps(PRESETS[preset]['config'], sort_keys=True)}`  ",
+             f"Arms: `{json.dumps(PRESETS[preset]['arms'])}`", "",
+             f"Times are simulated K-device wall times (sub-network phase = its slowest sub-network, measured alone on "
+             f"one core); target = random-init mean best accuracy {target:.4f}, which random init reaches on average at "
+             f"its best epoch, {base_time:.1f} s.", "",
+             "| arm | seeds | acc at composition | best acc | final acc | wall s (K-device) | wall s (measured, sequential subnets) "
+             "| sub phase s (K-device) | s to target | time to same-seed random best / random's |", "|" + "---|" * 10]  # fmt: skip
+    for r in rows:
+        reached = [t for t in r["time_to_target"] if t is not None]
+        ratios = [x for x in r["ratio_to_same_seed_random_best"] if x is not None]
+        lines.append("| " + " | ".join([
+            f"`{r['arm']}`", str(r["seeds"]), _ms(r["acc_at_composition"]) if r["acc_at_composition"] else "—",
+            _ms(r["best"]), _ms(r["final"]), _ms(r["wall_k_devices"], "{:.1f}"), _ms(r["wall_measured"], "{:.1f}"),
+            _ms(r["subnet_seconds_k_devices"], "{:.1f}") if r["subnet_seconds_k_devices"] else "—",
+            f"{_ms(reached, '{:.1f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
+            f"{_ms(ratios, '{:.2f}')} ({len(ratios)}/{len(r['ratio_to_same_seed_random_best'])} reached)" if ratios else "never",
+        ]) + " |")  # fmt: skip
+    if parallel:
+        lines += ["", "Sub-network phase measured for real on this machine (seed 0; K spawned processes, 1 thread each, "
+                  "on 2 cores shared with other jobs; start-up of the processes included):", "",
+                  "| arm | measured parallel wall s | each sub-network's own training s | simulated K-device s (max + compose) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for label, v in parallel.items():
+            lines.append(f"| `{label}` | {v['subnet_seconds']:.1f} | {', '.join(f'{s:.1f}' for s in v['subnet_train_seconds'])} "
+                         f"| {v['subnet_seconds_k_devices']:.1f} |")  # fmt: skip
+    lines += ["", "![accuracy vs time](accuracy_vs_time.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    atomic_json({"preset": preset, "config": PRESETS[preset], "environment": env, "target": target, "rows": rows,
+                 "parallel_measured": parallel, "runs": records}, out / "results.json")  # fmt: skip
+    plot(curves, target, out / "accuracy_vs_time.png", preset)
+    print("\n".join(lines))
+
+
+def plot(curves: dict, target: float, path: Path, preset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, cs in curves.items():
+        n = min(len(c) for c in cs)
+        t = np.mean([[p["t"] for p in c[:n]] for c in cs], 0)
+        acc = np.array([[p["acc"] for p in c[:n]] for c in cs])
+        line = ax.plot(t, acc.mean(0), marker="o", ms=3, label=label)[0]
+        if "composed" in label:
+            ax.plot(t[:1], acc.mean(0)[:1], marker="*", ms=12, color=line.get_color())
+        ax.fill_between(t, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), color=line.get_color(), alpha=0.15)
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"random-init mean best {target:.3f}")
+    ax.set_xlabel("training wall time, s (sub-network phase = slowest sub-network: K devices)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"vgg-small (width 0.5) from scratch, composed init (★ = at composition) vs random init [{preset}]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cifar", choices=sorted(PRESETS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decompose"))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "decompose-bench"), help="per-run folders (not committed)")
+    ap.add_argument("--measure-parallel", action="store_true", help="also run each K's sub-network phase as K processes")
+    args = ap.parse_args()
+    out = Path(args.out) / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    run(args.preset, list(range(args.seeds)), out, Path(args.runs) / args.preset, args.measure_parallel)
