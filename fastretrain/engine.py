@@ -310,6 +310,7 @@ class Engine:
         self._sync()
         seconds = time.perf_counter() - t0 - self._untimed
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
+        self._trained_images = count
         self.wall_seconds += seconds
         self.log.update(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1), epoch_seconds=seconds,
                         wall_seconds=self.wall_seconds, images_per_second=count / seconds, lr=self.lr)  # fmt: skip
@@ -366,7 +367,8 @@ class Engine:
                 try:
                     self._train_epoch()
                 except StopFit:
-                    self._end_epoch()  # the epoch's training is done: evaluate and save it, then stop
+                    if self._trained_images:  # some training happened this epoch: evaluate and save it
+                        self._end_epoch()
                     break
                 self._end_epoch()
         except StopFit:  # raised in after_eval

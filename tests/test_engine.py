@@ -68,6 +68,17 @@ def test_skip_batch_and_stop_fit(cfg, bundle):
     assert summary["epochs"] == 1 and len(engine.history) == 1  # stopped after the first epoch, which was evaluated
 
 
+def test_stop_fit_before_an_epoch_records_nothing_for_it(cfg, bundle):
+    class StopAtSecond(Strategy):
+        def before_epoch(self, engine):
+            if engine.epoch == 1:
+                raise StopFit
+
+    cfg.epochs, cfg.out = 3, None
+    engine = build_engine(cfg, bundle, strategies=[StopAtSecond()])
+    assert engine.fit()["epochs"] == 1 and [h["epoch"] for h in engine.history] == [1]
+
+
 def test_rebuild_keeps_momentum_of_kept_and_returning_params(cfg, bundle):
     cfg.out = None
     engine = build_engine(cfg, bundle)
