@@ -37,6 +37,19 @@ PRESETS = {
             "random-init": ("sgdm", 8, None),
             "composed-K2": ("decompose", 10, {"subnets": 2, "sub_epochs": 3, "parallel": "sequential"}),
             "composed-K4": ("decompose", 11, {"subnets": 4, "sub_epochs": 4, "parallel": "sequential"}),
+            # added after the first three arms showed the composed init losing accuracy in the first global epoch at
+            # lr 0.05: the same sub-networks (sub_lr 0.05), global phase at lr 0.01
+            "composed-K2-globallr0.01": ("decompose", 10, {"subnets": 2, "sub_epochs": 3, "parallel": "sequential",
+                                                           "sub_lr": 0.05}, {"lr": 0.01}),
+        },
+    },
+    "fashion": {  # the bundled Fashion-MNIST subset (2,000 train / 1,000 test), same arms
+        "config": dict(model="vgg-small", width=0.5, data="fashion-mnist", image_size=32, batch_size=64, lr=0.05,
+                       weight_decay=5e-4, device="cpu", progress=False, save_checkpoint=False),
+        "arms": {
+            "random-init": ("sgdm", 8, None),
+            "composed-K2": ("decompose", 10, {"subnets": 2, "sub_epochs": 3, "parallel": "sequential"}),
+            "composed-K4": ("decompose", 11, {"subnets": 4, "sub_epochs": 4, "parallel": "sequential"}),
         },
     },
 }  # fmt: skip
@@ -66,10 +79,10 @@ def run(preset: str, seeds: list[int], out: Path, runs: Path, measure_parallel: 
     p = PRESETS[preset]
     records = []
     for seed in seeds:  # seed-major: machine noise hits every arm alike
-        for label, (method, epochs, opts) in p["arms"].items():
+        for label, (method, epochs, opts, *over) in p["arms"].items():
             cell = runs / label / f"seed{seed}"
             if not (cell / "summary.json").is_file():
-                kw = {**p["config"], "seed": seed, "out": str(cell), "method": method, "epochs": epochs}
+                kw = {**p["config"], **(over[0] if over else {}), "seed": seed, "out": str(cell), "method": method, "epochs": epochs}
                 if opts:
                     kw["options"] = {"decompose": opts}
                 print(f"== {label}  seed {seed}  -> {cell}", flush=True)
@@ -77,8 +90,8 @@ def run(preset: str, seeds: list[int], out: Path, runs: Path, measure_parallel: 
             records.append(load_record(cell, label, seed))
     parallel = {}
     if measure_parallel:  # the real parallel phase on this machine: K processes, 1 thread each
-        for label, (method, epochs, opts) in p["arms"].items():
-            if method != "decompose":
+        for label, (method, epochs, opts, *over) in p["arms"].items():
+            if method != "decompose" or over:
                 continue
             cell = runs / f"{label}-processes" / "seed0"
             if not (cell / "summary.json").is_file():
@@ -89,10 +102,63 @@ def run(preset: str, seeds: list[int], out: Path, runs: Path, measure_parallel: 
             first = load_record(cell, label, 0)["history"][0]
             parallel[label] = {k: first[k] for k in ("subnet_seconds", "subnet_train_seconds", "subnet_seconds_k_devices",
                                                      "test_acc_at_composition")}  # fmt: skip
-    report(preset, records, parallel, out)
+    ratios_file = out / "epoch_cost_ratios.json"
+    if not ratios_file.is_file():
+        atomic_json(epoch_cost_ratios(p["config"], sorted({o["subnets"] for m, _, o, *_ in p["arms"].values() if o})), ratios_file)
+    report(preset, records, parallel, json.loads(ratios_file.read_text()), out)
 
 
-def report(preset: str, records: list[dict], parallel: dict, out: Path) -> None:
+def epoch_cost_ratios(config: dict, Ks: list[int], steps: int = 8, reps: int = 5) -> dict:
+    """Training-step time of a K sub-network / the global network, 1 thread, real batch preparation included.
+
+    Alternates the networks rep by rep and takes medians, so that the load of other jobs on this shared machine
+    hits all alike; a sub-network epoch then costs `ratio` global epochs (same images, same batches).
+    """
+    import time
+
+    import torch
+
+    from fastretrain.compose import decompose
+    from fastretrain.data import prepare_images
+    from fastretrain.models import create_model, normalization
+
+    torch.set_num_threads(1)
+    g = create_model(config["model"], 10, width=config.get("width", 1.0))
+    nets = {1: g, **{K: decompose(g, K)[0] for K in Ks}}
+    bs, size = config["batch_size"], config["image_size"]
+    raw = torch.randint(0, 256, (bs, 3, round(size / 0.875), round(size / 0.875)), dtype=torch.uint8)
+    y = torch.randint(0, 10, (bs,))
+    gen, norm = torch.Generator().manual_seed(0), normalization(g)
+    times = {K: [] for K in nets}
+    for _ in range(reps):
+        for K, net in nets.items():
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            for i in range(steps + 1):
+                if i == 1:
+                    t0 = time.perf_counter()
+                x = prepare_images(raw, True, size, norm, gen)
+                loss = torch.nn.functional.cross_entropy(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            times[K].append((time.perf_counter() - t0) / steps)
+    med = {K: float(np.median(v)) for K, v in times.items()}
+    return {"step_seconds_median": {str(K): v for K, v in med.items()}, "steps": steps, "reps": reps,
+            "ratio": {str(K): med[K] / med[1] for K in Ks}}  # fmt: skip
+
+
+def cost_history(rec: dict, ratios: dict) -> list[dict]:
+    """The run's accuracy curve against cost in global-epoch units (load-independent): a sub-network epoch costs
+    ratio[K] (the K sub-networks run on K devices at once), a global epoch 1."""
+    h = rec["history"]
+    first = h[0]
+    if "subnet_seconds" not in first:
+        return [{"t": float(e["epoch"]), "acc": e["test_acc"]} for e in h]
+    sub = first["sub_epochs"] * ratios["ratio"][str(first["subnets"])]
+    return [{"t": sub, "acc": first["test_acc_at_composition"]}] + [{"t": sub + e["epoch"], "acc": e["test_acc"]} for e in h]
+
+
+def report(preset: str, records: list[dict], parallel: dict, ratios: dict, out: Path) -> None:
     labels = list(dict.fromkeys(r["method"] for r in records))
     base = [r for r in records if r["method"] == "random-init"]
     target = float(np.mean([r["summary"]["best_test_acc"] for r in base]))
@@ -113,6 +179,15 @@ def report(preset: str, records: list[dict], parallel: dict, out: Path) -> None:
                 t = first_reach(c, best)
                 own.append(None if t is None else t / first_reach(bc, best))
         first = [r["history"][0] for r in rs]
+        ccs = [cost_history(r, ratios) for r in rs]
+        base_cost = {r["seed"]: cost_history(r, ratios) for r in base}
+        own_cost = []
+        for r, c in zip(rs, ccs):
+            bc = base_cost.get(r["seed"])
+            if bc:
+                best = max(p["acc"] for p in bc)
+                t = first_reach(c, best)
+                own_cost.append(None if t is None else t / first_reach(bc, best))
         row = {
             "arm": label, "seeds": len(rs),
             "acc_at_composition": [f.get("test_acc_at_composition") for f in first if "test_acc_at_composition" in f],
@@ -122,6 +197,8 @@ def report(preset: str, records: list[dict], parallel: dict, out: Path) -> None:
             "subnet_seconds_sequential": [f["subnet_seconds"] for f in first if "subnet_seconds" in f],
             "subnet_seconds_k_devices": [f["subnet_seconds_k_devices"] for f in first if "subnet_seconds_k_devices" in f],
             "time_to_target": reach, "ratio_to_same_seed_random_best": own,
+            "cost_total": [c[-1]["t"] for c in ccs], "cost_at_composition": [c[0]["t"] for c, f in zip(ccs, first) if "sub_epochs" in f], "cost_to_target": [first_reach(c, target) for c in ccs],
+            "cost_ratio_to_same_seed_random_best": own_cost,
         }  # fmt: skip
         rows.append(row)
     env = environment()
@@ -137,13 +214,13 @@ def report(preset: str, records: list[dict], parallel: dict, out: Path) -> None:
              "| sub phase s (K-device) | s to target | time to same-seed random best / random's |", "|" + "---|" * 10]  # fmt: skip
     for r in rows:
         reached = [t for t in r["time_to_target"] if t is not None]
-        ratios = [x for x in r["ratio_to_same_seed_random_best"] if x is not None]
+        rel = [x for x in r["ratio_to_same_seed_random_best"] if x is not None]
         lines.append("| " + " | ".join([
             f"`{r['arm']}`", str(r["seeds"]), _ms(r["acc_at_composition"]) if r["acc_at_composition"] else "—",
             _ms(r["best"]), _ms(r["final"]), _ms(r["wall_k_devices"], "{:.1f}"), _ms(r["wall_measured"], "{:.1f}"),
             _ms(r["subnet_seconds_k_devices"], "{:.1f}") if r["subnet_seconds_k_devices"] else "—",
             f"{_ms(reached, '{:.1f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
-            f"{_ms(ratios, '{:.2f}')} ({len(ratios)}/{len(r['ratio_to_same_seed_random_best'])} reached)" if ratios else "never",
+            f"{_ms(rel, '{:.2f}')} ({len(rel)}/{len(r['ratio_to_same_seed_random_best'])} reached)" if rel else "never",
         ]) + " |")  # fmt: skip
     if parallel:
         lines += ["", "Sub-network phase measured for real on this machine (seed 0; K spawned processes, 1 thread each, "
@@ -153,15 +230,30 @@ def report(preset: str, records: list[dict], parallel: dict, out: Path) -> None:
         for label, v in parallel.items():
             lines.append(f"| `{label}` | {v['subnet_seconds']:.1f} | {', '.join(f'{s:.1f}' for s in v['subnet_train_seconds'])} "
                          f"| {v['subnet_seconds_k_devices']:.1f} |")  # fmt: skip
-    lines += ["", "![accuracy vs time](accuracy_vs_time.png)", ""]
+    lines += ["", f"Load-independent cost, in global-epoch units (1 = one global training epoch; a sub-network epoch costs "
+              f"the measured step-time ratio, K sub-networks at once on K devices: "
+              f"{', '.join(f'K={k}: {v:.3f}' for k, v in ratios['ratio'].items())}; medians of {ratios['reps']} alternated "
+              f"reps, 1 thread). The wall clock above is distorted by other jobs on the shared machine; these are not:", "",
+              "| arm | cost at composition | total cost | cost to target | cost to same-seed random best / random's |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        reached = [t for t in r["cost_to_target"] if t is not None]
+        ratios_ = [x for x in r["cost_ratio_to_same_seed_random_best"] if x is not None]
+        lines.append("| " + " | ".join([
+            f"`{r['arm']}`", _ms(r["cost_at_composition"], "{:.2f}") if r["cost_at_composition"] else "—", _ms(r["cost_total"], "{:.2f}"),
+            f"{_ms(reached, '{:.2f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
+            f"{_ms(ratios_, '{:.2f}')} ({len(ratios_)}/{len(r['cost_ratio_to_same_seed_random_best'])} reached)" if ratios_ else "never",
+        ]) + " |")  # fmt: skip
+    lines += ["", "![accuracy vs time](accuracy_vs_time.png)", "", "![accuracy vs cost](accuracy_vs_cost.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     atomic_json({"preset": preset, "config": PRESETS[preset], "environment": env, "target": target, "rows": rows,
                  "parallel_measured": parallel, "runs": records}, out / "results.json")  # fmt: skip
     plot(curves, target, out / "accuracy_vs_time.png", preset)
+    cost_curves = {label: [cost_history(r, ratios) for r in records if r["method"] == label] for label in labels}
+    plot(cost_curves, target, out / "accuracy_vs_cost.png", preset, "training cost, global-epoch units (sub-network phase on K devices)")
     print("\n".join(lines))
 
 
-def plot(curves: dict, target: float, path: Path, preset: str) -> None:
+def plot(curves: dict, target: float, path: Path, preset: str, xlabel: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,9 +269,9 @@ def plot(curves: dict, target: float, path: Path, preset: str) -> None:
             ax.plot(t[:1], acc.mean(0)[:1], marker="*", ms=12, color=line.get_color())
         ax.fill_between(t, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), color=line.get_color(), alpha=0.15)
     ax.axhline(target, color="grey", ls="--", lw=1, label=f"random-init mean best {target:.3f}")
-    ax.set_xlabel("training wall time, s (sub-network phase = slowest sub-network: K devices)")
+    ax.set_xlabel(xlabel or "training wall time, s (sub-network phase = slowest sub-network: K devices)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"vgg-small (width 0.5) from scratch, composed init (★ = at composition) vs random init [{preset}]")
+    ax.set_title(f"vgg-small (width 0.5) from scratch on {PRESETS[preset]['config']['data']}: composed (★) vs random init", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
