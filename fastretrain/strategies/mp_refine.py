@@ -49,7 +49,7 @@ class MPRefine(Strategy):
     order = 50  # refine after other strategies' end-of-epoch work
     lam: float = 0.5  # MP learning rate λ: W ← W + λ·ΔW
     C: float | str = "gcv"  # ridge strength, or "gcv": chosen per refinement from `grid`
-    grid: tuple[float, ...] = ridge.GCV_GRID  # C values GCV chooses from (1e-4 … 1e4)
+    grid: tuple[float, ...] | None = None  # C values GCV chooses from (default: 1e-4 … 1e4, 2 per decade)
     target: str = "pm1"  # one-hot targets in {-1,+1} ("pm1") or {0,1} ("01")
     form: str = "residual"  # "residual": fit T − current output; "replace": fit T itself
     features: str = "pass"  # "pass": extra eval-mode pass over the training set; "online": reuse the epoch's forwards
@@ -60,6 +60,11 @@ class MPRefine(Strategy):
     batch_size: int | None = None  # batch size of the feature pass (default: the evaluation batch size)
 
     def __post_init__(self):
+        if isinstance(self.C, str) and self.C != "gcv":  # from the CLI: -o mp-refine.C=inf
+            try:
+                self.C = float(self.C)
+            except ValueError:
+                pass
         checks = [
             (self.lam > 0, f"mp-refine.lam must be > 0, got {self.lam}"),
             (self.C == "gcv" or (isinstance(self.C, (int, float)) and self.C > 0), f"mp-refine.C must be > 0 or 'gcv', got {self.C!r}"),
@@ -217,7 +222,7 @@ class MPRefine(Strategy):
             if betas is not None:
                 sol = ridge.RidgeSolution(betas[k] if R is None else betas[k] @ R.T, float(self.C), message="recursive solution not finite")
             else:
-                sol = ridge.solve_or_warn(s, self.C, self.grid, what=f"mp-refine of {name}")
+                sol = ridge.solve_or_warn(s, self.C, tuple(self.grid or ridge.GCV_GRID), what=f"mp-refine of {name}")
             if k == len(layers) - 1:
                 info["refine_C"] = sol.C
             if not sol.ok or not torch.isfinite(sol.X).all():

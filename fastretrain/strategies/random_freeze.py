@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -115,7 +115,7 @@ class _NoGradPrefix:
 @dataclass
 class RandomFreeze(Strategy):
     order = -10  # decides the trainable set before strategies that read it
-    ratios: list[float] | Callable[[int, int], float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    ratios: tuple[float, ...] | list[float] | Callable[[int, int], float] = tuple(DEFAULT_RATIOS)  # per epoch, stretched
     no_grad_prefix: bool = True  # run layers below the lowest trainable conv without autograd
     bn_eval_frozen: bool = False  # keep the BN right after each frozen conv in eval mode (running stats fixed)
 
