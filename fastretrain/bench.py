@@ -41,8 +41,15 @@ def slug(method: str) -> str:
     return method.replace(",", "+")
 
 
-def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: Path, per_method: dict | None = None) -> list[dict]:
-    """Run (or reuse) every method × seed; return one record per run (summary + history)."""
+def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: Path, per_method: dict | None = None,
+              failed: dict | None = None) -> list[dict]:
+    """Run (or reuse) every method × seed; return one record per finished run (summary + history).
+
+    A method that fails with a FastRetrainError (e.g. stochastic depth on a model without residual
+    blocks) is skipped and its error stored in `failed` (method -> message).
+    """
+    failed = {} if failed is None else failed
+    from .errors import FastRetrainError
     from .run import make_config, train
 
     records = []
@@ -52,7 +59,12 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
             if not (cell / "summary.json").is_file():
                 kwargs = {**base, **(per_method or {}).get(method, {}), "method": method, "seed": seed, "out": str(cell)}
                 print(f"== {method}  seed {seed}  -> {cell}", flush=True)
-                train(make_config(**kwargs))
+                try:
+                    train(make_config(**kwargs))
+                except FastRetrainError as e:  # a method that cannot run here is reported, not fatal to the grid
+                    print(f"   failed: {e}", flush=True)
+                    failed.setdefault(method, str(e))
+                    continue
             records.append(load_record(cell, method, seed))
     return records
 
@@ -159,15 +171,19 @@ def compare(
     """Run the grid and write OUT/results.json, OUT/results.md and OUT/accuracy_vs_time.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = run_cells(base, methods, seeds, out, per_method)
+    failed: dict[str, str] = {}
+    records = run_cells(base, methods, seeds, out, per_method, failed)
     rows = aggregate(records, baseline, extra_keys)
     table = markdown_table(rows, baseline, extra_keys)
+    if failed:
+        table += "\n\nNot run: " + "; ".join(f"`{m}`: {e}" for m, e in failed.items())
     env = environment()
     title = title or f"{base.get('model')} on {base.get('data')}"
     plot_curves(records, out / "accuracy_vs_time.png", title)
-    atomic_json({"config": base, "methods": methods, "seeds": seeds, "environment": env, "rows": rows, "runs": records}, out / "results.json")
+    atomic_json({"config": base, "methods": methods, "seeds": seeds, "environment": env, "rows": rows, "runs": records,
+                 "failed": failed}, out / "results.json")  # fmt: skip
     md = (f"# {title}\n\nCommand: `{env['command']}`  \nCode: {env['commit']}, torch {env['torch']}, "
           f"{env['cpu_count']} CPU cores{', GPU ' + env['gpu'] if env['gpu'] else ''}  \n"
           f"Config: `{json.dumps(base, sort_keys=True)}`\n\n{table}\n\n![accuracy vs time](accuracy_vs_time.png)\n")  # fmt: skip
     (out / "results.md").write_text(md)
-    return {"rows": rows, "table": table, "records": records}
+    return {"rows": rows, "table": table, "records": records, "failed": failed}
