@@ -32,7 +32,10 @@ PRESETS = {
     "pretrained": {
         "config": dict(model="tf_efficientnet_lite0", pretrained=True, data="fashion-mnist", max_train=1000, image_size=64,
                        epochs=5, batch_size=32, lr=0.01, device="cpu", progress=False, save_checkpoint=False),
-        "variants": {"full-res": None, "kr-auto": {}, "kr-switch@1": {"switch_epoch": 1}},
+        # resize-only@2: the same low-resolution phase with every kernel kept (min_kernel above any kernel
+        # size): plain progressive resizing, to separate the effect of the kernel rescaling itself
+        "variants": {"full-res": None, "kr-auto": {}, "kr-switch@1": {"switch_epoch": 1},
+                     "resize-only@2": {"switch_epoch": 2, "min_kernel": 99}},
     },
 }  # fmt: skip
 
