@@ -210,7 +210,7 @@ class KernelRescale(Strategy):
         self.phase1_epochs = engine.epoch
 
     def after_fit(self, engine) -> None:
-        if self.phase == 1 and self.geometry:
+        if self.phase == 1:
             self.switch(engine)  # leave full-size weights behind
             self.phase1_epochs = engine.epoch + 1
         for h in self._handles:
