@@ -98,7 +98,8 @@ class MPRefine(Strategy):
         if self.features == "online":
             if len(final_linears(engine.model)) > 1:
                 warnings.warn("mp-refine features=online refines only the last FC layer", stacklevel=2)
-            self._tap = FeatureTap(self.head(engine)[-1][1])
+            last = self.head(engine)[-1][1]
+            self._tap, self._classes = FeatureTap(last), last.out_features
 
     def before_epoch(self, engine) -> None:
         self._online, self._online_seconds = None, 0.0
@@ -109,7 +110,7 @@ class MPRefine(Strategy):
         t0 = time.perf_counter()
         H = self._tap.value.flatten(1).double()
         Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
-        T = targets(engine.y, self.head(engine)[-1][1].out_features, self.target)
+        T = targets(engine.y, self._classes, self.target)
         if self._online is None:
             self._online = {"stats": ridge.RidgeStats.zeros(Hx.shape[1], T.shape[1], H.device)}
         ridge.accumulate(self._online["stats"], Hx, T)  # A = ΣĤᵀĤ, B = ΣĤᵀT, ee = ΣTᵀT
