@@ -144,7 +144,7 @@ def cmd_demo(args) -> int:
     methods = [m for m in DEMO_METHODS if m in METHODS]
     base = {"data": "fashion-mnist", "model": "tf_efficientnet_lite0", "pretrained": True, "image_size": 32,
             "epochs": 2 if args.quick else 4, "batch_size": 32, "lr": 0.01, "schedule": "cosine", "device": args.device,
-            "progress": False}  # fmt: skip
+            "progress": True}  # fmt: skip
     print(f"demo: fine-tuning ImageNet-pretrained EfficientNet-Lite0 on the bundled Fashion-MNIST subset "
           f"(2,000 train / 1,000 test, {base['image_size']} px, {base['epochs']} epochs) with: {', '.join(methods)}\n")  # fmt: skip
     res = compare(base, methods, [0], args.out, baseline="sgdm", title="demo: Lite0 on Fashion-MNIST (2k/1k)")
