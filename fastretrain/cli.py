@@ -15,6 +15,8 @@ from pathlib import Path
 from .config import TrainConfig, read_config_file
 from .errors import FastRetrainError
 
+# common method options with their own flags: flag -> (method, field, type)
+SHORTHANDS = {"--subnets": ("decompose", "subnets", int), "--sub-epochs": ("decompose", "sub_epochs", int)}
 DEMO_METHODS = ["sgdm", "linear-probe", "freeze-unfreeze", "fast-retrain", "rifle", "kernel-rescale"]
 
 
@@ -57,6 +59,8 @@ def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
     p.add_argument("-o", "--option", action="append", metavar="METHOD.FIELD=VALUE",
                    help="a method's option, e.g. -o rifle.period=2 (repeatable; see `fastretrain methods`)")  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file of TrainConfig fields; command-line flags override it")
+    for flag, (method, name, kind) in SHORTHANDS.items():
+        p.add_argument(flag, type=kind, default=None, help=f"shorthand for -o {method}.{name}=VALUE")
 
 
 def _config_from_args(args, skip=()) -> TrainConfig:
@@ -68,6 +72,10 @@ def _config_from_args(args, skip=()) -> TrainConfig:
         if f.name not in skip and f.name != "options" and getattr(args, f.name, None) is not None:
             given[f.name] = getattr(args, f.name)
     opts = parse_options(args.option)
+    for flag, (method, name, _) in SHORTHANDS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            opts.setdefault(method, {})[name] = value
     if opts:
         merged = dict(given.get("options") or {})
         for k, v in opts.items():
