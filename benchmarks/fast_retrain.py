@@ -105,8 +105,48 @@ def per_epoch_table(records, methods) -> str:
 # ------------------------------------------------------------------------------------------------ micro
 
 
+class Clock:
+    """Wall and process-CPU seconds of the training pass (+ after_epoch work) of each epoch. With one
+    torch thread, CPU seconds measure the work done even when other processes compete for the cores."""
+
+    def __init__(self):
+        self.wall, self.cpu = [], []
+
+    class _Start:
+        order = -1000
+
+        def __init__(self, clock):
+            self.clock = clock
+
+        def before_epoch(self, engine):
+            self.clock.t = (time.perf_counter(), time.process_time())
+
+    class _End:
+        order = 1000
+
+        def __init__(self, clock):
+            self.clock = clock
+
+        def after_epoch(self, engine):
+            w, c = self.clock.t
+            self.clock.wall.append(time.perf_counter() - w)
+            self.clock.cpu.append(time.process_time() - c)
+
+    def strategies(self):
+        return [self._Start(self), self._End(self)]
+
+
+def timed(fn) -> tuple[float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
 def micro(args) -> None:
-    """Epoch time at several trainable ratios vs full backprop; refinement vs one inference pass."""
+    """Epoch time at several trainable ratios vs full backprop; refinement vs one inference pass.
+
+    Every quantity is measured as wall seconds and process-CPU seconds, interleaved over repeats.
+    """
     from fastretrain.run import build_engine, make_config
     from fastretrain.strategies.mp_refine import MPRefine
     from fastretrain.strategies.random_freeze import RandomFreeze
@@ -129,73 +169,79 @@ def micro(args) -> None:
         model.load_state_dict(state)
         return build_engine(cfg, bundle=data, module=model, strategies=strategies)
 
-    def epoch_seconds(strategies, seed) -> dict:
-        e = engine(strategies, seed)
+    def epoch(strategies, seed):
+        clock = Clock()
+        e = engine(strategies + clock.strategies(), seed)
         e.fit()
-        return e.history[0]
+        return (clock.wall[0], clock.cpu[0]), e.history[0]
 
-    def inference_pass(e) -> float:
+    def inference_pass(e):
         e.model.eval()
-        t = time.perf_counter()
         with torch.no_grad():
             for x, _ in e.batches(train=False):
                 e.model(x)
         e.model.train()
-        return time.perf_counter() - t
 
-    def refine_seconds(e, **kw) -> float:
-        s = MPRefine(log_before=False, **kw)
-        t = time.perf_counter()
-        s.refine(e)
-        return time.perf_counter() - t
+    def online_cost(e):
+        """The online mode's own work for one epoch: per-batch accumulation (timed) + the solve (timed);
+        the training forwards that produce the features are not counted (SGD does them anyway)."""
+        s = MPRefine(features="online", log_before=False)
+        s.before_fit(e)
+        s.before_epoch(e)
+        wall = cpu = 0.0
+        e.model.train()
+        for e.iter, (x, e.y) in enumerate(e.batches(train=True)):
+            with torch.no_grad():
+                e.model(x)
+            w, c = timed(lambda: s.after_loss(e))
+            wall, cpu = wall + w, cpu + c
+        w, c = timed(lambda: s.refine(e))
+        s.after_fit(e)
+        return wall + w, cpu + c
 
     ratios = [float(r) for r in args.ratios]
     res: dict[str, list[float]] = {}
-    add = lambda k, v: res.setdefault(k, []).append(v)  # noqa: E731
+
+    def add(key, wc):
+        res.setdefault(key + " wall", []).append(wc[0])
+        res.setdefault(key + " cpu", []).append(wc[1])
+
     for rep in range(args.reps):  # interleaved, so load changes from other processes hit every variant alike
         print(f"-- repeat {rep + 1}/{args.reps}", flush=True)
-        add("epoch_full", epoch_seconds([], rep)["epoch_seconds"])
+        add("epoch full backprop", epoch([], rep)[0])
         for r in ratios:
-            h = epoch_seconds([RandomFreeze(ratios=[r])], rep)
-            add(f"epoch_r{r}", h["epoch_seconds"])
-            add(f"epoch_r{r}_prefix_params", h["frozen_prefix_params"])
-            if r == 0.5:
-                add("epoch_r0.5_no_prefix_hooks", epoch_seconds([RandomFreeze(ratios=[r], no_grad_prefix=False)], rep)["epoch_seconds"])
-        h = epoch_seconds([MPRefine(features="online", log_before=False)], rep)
-        add("epoch_online_refine", h["epoch_seconds"])
-        add("online_refine_seconds", h["refine_seconds"])
-        h = epoch_seconds([MPRefine(features="pass", log_before=False)], rep)
-        add("epoch_pass_refine", h["epoch_seconds"])
-        add("pass_refine_seconds_in_epoch", h["refine_seconds"])
+            wc, h = epoch([RandomFreeze(ratios=[r])], rep)
+            add(f"epoch r_a={r}", wc)
+            res.setdefault(f"r_a={r} frozen_prefix_params", []).append(h["frozen_prefix_params"])
         e = engine([], rep)
-        add("inference_pass", inference_pass(e))
-        add("refine_pass_gcv", refine_seconds(e))
-        add("refine_pass_C4", refine_seconds(e, C=4.0))
-        add("inference_pass_again", inference_pass(e))
+        add("inference pass", timed(lambda: inference_pass(e)))
+        add("refine pass, C by GCV", timed(lambda: MPRefine(log_before=False).refine(e)))
+        add("refine pass, C=4", timed(lambda: MPRefine(C=4.0, log_before=False).refine(e)))
+        add("refine online, C by GCV", online_cost(e))
+        add("inference pass (again)", timed(lambda: inference_pass(e)))
     mean = {k: statistics.mean(v) for k, v in res.items()}
-    inf = statistics.mean(res["inference_pass"] + res["inference_pass_again"])
-    ratios_out = {f"epoch_r{r} / epoch_full": mean[f"epoch_r{r}"] / mean["epoch_full"] for r in ratios}
-    if "epoch_r0.5_no_prefix_hooks" in mean:
-        ratios_out["epoch_r0.5_no_prefix_hooks / epoch_full"] = mean["epoch_r0.5_no_prefix_hooks"] / mean["epoch_full"]
-    ratios_out.update({
-        "refine_pass_gcv / inference_pass": mean["refine_pass_gcv"] / inf,
-        "refine_pass_C4 / inference_pass": mean["refine_pass_C4"] / inf,
-        "pass_refine_seconds_in_epoch / inference_pass": mean["pass_refine_seconds_in_epoch"] / inf,
-        "online_refine_seconds / inference_pass": mean["online_refine_seconds"] / inf,
-        "epoch_online_refine / epoch_full": mean["epoch_online_refine"] / mean["epoch_full"],
-    })  # fmt: skip
+    out_ratios = {}
+    for kind in ("wall", "cpu"):
+        full = mean[f"epoch full backprop {kind}"]
+        inf = statistics.mean(res[f"inference pass {kind}"] + res[f"inference pass (again) {kind}"])
+        for r in ratios:
+            out_ratios[f"epoch r_a={r} / full epoch ({kind})"] = mean[f"epoch r_a={r} {kind}"] / full
+        for k in ("refine pass, C by GCV", "refine pass, C=4", "refine online, C by GCV"):
+            out_ratios[f"{k} / inference pass ({kind})"] = mean[f"{k} {kind}"] / inf
     env = bench.environment()
+    name = args.micro_name
     atomic_json({"config": base, "train_images": len(data.train), "reps": args.reps, "environment": env, "seconds": res,
-                 "mean": mean, "ratios": ratios_out}, out / "micro.json")  # fmt: skip
+                 "mean": mean, "ratios": out_ratios}, out / f"{name}.json")  # fmt: skip
     lines = [f"# fast retraining micro-measurements (Lite0 ImageNet, {base['data']}, {len(data.train)} train images, "
              f"{base['image_size']} px, batch 32)", "", f"Command: `{env['command']}`  ",
              f"Code: {env['commit']}, torch {env['torch']}, {env['cpu_count']} CPU cores, {env['torch_threads']} torch threads"
-             f"{', GPU ' + env['gpu'] if env['gpu'] else ''}; {args.reps} interleaved repeats (seed = repeat index)", "",
+             f"{', GPU ' + env['gpu'] if env['gpu'] else ''}; {args.reps} interleaved repeats (seed = repeat index). "
+             "Epoch = the training pass of one epoch (no evaluation).", "",
              "| measurement | seconds (each repeat) | mean |", "|---|---|---|"]  # fmt: skip
     for k, v in res.items():
         lines.append(f"| {k} | {', '.join(f'{x:.3f}' for x in v)} | {mean[k]:.3f} |")
-    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios_out.items()]
-    (out / "micro.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in out_ratios.items()]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -215,6 +261,7 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", action="store_true", help="GPU-sized config: 128 px, all training images, cuda")
     p.add_argument("--micro-train", type=int, default=512, help="training images for the micro-measurements")
     p.add_argument("--ratios", nargs="+", default=["0.75", "0.5", "0.25"])
+    p.add_argument("--micro-name", default="micro", help="file name (without suffix) of the micro results")
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args(argv)
     (grid if args.what == "grid" else micro)(args)
