@@ -40,6 +40,13 @@ PRESETS = {
 }  # fmt: skip
 
 
+def _delta(values: list[float]) -> str:
+    """Signed mean ± unsigned std (pt)."""
+    if len(values) < 2:
+        return f"{values[0]:+.2f}" if values else "—"
+    return f"{np.mean(values):+.2f} ± {np.std(values, ddof=1):.2f}"
+
+
 def run(preset: str, seeds: list[int], out: Path, runs: Path, overrides: dict, variants=None) -> dict:
     from fastretrain.run import make_config, train
 
@@ -89,7 +96,7 @@ def run(preset: str, seeds: list[int], out: Path, runs: Path, overrides: dict, v
         summary[label] = {"phase1_epochs": p1, "saved": saved, "delta_best_pt": dbest, "delta_final_pt": dfinal,
                           "epoch_time_ratio": ratio, "switch_seconds": switch,
                           "saved_from_epoch_times": est}  # fmt: skip
-        lines.append(f"| `{label}` | {p1} | {_ms([100 * s for s in saved], '{:.1f}')} % | {_ms(dbest, '{:+.2f}')} | {_ms(dfinal, '{:+.2f}')} "
+        lines.append(f"| `{label}` | {p1} | {_ms([100 * s for s in saved], '{:.1f}')} % | {_delta(dbest)} | {_delta(dfinal)} "
                      f"| {_ms(ratio, '{:.2f}')} | {_ms(switch, '{:.1f}')} | {_ms([100 * x for x in est], '{:.1f}')} % |")  # fmt: skip
     env = environment()
     title = f"{base['model']}{' (pretrained)' if base.get('pretrained') else ' (scratch)'} on {base['data']}, {base['image_size']} px, {base['epochs']} epochs"
