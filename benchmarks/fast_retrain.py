@@ -62,13 +62,14 @@ def grid(args) -> None:
             method, opts = (("fast-retrain", {"mp-refine": {"features": "online"}}) if m == ONLINE else (m, {}))
             cell = cells / bench.slug(m).replace("[", "-").replace("]", "") / f"seed{seed}"
             if not (cell / "summary.json").is_file():
-                if seed not in run_seeds:
+                if seed not in run_seeds or args.reuse_only:
                     continue
                 print(f"== {m} seed {seed} -> {cell}", flush=True)
                 train(make_config(**base, method=method, options=opts, seed=seed, out=str(cell)))
             records.append(bench.load_record(cell, m, seed))
     if args.only_seeds is not None:
         return  # a helper process: the run without --only-seeds writes the tables
+    methods = [m for m in methods if any(r["method"] == m for r in records)]
     extra = ("refine_seconds",)
     rows = bench.aggregate(records, "sgdm", extra)
     table = bench.markdown_table(rows, "sgdm", extra)
@@ -256,6 +257,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=METHODS + [ONLINE])
+    p.add_argument("--reuse-only", action="store_true", help="tabulate the finished runs; run nothing")
     p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' missing cells and write no table (parallel helper)")
     p.add_argument("--cells", default="runs/fast_retrain_bench", help="where the individual runs go (not committed)")
     p.add_argument("--gpu", action="store_true", help="GPU-sized config: 128 px, all training images, cuda")
