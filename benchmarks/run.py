@@ -68,7 +68,7 @@ def claims(results: dict[str, dict]) -> list[str]:
         sg = _row(rows, "sgdm")
         if sg is None:
             continue
-        sg_best, sg_final, sg_wall = _mean(sg["best_test_acc"]), _mean(sg["final_test_acc"]), _mean(sg["wall_seconds"])
+        sg_final, sg_wall = _mean(sg["final_test_acc"]), _mean(sg["wall_seconds"])
         fr, mp = _row(rows, "fast-retrain"), _row(rows, "mp-refine")
         if fr:
             dacc = 100 * (_mean(fr["final_test_acc"]) - sg_final)

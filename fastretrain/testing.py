@@ -59,3 +59,19 @@ def run_processes(fn, world: int = 2, args=()) -> None:
 
 def scratch_dir() -> str:
     return tempfile.mkdtemp(prefix="fastretrain-test-")
+
+
+def assert_same_run(dir_a, dir_b) -> list[dict]:
+    """Two run folders hold bit-identical final weights and per-epoch test accuracies; returns b's metrics."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(Path(d) / "model_final.safetensors")) for d in (dir_a, dir_b))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la, lb = ([json.loads(x) for x in (Path(d) / "metrics.jsonl").read_text().splitlines()] for d in (dir_a, dir_b))
+    assert [x["test_acc"] for x in lb] == [x["test_acc"] for x in la]
+    return lb

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from fastretrain.config import TrainConfig
 from fastretrain.testing import tiny_bundle
@@ -20,3 +21,12 @@ def cfg(tmp_path):
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Tests never write into the repository (a default --out would land in ./runs)."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

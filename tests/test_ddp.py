@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import torch
 
-from fastretrain import TrainConfig, train
+from fastretrain import TrainConfig
 from fastretrain.testing import free_port, run_processes, tiny_bundle, tiny_images
 
 

@@ -13,15 +13,6 @@ from fastretrain.strategies.dropout import Dropout
 from fastretrain.strategies.rifle import Rifle, reinit_, reset_boundaries
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------ the schedule (pure function)
 def test_default_boundaries_are_quarters_with_settle_window():
     assert reset_boundaries(8) == [2, 4, 6]

@@ -21,15 +21,6 @@ from fastretrain.strategies.rifle import reset_boundaries
 from fastretrain.strategies.stochastic_depth import StochasticDepth, set_drop_path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class ResBlock(nn.Module):
     """A residual block with timm's `drop_path` slot (nn.Identity when the rate is 0)."""
 
