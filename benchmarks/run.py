@@ -25,7 +25,7 @@ FINE_TUNE = ["sgdm", "linear-probe", "freeze-unfreeze", "random-freeze", "mp-ref
              "dropout", "dropconnect", "stochastic-depth", "disturblabel", "cyclic-lr", "kernel-rescale",
              "fast-retrain,rifle", "fast-retrain,kernel-rescale", "rifle,kernel-rescale"]  # fmt: skip
 LITE0 = {"model": "tf_efficientnet_lite0", "pretrained": True, "batch_size": 32, "lr": 0.01, "schedule": "cosine",
-         "weight_decay": 1e-4, "progress": False, "save_checkpoint": False}  # fmt: skip
+         "weight_decay": 1e-4, "progress": False, "save_checkpoint": False, "save_weights": False}  # fmt: skip
 
 # name -> list of (comparison id, base config, methods, seeds)
 SUITES = {
@@ -34,18 +34,18 @@ SUITES = {
         ("fashion-mnist-5k-lite0", {**LITE0, "data": "fashion-mnist-5k", "image_size": 32, "epochs": 5, "max_train": 2000}, FINE_TUNE, 3),
         ("cifar10-subset-lite0", {**LITE0, "data": "cifar10-subset", "image_size": 32, "epochs": 5, "max_train": 2000}, FINE_TUNE, 3),
         ("cifar10-subset-resnet20-scratch", {"model": "resnet20", "data": "cifar10-subset", "image_size": 32, "epochs": 10,
-          "max_train": 5000, "batch_size": 64, "lr": 0.05, "progress": False, "save_checkpoint": False},
+          "max_train": 5000, "batch_size": 64, "lr": 0.05, "progress": False, "save_checkpoint": False, "save_weights": False},
          ["sgdm", "decompose", "kernel-rescale"], 3),
     ],
     "smoke": [  # checks the pipeline in a minute or two; numbers mean nothing
         ("smoke", {"model": "tiny-resnet", "data": "fashion-mnist", "image_size": 16, "epochs": 2, "max_train": 200,
-                   "lr": 0.05, "progress": False, "save_checkpoint": False}, FINE_TUNE, 1),
+                   "lr": 0.05, "progress": False, "save_checkpoint": False, "save_weights": False}, FINE_TUNE, 1),
     ],
     "gpu": [
         ("flowers5-lite0-224", {**LITE0, "data": "flowers5", "image_size": 224, "epochs": 10, "device": "cuda"}, FINE_TUNE, 3),
         ("cifar10-subset-lite0-224", {**LITE0, "data": "cifar10-subset", "image_size": 224, "epochs": 6, "device": "cuda"}, FINE_TUNE, 3),
         ("cifar10-subset-resnet20-scratch", {"model": "resnet20", "data": "cifar10-subset", "image_size": 32, "epochs": 30,
-          "batch_size": 128, "lr": 0.1, "device": "cuda", "progress": False, "save_checkpoint": False},
+          "batch_size": 128, "lr": 0.1, "device": "cuda", "progress": False, "save_checkpoint": False, "save_weights": False},
          ["sgdm", "decompose", "kernel-rescale"], 3),
     ],
 }

@@ -53,6 +53,7 @@ class TrainConfig:
     resume: bool = _f(False, "continue the run in --out from its checkpoint")
     progress: bool = _f(True, "show a progress bar per epoch and a line per epoch")
     save_checkpoint: bool = _f(True, "write a checkpoint after every epoch")
+    save_weights: bool = _f(True, "write model_best.safetensors and model_final.safetensors")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

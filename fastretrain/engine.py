@@ -346,7 +346,7 @@ class Engine:
             if self.out:
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(self.log) + "\n")
-                if improved:
+                if improved and self.cfg.save_weights:
                     save_weights(self.model, self.out / "model_best.safetensors")
                 if self.cfg.save_checkpoint:
                     atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
@@ -387,7 +387,8 @@ class Engine:
             "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": self.cfg.seed,
         }  # fmt: skip
         if self.out and dist.is_main():
-            save_weights(self.model, self.out / "model_final.safetensors")
+            if self.cfg.save_weights:
+                save_weights(self.model, self.out / "model_final.safetensors")
             atomic_json(summary, self.out / "summary.json")
         return summary
 

@@ -157,3 +157,9 @@ def test_metrics_and_outputs(cfg, bundle, tmp_path):
     for k in ("best_test_acc", "final_test_acc", "wall_seconds", "epochs", "method", "model"):
         assert on_disk[k] == summary[k]
     assert summary["best_test_acc"] == max(x["test_acc"] for x in lines)
+
+
+def test_save_weights_off_keeps_only_metrics(cfg, bundle, tmp_path):
+    cfg.save_weights, cfg.save_checkpoint = False, False
+    train(cfg, bundle=bundle)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "metrics.jsonl", "summary.json"]
