@@ -361,6 +361,8 @@ class Engine:
         if self.cfg.resume and self.out and (self.out / CHECKPOINT).is_file():
             self._restore(load_checkpoint(self.out / CHECKPOINT))
         elif self.out and dist.is_main():
+            if self.cfg.resume:
+                print(f"note: no checkpoint in {self.out}; starting from scratch")
             (self.out / "metrics.jsonl").write_text("")
         try:
             for self.epoch in range(self.start_epoch, self.cfg.epochs):
