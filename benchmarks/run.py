@@ -130,11 +130,21 @@ def time_to_target_chart(res: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def status(suite: str, out_root: Path) -> list[str]:
+    """One line per comparison: finished cells out of planned."""
+    lines = []
+    for cid, _, methods, seeds in SUITES[suite]:
+        done = sum((out_root / cid / m.replace(",", "+") / f"seed{s}" / "summary.json").is_file() for m in methods for s in range(seeds))
+        lines.append(f"- `{cid}`: {done} of {len(methods) * seeds} cells finished")
+    return lines
+
+
 def render(suite: str, results: dict[str, dict], out_root: Path) -> Path:
     doc = ROOT / "docs" / "BENCHMARKS.md" if suite in ("cpu", "gpu") else out_root / "BENCHMARKS.md"
     parts = [f"# Benchmarks: suite `{suite}`\n", f"Produced by `python benchmarks/run.py --suite {suite}`; raw results in "
              f"`{out_root.relative_to(ROOT)}/`. Mean ± std over seeds; wall time is training time (evaluation excluded).\n",
-             "## Claims checked\n", *(claims(results) or ["(no comparison has run yet)"]), ""]  # fmt: skip
+             "## Status\n", *status(suite, out_root), "", "## Claims checked\n",
+             *(claims(results) or ["(no comparison has run yet)"]), ""]  # fmt: skip
     for cid, res in results.items():
         rel = Path("..") / (out_root / cid).relative_to(ROOT) if doc.parent.name == "docs" else Path(cid)
         env = res.get("environment", {})
