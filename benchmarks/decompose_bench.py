@@ -73,6 +73,18 @@ def first_reach(curve: list[dict], target: float):
     return next((p["t"] for p in curve if p["acc"] >= target - 1e-12), None)
 
 
+def relative_reach(records, curves, base_curves) -> list[float | None]:
+    """Per seed: time to reach the same seed's random-init best, relative to random init's own time to it."""
+    out = []
+    for r, c in zip(records, curves):
+        bc = base_curves.get(r["seed"])
+        if bc:
+            best = max(p["acc"] for p in bc)
+            t = first_reach(c, best)
+            out.append(None if t is None else t / first_reach(bc, best))
+    return out
+
+
 def run(preset: str, seeds: list[int], out: Path, runs: Path, measure_parallel: bool) -> None:
     from fastretrain.run import make_config, train
 
@@ -164,30 +176,17 @@ def report(preset: str, records: list[dict], parallel: dict, ratios: dict, out: 
     target = float(np.mean([r["summary"]["best_test_acc"] for r in base]))
     base_curves = {r["seed"]: k_device_history(r) for r in base}
     base_time = float(np.mean([first_reach(c, max(p["acc"] for p in c)) for c in base_curves.values()]))
+    base_cost = {r["seed"]: cost_history(r, ratios) for r in base}
     rows, curves = [], {}
     for label in labels:
         rs = [r for r in records if r["method"] == label]
         cs = [k_device_history(r) for r in rs]
         curves[label] = cs
         reach = [first_reach(c, target) for c in cs]
-        # per seed: time to reach the same seed's random-init best, relative to random-init's time to it
-        own = []
-        for r, c in zip(rs, cs):
-            bc = base_curves.get(r["seed"])
-            if bc:
-                best = max(p["acc"] for p in bc)
-                t = first_reach(c, best)
-                own.append(None if t is None else t / first_reach(bc, best))
+        own = relative_reach(rs, cs, base_curves)  # in seconds (K-device)
         first = [r["history"][0] for r in rs]
         ccs = [cost_history(r, ratios) for r in rs]
-        base_cost = {r["seed"]: cost_history(r, ratios) for r in base}
-        own_cost = []
-        for r, c in zip(rs, ccs):
-            bc = base_cost.get(r["seed"])
-            if bc:
-                best = max(p["acc"] for p in bc)
-                t = first_reach(c, best)
-                own_cost.append(None if t is None else t / first_reach(bc, best))
+        own_cost = relative_reach(rs, ccs, base_cost)  # in global-epoch units
         row = {
             "arm": label, "seeds": len(rs),
             "acc_at_composition": [f.get("test_acc_at_composition") for f in first if "test_acc_at_composition" in f],

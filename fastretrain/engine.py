@@ -199,12 +199,12 @@ class Engine:
     @contextlib.contextmanager
     def untimed(self):
         """Exclude the enclosed work (e.g. an extra evaluation) from the training clock."""
-        self._sync()
+        self.sync()
         t = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            self.sync()
             self._untimed += time.perf_counter() - t
 
     def autocast(self):
@@ -243,7 +243,8 @@ class Engine:
                 if b.is_floating_point():
                     b.copy_(dist.all_reduce_sum(b.clone()) / dist.world())
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Wait for the device (CUDA) so that wall-clock timings are right."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -277,7 +278,7 @@ class Engine:
         self._untimed = 0.0
         self._seed_epoch()
         self.model.train()
-        self._sync()
+        self.sync()
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
         bar = tqdm(total=self.num_batches(), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
@@ -307,7 +308,7 @@ class Engine:
             stop = True
         finally:
             bar.close()
-        self._sync()
+        self.sync()
         seconds = time.perf_counter() - t0 - self._untimed
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
         self._trained_images = count

@@ -122,10 +122,10 @@ class MPRefine(Strategy):
         if self.log_before:
             with engine.untimed():
                 engine.log["test_acc_before_refine"] = engine.evaluate()[1]
-        engine._sync()
+        engine.sync()
         t0 = time.perf_counter()
         info = self.refine(engine)
-        engine._sync()
+        engine.sync()
         engine.log["refine_seconds"] = time.perf_counter() - t0 + self._online_seconds
         engine.log.update(info)
 
