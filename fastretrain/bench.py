@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,13 @@ def slug(method: str) -> str:
 
 
 def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: Path, per_method: dict | None = None,
-              failed: dict | None = None) -> list[dict]:
+              failed: dict | None = None, deadline: float | None = None) -> list[dict]:
     """Run (or reuse) every method × seed; return one record per finished run (summary + history).
 
     A method that fails with a FastRetrainError (e.g. stochastic depth on a model without residual
-    blocks) is skipped and its error stored in `failed` (method -> message).
+    blocks) is skipped and its error stored in `failed` (method -> message). With `deadline` (a
+    `time.monotonic()` value) no new cell starts after it; finished cells are still reported, and a
+    rerun continues where this one stopped.
     """
     failed = {} if failed is None else failed
     from .errors import FastRetrainError
@@ -57,6 +60,9 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
         for method in methods:
             cell = Path(out) / slug(method) / f"seed{seed}"
             if not (cell / "summary.json").is_file():
+                if deadline is not None and time.monotonic() > deadline:
+                    print(f"== time budget reached: {method} seed {seed} and later cells not started (rerun to continue)", flush=True)
+                    continue
                 kwargs = {**base, **(per_method or {}).get(method, {}), "method": method, "seed": seed, "out": str(cell)}
                 print(f"== {method}  seed {seed}  -> {cell}", flush=True)
                 try:
@@ -167,12 +173,13 @@ def compare(
     title: str | None = None,
     extra_keys=(),
     per_method: dict | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Run the grid and write OUT/results.json, OUT/results.md and OUT/accuracy_vs_time.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
-    records = run_cells(base, methods, seeds, out, per_method, failed)
+    records = run_cells(base, methods, seeds, out, per_method, failed, deadline)
     rows = aggregate(records, baseline, extra_keys)
     table = markdown_table(rows, baseline, extra_keys)
     if failed:
