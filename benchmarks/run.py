@@ -57,6 +57,12 @@ def _row(rows, method):
     return next((r for r in rows if r["method"] == method), None)
 
 
+def _med(xs):
+    """Times: median over seeds, so one seed slowed by other load on a shared machine does not move the ratio."""
+    xs = [x for x in xs if x is not None]
+    return float(np.median(xs)) if xs else None
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None
@@ -100,9 +106,9 @@ HOWTO = """## How to reproduce
 
 
 def _reach_ratio(row, sg):
-    """Mean time to sgdm's best over the seeds that reached it, relative to sgdm's; with reached counts."""
-    reach = _mean(row["time_to_target"])
-    base = _mean(sg["time_to_target"])
+    """Median time to sgdm's best over the seeds that reached it, relative to sgdm's; with reached counts."""
+    reach = _med(row["time_to_target"])
+    base = _med(sg["time_to_target"])
     ratio = reach / base if reach and base else None
     return ratio, f"{row['reached']}/{row['seeds']} seeds reached it"
 
@@ -115,7 +121,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
         sg = _row(rows, "sgdm")
         if sg is None:
             continue
-        sg_final, sg_wall = _mean(sg["final_test_acc"]), _mean(sg["wall_seconds"])
+        sg_final, sg_wall = _mean(sg["final_test_acc"]), _med(sg["wall_seconds"])
         fr, mp = _row(rows, "fast-retrain"), _row(rows, "mp-refine")
         if fr:
             dacc = 100 * (_mean(fr["final_test_acc"]) - sg_final)
@@ -124,7 +130,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
             out["fast"].append((f"`{cid}`: final acc {dacc:+.2f} pt vs SGDM; time to SGDM's best "
                                 f"{'%.2f× SGDM' % speed if speed else 'never'} ({note})", v))  # fmt: skip
             if mp:
-                save = 1 - _mean(fr["wall_seconds"]) / _mean(mp["wall_seconds"])
+                save = 1 - _med(fr["wall_seconds"]) / _med(mp["wall_seconds"])
                 v = "reproduced" if 0.15 <= save else "partly" if save > 0 else "not reproduced"
                 out["fast"].append((f"`{cid}`: fast-retrain takes {100 * save:.1f}% less time than refinement without freezing "
                                     f"(`mp-refine`), final acc {100 * (_mean(fr['final_test_acc']) - _mean(mp['final_test_acc'])):+.2f} pt", v))  # fmt: skip
@@ -138,7 +144,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
             out["rifle"].append((f"`{cid}`: best acc {d:+.2f} pt vs the best trick (`{best_trick['method']}`), {d_sg:+.2f} pt vs SGDM", v))
         kr = _row(rows, "kernel-rescale")
         if kr:
-            save = 1 - _mean(kr["wall_seconds"]) / sg_wall
+            save = 1 - _med(kr["wall_seconds"]) / sg_wall
             d = 100 * (_mean(kr["final_test_acc"]) - sg_final)
             v = "reproduced" if save >= 0.2 and d >= -0.3 else "partly" if save > 0 and d >= -1 else "not reproduced"
             out["kernel"].append((f"`{cid}`: {100 * save:.1f}% less time than SGDM, final acc {d:+.2f} pt", v))
@@ -169,7 +175,7 @@ def combinations(results: dict[str, dict]) -> list[str]:
             if "," not in m or len(parts) < 2:
                 continue
             acc = {k: 100 * _mean(rows[k]["final_test_acc"]) for k in [m, *parts]}
-            wall = {k: _mean(rows[k]["wall_seconds"]) for k in [m, *parts]}
+            wall = {k: _med(rows[k]["wall_seconds"]) for k in [m, *parts]}
             best_part = max(parts, key=lambda k: acc[k])
             d = acc[m] - acc[best_part]
             word = ("better than either part" if d > 0 else "between its parts" if acc[m] >= min(acc[p] for p in parts)
@@ -195,7 +201,7 @@ def overview(results: dict[str, dict]) -> list[str]:
                 cells.append("—")
                 continue
             d = 100 * (_mean(r["final_test_acc"]) - _mean(sg["final_test_acc"]))
-            t = _mean(r["wall_seconds"]) / _mean(sg["wall_seconds"])
+            t = _med(r["wall_seconds"]) / _med(sg["wall_seconds"])
             cells.append(f"{100 * _mean(r['final_test_acc']):.1f}" + ("" if m == "sgdm" else f" ({d:+.1f} pt)") + f", {t:.2f}× time")
         lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return lines
@@ -210,7 +216,7 @@ def time_to_target_chart(res: dict, path: Path, title: str) -> None:
     rows = [r for r in res["rows"] if r["reached"]]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(res["rows"]) + 1.2))
     names = [r["method"] for r in res["rows"]]
-    vals = [_mean(r["time_to_target"]) if r["reached"] else 0 for r in res["rows"]]
+    vals = [_med(r["time_to_target"]) if r["reached"] else 0 for r in res["rows"]]
     ax.barh(names, vals, color=["C0" if v else "lightgrey" for v in vals])
     for i, r in enumerate(res["rows"]):
         if not r["reached"]:
@@ -251,8 +257,10 @@ def render(suite: str, results: dict[str, dict], out_root: Path, doc: Path | Non
 
     command = command or f"python benchmarks/run.py --suite {suite}"
     parts = [f"# Benchmarks: suite `{suite}`\n", f"Produced by `{command}`; raw results in `{rel(out_root)}/` (one folder per "
-             "cell with its resolved config, per-epoch metrics and summary). Mean ± std over seeds; wall time is training "
-             "time (evaluation excluded; one-off setup such as feature caching included).\n",
+             "cell with its resolved config, per-epoch metrics and summary). Accuracy: mean ± std over seeds. Wall time "
+             "is training time (evaluation excluded; one-off setup such as feature caching included); the claim, "
+             "combination and overview sections use its median over seeds, since cells run one after another on a shared "
+             "machine and one disturbed seed would otherwise move a ratio.\n",
              "## Status\n", *status(suite, out_root, seeds), ""]  # fmt: skip
     measured = claims(results)
     parts += ["## Claims of the source papers, checked\n",
@@ -265,12 +273,12 @@ def render(suite: str, results: dict[str, dict], out_root: Path, doc: Path | Non
                   f"- Overall in this suite: **{overall([v for _, v in lines])}**", f"- Dedicated benchmark: {dedicated}", ""]  # fmt: skip
     combo = combinations(results)
     if combo:
-        parts += ["## Do combinations help?\n", "Final test accuracy (mean over seeds) and training wall time of each "
-                  "combination next to its parts alone.\n", *combo, ""]  # fmt: skip
+        parts += ["## Do combinations help?\n", "Final test accuracy (mean over seeds) and training wall time "
+                  "(median over seeds) of each combination next to its parts alone.\n", *combo, ""]  # fmt: skip
     table = overview(results)
     if table:
         parts += ["## Overview: every method against SGDM\n", "Per comparison: mean final test accuracy (%), its difference "
-                  "from SGDM, and mean training wall time relative to SGDM's.\n", *table, ""]  # fmt: skip
+                  "from SGDM, and median training wall time relative to SGDM's.\n", *table, ""]  # fmt: skip
     for cid, res in results.items():
         env = res.get("environment", {})
         parts += [f"## {cid}\n", f"Config: `{json.dumps(res['config'], sort_keys=True)}`  \nHardware: {env.get('cpu_count')} CPU cores"
