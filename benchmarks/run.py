@@ -308,7 +308,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, help="seeds per comparison (default: the suite's)")
     ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes; rerun to continue")
     args = ap.parse_args(argv)
-    from fastretrain.bench import aggregate, compare, load_record, markdown_table
+    from fastretrain.bench import aggregate, compare, load_record, markdown_table, plot_curves
 
     deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
     over = {}
@@ -334,6 +334,7 @@ def main(argv=None) -> None:
             if not recs:
                 continue
             rows = aggregate(recs, "sgdm")
+            plot_curves(recs, out_root / cid / "accuracy_vs_time.png", cid)
             res = {"rows": rows, "table": markdown_table(rows, "sgdm"), "config": base}
             saved = out_root / cid / "results.json"
             res["environment"] = json.loads(saved.read_text())["environment"] if saved.is_file() else {}

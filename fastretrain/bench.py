@@ -137,28 +137,38 @@ def markdown_table(rows: list[dict], baseline: str | None = None, extra_keys=())
 
 
 def plot_curves(records: list[dict], path: Path, title: str) -> None:
-    """Test accuracy against cumulative training wall time, mean over seeds per method (band: ± std)."""
+    """Test accuracy against cumulative training wall time (median over seeds) per method; line: mean accuracy
+    over seeds, band: ± std. Up to 20 distinguishable colours; combinations of methods are dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in dict.fromkeys(r["method"] for r in records):
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    many = len(methods) > 6
+    fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4.8))
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
+    markers = "os^vDP*Xph<>"
+    for i, m in enumerate(methods):
         hs = [r["history"] for r in records if r["method"] == m]
         n = min(len(h) for h in hs)
         if n == 0:
             continue
-        t = np.mean([[e["wall_seconds"] for e in h[:n]] for h in hs], 0)
+        t = np.median([[e["wall_seconds"] for e in h[:n]] for h in hs], 0)
         acc = np.array([[e["test_acc"] for e in h[:n]] for h in hs])
-        line = ax.plot(t, acc.mean(0), marker="o", ms=3, label=m)[0]
+        color = colors[i % len(colors)]
+        ax.plot(t, acc.mean(0), marker=markers[i % len(markers)], ms=4, color=color, label=m,
+                linestyle="--" if "," in m else "-", lw=1.3)  # fmt: skip
         if len(hs) > 1:
-            ax.fill_between(t, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("training wall time (s)")
-    ax.set_ylabel("test accuracy")
+            ax.fill_between(t, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), color=color, alpha=0.12)
+    ax.set_xlabel("training wall time (s, median over seeds)")
+    ax.set_ylabel("test accuracy (mean over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
