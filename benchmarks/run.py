@@ -170,7 +170,7 @@ def combinations(results: dict[str, dict]) -> list[str]:
     lines = []
     for cid, res in results.items():
         rows = {r["method"]: r for r in res["rows"]}
-        for m, r in rows.items():
+        for m in rows:
             parts = [p for p in m.split(",") if p in rows]
             if "," not in m or len(parts) < 2:
                 continue
@@ -231,11 +231,13 @@ def time_to_target_chart(res: dict, path: Path, title: str) -> None:
 
 def status(suite: str, out_root: Path, seeds: int | None = None) -> list[str]:
     """One line per comparison: finished cells out of planned."""
+    from fastretrain.bench import cell_dir
+
     lines = []
     for cid, _, methods, suite_seeds in SUITES[suite]:
-        seeds = seeds or suite_seeds
-        done = sum((out_root / cid / m.replace(",", "+") / f"seed{s}" / "summary.json").is_file() for m in methods for s in range(seeds))
-        lines.append(f"- `{cid}`: {done} of {len(methods) * seeds} cells finished")
+        n = seeds or suite_seeds
+        done = sum((cell_dir(out_root / cid, m, s) / "summary.json").is_file() for m in methods for s in range(n))
+        lines.append(f"- `{cid}`: {done} of {len(methods) * n} cells finished")
     return lines
 
 
@@ -308,7 +310,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, help="seeds per comparison (default: the suite's)")
     ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes; rerun to continue")
     args = ap.parse_args(argv)
-    from fastretrain.bench import aggregate, compare, load_record, markdown_table, plot_curves
+    from fastretrain.bench import aggregate, cell_dir, compare, load_record, markdown_table, plot_curves
 
     deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
     over = {}
@@ -325,12 +327,12 @@ def main(argv=None) -> None:
             continue
         base, seeds = {**base, **over}, args.seeds or seeds
         cells = [(m, s) for s in range(seeds) for m in methods]
-        done = [(m, s) for m, s in cells if (out_root / cid / m.replace(",", "+") / f"seed{s}" / "summary.json").is_file()]
+        done = [(m, s) for m, s in cells if (cell_dir(out_root / cid, m, s) / "summary.json").is_file()]
         late = deadline is not None and time.monotonic() > deadline
         if args.render or late:
             if late and len(done) < len(cells):
                 print(f"== time budget reached: {cid} not continued (rerun to continue)", flush=True)
-            recs = [load_record(out_root / cid / m.replace(",", "+") / f"seed{s}", m, s) for m, s in done]
+            recs = [load_record(cell_dir(out_root / cid, m, s), m, s) for m, s in done]
             if not recs:
                 continue
             rows = aggregate(recs, "sgdm")
@@ -343,7 +345,6 @@ def main(argv=None) -> None:
             if not res["rows"]:
                 continue
             res["config"] = base
-            res["environment"] = json.loads((out_root / cid / "results.json").read_text())["environment"]
         time_to_target_chart(res, out_root / cid / "time_to_target.png", cid)
         results[cid] = res
     print(f"written {render(args.suite, results, out_root, seeds=args.seeds, command=command)}")

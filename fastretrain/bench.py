@@ -42,6 +42,11 @@ def slug(method: str) -> str:
     return method.replace(",", "+")
 
 
+def cell_dir(out: str | Path, method: str, seed: int) -> Path:
+    """The folder of one method × seed run of a comparison; it has finished when it holds summary.json."""
+    return Path(out) / slug(method) / f"seed{seed}"
+
+
 def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: Path, per_method: dict | None = None,
               failed: dict | None = None, deadline: float | None = None) -> list[dict]:
     """Run (or reuse) every method × seed; return one record per finished run (summary + history).
@@ -58,7 +63,7 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
     records = []
     for seed in seeds:
         for method in methods:
-            cell = Path(out) / slug(method) / f"seed{seed}"
+            cell = cell_dir(out, method, seed)
             if not (cell / "summary.json").is_file():
                 if deadline is not None and time.monotonic() > deadline:
                     print(f"== time budget reached: {method} seed {seed} and later cells not started (rerun to continue)", flush=True)
@@ -203,4 +208,4 @@ def compare(
           f"{env['cpu_count']} CPU cores{', GPU ' + env['gpu'] if env['gpu'] else ''}  \n"
           f"Config: `{json.dumps(base, sort_keys=True)}`\n\n{table}\n\n![accuracy vs time](accuracy_vs_time.png)\n")  # fmt: skip
     (out / "results.md").write_text(md)
-    return {"rows": rows, "table": table, "records": records, "failed": failed}
+    return {"rows": rows, "table": table, "records": records, "failed": failed, "environment": env}

@@ -121,3 +121,11 @@ def test_subset_zip_keeps_first_n_per_class(tmp_path):
         names = sorted(z.namelist())
         assert "wrap/train/cat/002.jpg" in names and "wrap/train/cat/003.jpg" not in names
         assert z.read("wrap/test/dog/000.jpg") == b"testdog0"
+
+
+def test_status_counts_each_comparisons_own_seeds(tmp_path, monkeypatch):
+    monkeypatch.setitem(suite.SUITES, "t", [("a", {}, ["sgdm"], 1), ("b", {}, ["sgdm", "rifle"], 2)])
+    (tmp_path / "b" / "rifle" / "seed1").mkdir(parents=True)
+    (tmp_path / "b" / "rifle" / "seed1" / "summary.json").write_text("{}")
+    assert suite.status("t", tmp_path) == ["- `a`: 0 of 1 cells finished", "- `b`: 1 of 4 cells finished"]
+    assert suite.status("t", tmp_path, seeds=1) == ["- `a`: 0 of 1 cells finished", "- `b`: 0 of 2 cells finished"]
