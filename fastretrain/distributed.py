@@ -1,6 +1,7 @@
 """torch.distributed helpers: the engine runs unchanged under `torchrun --nproc_per_node=K`."""
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -11,6 +12,15 @@ def init_from_env(device: torch.device) -> None:
     """Join the process group torchrun describes (RANK/WORLD_SIZE set); a no-op for one process."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly. Without it, a gloo rank can abort at interpreter exit
+    ("terminate called without an active exception") when its peer has already gone; registered at exit
+    by `init_from_env`, safe to call twice."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> int:
