@@ -28,6 +28,11 @@ FINE_TUNE = ["sgdm", "linear-probe", "freeze-unfreeze", "random-freeze", "mp-ref
              "fast-retrain,rifle", "fast-retrain,kernel-rescale", "rifle,kernel-rescale"]  # fmt: skip
 LITE0 = {"model": "tf_efficientnet_lite0", "pretrained": True, "batch_size": 32, "lr": 0.01, "schedule": "cosine",
          "weight_decay": 1e-4, "progress": False, "save_checkpoint": False, "save_weights": False}  # fmt: skip
+LITE1 = {**LITE0, "model": "tf_efficientnet_lite1"}
+# Lite1 (~1.5x Lite0's compute) "where time allows": the methods the claims are about, plus the best RIFLE-rival
+# tricks on Lite0 and one combination.
+LITE1_METHODS = ["sgdm", "linear-probe", "random-freeze", "mp-refine", "fast-retrain", "rifle", "stochastic-depth",
+                 "cyclic-lr", "kernel-rescale", "fast-retrain,rifle"]  # fmt: skip
 
 # name -> list of (comparison id, base config, methods, seeds)
 SUITES = {
@@ -38,6 +43,9 @@ SUITES = {
         ("cifar10-subset-resnet20-scratch", {"model": "resnet20", "data": "cifar10-subset", "image_size": 32, "epochs": 10,
           "max_train": 5000, "batch_size": 64, "lr": 0.05, "progress": False, "save_checkpoint": False, "save_weights": False},
          ["sgdm", "decompose", "kernel-rescale"], 3),
+        ("flowers5-lite1", {**LITE1, "data": "flowers5", "image_size": 48, "epochs": 5, "max_train": 1200}, LITE1_METHODS, 3),
+        ("cifar10-subset-lite1", {**LITE1, "data": "cifar10-subset", "image_size": 32, "epochs": 5, "max_train": 2000},
+         LITE1_METHODS, 3),
     ],
     "smoke": [  # checks the pipeline in a minute or two; numbers mean nothing
         ("smoke", {"model": "tiny-resnet", "data": "fashion-mnist", "image_size": 16, "epochs": 2, "max_train": 200,
