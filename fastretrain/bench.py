@@ -60,6 +60,7 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
     from .errors import FastRetrainError
     from .run import make_config, train
 
+    env = environment()  # taken before any cell runs: the code that runs them
     records = []
     for seed in seeds:
         for method in methods:
@@ -76,6 +77,7 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
                     print(f"   failed: {e}", flush=True)
                     failed.setdefault(method, str(e))
                     continue
+                atomic_json(env, cell / "environment.json")
             records.append(load_record(cell, method, seed))
     return records
 
@@ -194,12 +196,16 @@ def compare(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
+    env = environment()
+    new_cells = [(m, s) for s in seeds for m in methods if not (cell_dir(out, m, s) / "summary.json").is_file()]
+    if not new_cells and (out / "results.json").is_file():
+        # Nothing ran now: this is a re-aggregation, so keep the record of the run that produced the cells.
+        env = json.loads((out / "results.json").read_text()).get("environment", env)
     records = run_cells(base, methods, seeds, out, per_method, failed, deadline)
     rows = aggregate(records, baseline, extra_keys)
     table = markdown_table(rows, baseline, extra_keys)
     if failed:
         table += "\n\nNot run: " + "; ".join(f"`{m}`: {e}" for m, e in failed.items())
-    env = environment()
     title = title or f"{base.get('model')} on {base.get('data')}"
     plot_curves(records, out / "accuracy_vs_time.png", title)
     atomic_json({"config": base, "methods": methods, "seeds": seeds, "environment": env, "rows": rows, "runs": records,

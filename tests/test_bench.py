@@ -26,6 +26,12 @@ def test_compare_runs_cells_once_and_writes_outputs(tmp_path, capsys):
     assert [r["method"] for r in res["rows"]] == ["sgdm", "linear-probe"]
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["environment"]["cpu_count"] >= 1 and saved["runs"][0]["summary"]["epochs"] == 1
+    cell_env = json.loads((tmp_path / "b" / "sgdm" / "seed0" / "environment.json").read_text())
+    assert cell_env["commit"] == saved["environment"]["commit"] and "command" in cell_env and "torch" in cell_env
+    saved["environment"]["command"] = "the command that ran the cells"
+    (tmp_path / "b" / "results.json").write_text(json.dumps(saved))
     capsys.readouterr()
     compare(base, ["sgdm", "linear-probe"], [0], tmp_path / "b")  # finished cells are reused, not rerun
     assert "== " not in capsys.readouterr().out
+    # a re-aggregation keeps the record of the run that produced the cells
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["environment"]["command"] == "the command that ran the cells"
