@@ -44,6 +44,8 @@ SUITES = {
           "max_train": 5000, "batch_size": 64, "lr": 0.05, "progress": False, "save_checkpoint": False, "save_weights": False},
          ["sgdm", "decompose", "kernel-rescale"], 3),
         ("flowers5-lite1", {**LITE1, "data": "flowers5", "image_size": 48, "epochs": 5, "max_train": 1200}, LITE1_METHODS, 3),
+        ("fashion-mnist-5k-lite1", {**LITE1, "data": "fashion-mnist-5k", "image_size": 32, "epochs": 5, "max_train": 2000},
+         LITE1_METHODS, 3),
         ("cifar10-subset-lite1", {**LITE1, "data": "cifar10-subset", "image_size": 32, "epochs": 5, "max_train": 2000},
          LITE1_METHODS, 3),
     ],
@@ -97,7 +99,8 @@ PAPERS = {  # key -> (title, claim as stated in ../shared/METHODS.md, dedicated 
 }
 HOWTO = """## How to reproduce
 
-- CPU suite (this machine: 2 cores, about 3 hours; resumable, finished cells are reused):
+- CPU suite (this machine: 2 cores, about 3 hours for the Lite0 and ResNet-20 comparisons, plus about 1.5 hours for
+  the Lite1 ones; resumable, finished cells are reused):
   `OMP_NUM_THREADS=2 nohup python benchmarks/run.py --suite cpu > suite_cpu.log 2>&1 &`, then
   `python benchmarks/run.py --suite cpu --render` re-renders this page from whatever has finished.
 - GPU suite (`--suite gpu`, rendered to `docs/BENCHMARKS-gpu.md`): the same methods at 224 px on Flowers-5 with
