@@ -143,7 +143,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
             if mp:
                 save = 1 - _med(fr["wall_seconds"]) / _med(mp["wall_seconds"])
                 v = "reproduced" if 0.15 <= save else "partly" if save > 0 else "not reproduced"
-                out["fast"].append((f"`{cid}`: fast-retrain takes {100 * save:.1f}% less time than refinement without freezing "
+                out["fast"].append((f"`{cid}`: fast-retrain takes {100 * abs(save):.1f}% {'less' if save >= 0 else 'more'} time than refinement without freezing "
                                     f"(`mp-refine`), final acc {100 * (_mean(fr['final_test_acc']) - _mean(mp['final_test_acc'])):+.2f} pt", v))  # fmt: skip
         ri = _row(rows, "rifle")
         tricks = [r for r in (_row(rows, m) for m in ("dropout", "dropconnect", "stochastic-depth", "disturblabel", "cyclic-lr")) if r]
@@ -158,7 +158,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
             save = 1 - _med(kr["wall_seconds"]) / sg_wall
             d = 100 * (_mean(kr["final_test_acc"]) - sg_final)
             v = "reproduced" if save >= 0.2 and d >= -0.3 else "partly" if save > 0 and d >= -1 else "not reproduced"
-            out["kernel"].append((f"`{cid}`: {100 * save:.1f}% less time than SGDM, final acc {d:+.2f} pt", v))
+            out["kernel"].append((f"`{cid}`: {100 * abs(save):.1f}% {'less' if save >= 0 else 'more'} time than SGDM, final acc {d:+.2f} pt", v))
         dc = _row(rows, "decompose")
         if dc:
             ratio, note = _reach_ratio(dc, sg)
