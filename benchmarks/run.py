@@ -116,6 +116,11 @@ HOWTO = """## How to reproduce
 """
 
 
+def _less_more(save: float) -> str:
+    """A time saving (fraction) as "12.3% less" or, when negative, "0.5% more"."""
+    return f"{100 * abs(save):.1f}% {'less' if save >= 0 else 'more'}"
+
+
 def _reach_ratio(row, sg):
     """Median time to sgdm's best over the seeds that reached it, relative to sgdm's; with reached counts."""
     reach = _med(row["time_to_target"])
@@ -143,7 +148,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
             if mp:
                 save = 1 - _med(fr["wall_seconds"]) / _med(mp["wall_seconds"])
                 v = "reproduced" if 0.15 <= save else "partly" if save > 0 else "not reproduced"
-                out["fast"].append((f"`{cid}`: fast-retrain takes {100 * abs(save):.1f}% {'less' if save >= 0 else 'more'} time than refinement without freezing "
+                out["fast"].append((f"`{cid}`: fast-retrain takes {_less_more(save)} time than refinement without freezing "
                                     f"(`mp-refine`), final acc {100 * (_mean(fr['final_test_acc']) - _mean(mp['final_test_acc'])):+.2f} pt", v))  # fmt: skip
         ri = _row(rows, "rifle")
         tricks = [r for r in (_row(rows, m) for m in ("dropout", "dropconnect", "stochastic-depth", "disturblabel", "cyclic-lr")) if r]
@@ -158,7 +163,7 @@ def claims(results: dict[str, dict]) -> dict[str, list[tuple[str, str]]]:
             save = 1 - _med(kr["wall_seconds"]) / sg_wall
             d = 100 * (_mean(kr["final_test_acc"]) - sg_final)
             v = "reproduced" if save >= 0.2 and d >= -0.3 else "partly" if save > 0 and d >= -1 else "not reproduced"
-            out["kernel"].append((f"`{cid}`: {100 * abs(save):.1f}% {'less' if save >= 0 else 'more'} time than SGDM, final acc {d:+.2f} pt", v))
+            out["kernel"].append((f"`{cid}`: {_less_more(save)} time than SGDM, final acc {d:+.2f} pt", v))
         dc = _row(rows, "decompose")
         if dc:
             ratio, note = _reach_ratio(dc, sg)
@@ -242,12 +247,12 @@ def time_to_target_chart(res: dict, path: Path, title: str) -> None:
 
 def status(suite: str, out_root: Path, seeds: int | None = None) -> list[str]:
     """One line per comparison: finished cells out of planned."""
-    from fastretrain.bench import cell_dir
+    from fastretrain.bench import cell_done
 
     lines = []
     for cid, _, methods, suite_seeds in SUITES[suite]:
         n = seeds or suite_seeds
-        done = sum((cell_dir(out_root / cid, m, s) / "summary.json").is_file() for m in methods for s in range(n))
+        done = sum(cell_done(out_root / cid, m, s) for m in methods for s in range(n))
         lines.append(f"- `{cid}`: {done} of {len(methods) * n} cells finished")
     return lines
 
@@ -321,7 +326,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, help="seeds per comparison (default: the suite's)")
     ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes; rerun to continue")
     args = ap.parse_args(argv)
-    from fastretrain.bench import aggregate, cell_dir, compare, load_record, markdown_table, plot_curves
+    from fastretrain.bench import aggregate, cell_dir, cell_done, compare, load_record, markdown_table, plot_curves
 
     deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
     over = {}
@@ -338,7 +343,7 @@ def main(argv=None) -> None:
             continue
         base, seeds = {**base, **over}, args.seeds or seeds
         cells = [(m, s) for s in range(seeds) for m in methods]
-        done = [(m, s) for m, s in cells if (cell_dir(out_root / cid, m, s) / "summary.json").is_file()]
+        done = [(m, s) for m, s in cells if cell_done(out_root / cid, m, s)]
         late = deadline is not None and time.monotonic() > deadline
         if args.render or late:
             if late and len(done) < len(cells):

@@ -47,25 +47,30 @@ def cell_dir(out: str | Path, method: str, seed: int) -> Path:
     return Path(out) / slug(method) / f"seed{seed}"
 
 
+def cell_done(out: str | Path, method: str, seed: int) -> bool:
+    return (cell_dir(out, method, seed) / "summary.json").is_file()
+
+
 def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: Path, per_method: dict | None = None,
-              failed: dict | None = None, deadline: float | None = None) -> list[dict]:
+              failed: dict | None = None, deadline: float | None = None, env: dict | None = None) -> list[dict]:
     """Run (or reuse) every method × seed; return one record per finished run (summary + history).
 
     A method that fails with a FastRetrainError (e.g. stochastic depth on a model without residual
     blocks) is skipped and its error stored in `failed` (method -> message). With `deadline` (a
     `time.monotonic()` value) no new cell starts after it; finished cells are still reported, and a
-    rerun continues where this one stopped.
+    rerun continues where this one stopped. Each cell run now gets `env` (default: `environment()`, taken
+    before any cell runs) as its environment.json.
     """
     failed = {} if failed is None else failed
     from .errors import FastRetrainError
     from .run import make_config, train
 
-    env = environment()  # taken before any cell runs: the code that runs them
+    env = env or environment()
     records = []
     for seed in seeds:
         for method in methods:
             cell = cell_dir(out, method, seed)
-            if not (cell / "summary.json").is_file():
+            if not cell_done(out, method, seed):
                 if deadline is not None and time.monotonic() > deadline:
                     print(f"== time budget reached: {method} seed {seed} and later cells not started (rerun to continue)", flush=True)
                     continue
@@ -196,12 +201,12 @@ def compare(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
-    env = environment()
-    new_cells = [(m, s) for s in seeds for m in methods if not (cell_dir(out, m, s) / "summary.json").is_file()]
-    if not new_cells and (out / "results.json").is_file():
-        # Nothing ran now: this is a re-aggregation, so keep the record of the run that produced the cells.
-        env = json.loads((out / "results.json").read_text()).get("environment", env)
-    records = run_cells(base, methods, seeds, out, per_method, failed, deadline)
+    env = None
+    if all(cell_done(out, m, s) for s in seeds for m in methods) and (out / "results.json").is_file():
+        # Nothing will run: this is a re-aggregation, so keep the record of the run that produced the cells.
+        env = json.loads((out / "results.json").read_text()).get("environment")
+    env = env or environment()  # taken before any cell runs: the code that runs them
+    records = run_cells(base, methods, seeds, out, per_method, failed, deadline, env)
     rows = aggregate(records, baseline, extra_keys)
     table = markdown_table(rows, baseline, extra_keys)
     if failed:
