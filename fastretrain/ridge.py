@@ -11,7 +11,12 @@ A when C is chosen by generalised cross-validation, which makes every grid point
 cheap). Memory is O(d² + dc), independent of N. Under DDP the sums are all-reduced before the solve.
 
 `RecursiveRidge` is the papers' batch-by-batch recursion (same solution); it is the test oracle and an
-option of the `mp-refine` strategy.
+option of the `mp-refine` strategy. `centred` / `linear_probe` turn statistics of augmented features
+[H 1] into the ridge linear probe with an unpenalised bias (mp-refine's head initialisation).
+
+On an accelerator, `accumulate(..., sync=False)` adds a batch without any host synchronisation: rows
+with non-finite values are zeroed out and counted on the device; the counts reach `n` / `dropped` once,
+in `settle` (called by `solve` and `all_reduce`).
 
 Everything here is a pure function of tensors (no model, no engine). Failure paths never produce NaN:
 rows with non-finite values are dropped (and counted) while accumulating; a failed factorisation is
@@ -36,7 +41,8 @@ class RidgeStats:
     """Sufficient statistics of a ridge problem, summed over batches (and ranks).
 
     A: (d, d) ΣHᵀH; B: (d, c) ΣHᵀE; ee: (c, c) ΣEᵀE (for the GCV residual); n: rows used;
-    dropped: rows skipped because H or E was not finite.
+    dropped: rows skipped because H or E was not finite; pending: (2,) device counts (used, dropped) of
+    `accumulate(sync=False)` not yet added to n / dropped (see `settle`).
     """
 
     A: torch.Tensor
@@ -44,6 +50,7 @@ class RidgeStats:
     ee: torch.Tensor
     n: int = 0
     dropped: int = 0
+    pending: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, d: int, c: int, device="cpu") -> "RidgeStats":
@@ -59,22 +66,46 @@ def finite_rows(*mats: torch.Tensor) -> torch.Tensor:
     return ok
 
 
-def accumulate(stats: RidgeStats, H: torch.Tensor, E: torch.Tensor) -> RidgeStats:
-    """Add one batch: H (b, d) features, E (b, c) targets. Non-finite rows are dropped and counted."""
+def accumulate(stats: RidgeStats, H: torch.Tensor, E: torch.Tensor, rows: torch.Tensor | None = None,
+               sync: bool = True) -> RidgeStats:
+    """Add one batch: H (b, d) features, E (b, c) targets, in float64. Non-finite rows are dropped and counted.
+
+    Args:
+        rows: (b,) bool, the rows to use (default all); non-finite rows are dropped from them too.
+        sync: False adds the batch without a host synchronisation (dropped rows are zeroed, not removed,
+            and counted on the device until `settle`); the sums are the same.
+    """
     H, E = H.detach().flatten(1).double(), E.detach().double()
     ok = finite_rows(H, E)
-    if not bool(ok.all()):
-        stats.dropped += int((~ok).sum())
-        H, E = H[ok], E[ok]
+    if rows is not None:
+        ok &= rows
+    if sync:
+        if not bool(ok.all()):
+            stats.dropped += int((~ok).sum())
+            H, E = H[ok], E[ok]
+        stats.n += H.shape[0]
+    else:
+        # NaN·0 is NaN: select rather than multiply
+        H, E = torch.where(ok[:, None], H, 0.0), torch.where(ok[:, None], E, 0.0)
+        counts = torch.stack([ok.sum(), (~ok).sum()])
+        stats.pending = counts if stats.pending is None else stats.pending + counts
     stats.A.addmm_(H.T, H)
     stats.B.addmm_(H.T, E)
     stats.ee.addmm_(E.T, E)
-    stats.n += H.shape[0]
+    return stats
+
+
+def settle(stats: RidgeStats) -> RidgeStats:
+    """Fold the device-side row counts of `accumulate(sync=False)` into n / dropped (one host sync)."""
+    if stats.pending is not None:
+        used, dropped = (int(v) for v in stats.pending.tolist())
+        stats.n, stats.dropped, stats.pending = stats.n + used, stats.dropped + dropped, None
     return stats
 
 
 def all_reduce(stats: RidgeStats) -> RidgeStats:
     """Sum the statistics over DDP ranks (in place), so every rank solves the same problem."""
+    settle(stats)
     if dist.world() > 1:
         for t in (stats.A, stats.B, stats.ee):
             dist.all_reduce_sum(t)
@@ -196,6 +227,7 @@ def solve(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> RidgeSolu
     Returns a RidgeSolution; `X` is None (with a message) when A/B are not finite, nothing was
     accumulated, or the factorisation failed even with jitter. The result never contains NaN.
     """
+    settle(stats)
     A, B = stats.A, stats.B
     if stats.n == 0:
         return RidgeSolution(None, math.nan, message=f"no finite rows to fit ({stats.dropped} dropped)")
@@ -237,6 +269,33 @@ def solve_or_warn(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID, what
     elif sol.jitter:
         warnings.warn(f"{what}: {sol.message}", RuntimeWarning, stacklevel=2)
     return sol
+
+
+def centred(aug: RidgeStats) -> tuple[RidgeStats, torch.Tensor, torch.Tensor]:
+    """Statistics of the centred problem from those of augmented features Ĥ = [H 1] (last column of ones).
+
+    Returns (stats of H − h̄ → T − t̄, h̄ (d,), t̄ (c,)): A = ΣHᵀH − n h̄h̄ᵀ, B = ΣHᵀT − n h̄t̄ᵀ,
+    ee = ΣTᵀT − n t̄t̄ᵀ. Fitting the centred problem is ridge with an unpenalised bias.
+    """
+    settle(aug)
+    d, n = aug.A.shape[0] - 1, max(aug.n, 1)
+    hbar, tbar = aug.A[:d, d] / n, aug.B[d] / n  # ΣH / n, ΣT / n
+    A = aug.A[:d, :d] - n * torch.outer(hbar, hbar)
+    B = aug.B[:d] - n * torch.outer(hbar, tbar)
+    ee = aug.ee - n * torch.outer(tbar, tbar)
+    return RidgeStats(A, B, ee, aug.n, aug.dropped), hbar, tbar
+
+
+def linear_probe(aug: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> tuple[RidgeSolution, torch.Tensor | None]:
+    """The ridge linear probe [W b] = argmin ‖HWᵀ + 1bᵀ − T‖² + ‖W‖²/C (bias not penalised).
+
+    Args:
+        aug: statistics of Ĥ = [H 1] and the targets T (`accumulate(aug, [H 1], T)`).
+    Returns (solution with X = Wᵀ (d, c) and the C used, b (c,)); b is None when the solve gave up.
+    """
+    stats, hbar, tbar = centred(aug)
+    sol = solve(stats, C, grid)
+    return sol, (tbar - hbar @ sol.X if sol.ok else None)
 
 
 def pullback_matrix(W: torch.Tensor, C: float) -> torch.Tensor:

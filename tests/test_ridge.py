@@ -205,3 +205,45 @@ def test_all_reduce_is_identity_on_one_process():
         warnings.simplefilter("error")
         ridge.all_reduce(s)
     assert torch.equal(s.A, A) and s.n == 103
+
+
+@pytest.mark.parametrize("bs", [7, 103])
+def test_accumulate_without_host_sync_equals_the_synced_one(bs):
+    H, E = problem()
+    Hb, Eb = H.clone(), E.clone()
+    Hb[[3, 50]] = math.nan
+    Eb[77, 1] = math.inf
+    rows = torch.ones(103, dtype=torch.bool)
+    rows[10] = False  # a row the caller leaves out
+    a, b = ridge.RidgeStats.zeros(12, 3), ridge.RidgeStats.zeros(12, 3)
+    for h, e, r in zip(Hb.split(bs), Eb.split(bs), rows.split(bs)):
+        ridge.accumulate(a, h, e, rows=r)
+        ridge.accumulate(b, h, e, rows=r, sync=False)
+    assert b.pending is not None and b.n == 0  # counted on the device until settled
+    keep = rows.clone()
+    keep[[3, 50, 77]] = False
+    ref = ridge.closed_form(H[keep], E[keep], 4.0)
+    for s in (a, b):
+        sol = ridge.solve(s, 4.0)  # solve settles the counts
+        assert (s.n, s.dropped, s.pending) == (99, 4, None)
+        assert rel(sol.X, ref) <= REL and rel(s.ee, E[keep].T @ E[keep]) <= 1e-12
+
+
+def test_linear_probe_has_an_unpenalised_bias():
+    H, E = problem()
+    H = H + 5.0  # features far from zero: a penalised bias would be visibly off
+    aug = ridge.RidgeStats.zeros(13, 3)
+    Hx = torch.cat([H, torch.ones(103, 1, dtype=torch.float64)], 1)
+    for h, e in zip(Hx.split(10), E.split(10)):
+        ridge.accumulate(aug, h, e, sync=False)
+    for C in (0.01, 4.0):
+        sol, b = ridge.linear_probe(aug, C)
+        # reference: minimise ‖HW + 1b − E‖² + ‖W‖²/C by one solve with an unpenalised last column
+        P = torch.eye(13, dtype=torch.float64) / C
+        P[12, 12] = 0
+        ref = torch.linalg.solve(Hx.T @ Hx + P, Hx.T @ E)
+        assert rel(sol.X, ref[:12]) <= REL and rel(b, ref[12]) <= REL
+    sol, b = ridge.linear_probe(aug, "gcv")
+    mean_h, mean_e = H.mean(0), E.mean(0)
+    X = ridge.closed_form(H - mean_h, E - mean_e, sol.C)
+    assert sol.C in ridge.GCV_GRID and rel(sol.X, X) <= REL and rel(b, mean_e - mean_h @ X) <= REL
