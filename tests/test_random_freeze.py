@@ -1,6 +1,7 @@
 """Random layer freezing: schedule, exact counts, reproducible draws, frozen parameters untouched (weight
 decay and momentum included), momentum kept across thawing, autograd off below the lowest trainable
-conv (with unchanged gradients above it), resume."""
+conv (with unchanged gradients above it), resume; the bottom-block policy: exact frozen blocks, drawn
+depths whose mean follows the schedule, nothing below the block trains or is reached by backward."""
 import copy
 
 import numpy as np
@@ -11,8 +12,8 @@ from torch import nn
 import fastretrain as fr
 from fastretrain.engine import StopFit, Strategy
 from fastretrain.models import conv_layers
-from fastretrain.strategies.random_freeze import (DEFAULT_RATIOS, RandomFreeze, draw_frozen, execution_order, num_frozen,
-                                                  ratio_for_epoch)  # fmt: skip
+from fastretrain.strategies.random_freeze import (DEFAULT_RATIOS, RandomFreeze, draw_depth, draw_frozen, execution_order,
+                                                  num_frozen, ratio_for_epoch)
 
 
 class Chain(nn.Module):
@@ -38,13 +39,14 @@ def bundle(n=48, seed=0):
     return fr.from_arrays(x, y, x[:12], y[:12], image_size=12)
 
 
-def engine(ratios, epochs, seed=0, extra=(), out=None, **kw):
+def engine(ratios, epochs, seed=0, extra=(), out=None, model=None, policy="uniform", **kw):
     cfg = fr.make_config(method="sgdm", model="tiny-cnn", epochs=epochs, image_size=12, batch_size=16, lr=0.05,
-                         weight_decay=1e-2, momentum=0.9, seed=seed, progress=False, device="cpu", schedule="constant")  # fmt: skip
+                         weight_decay=1e-2, momentum=0.9, seed=seed, progress=False, device="cpu", schedule="constant")
     cfg.out = str(out) if out else None
     cfg.save_checkpoint = out is not None
     torch.manual_seed(seed)
-    return fr.Engine(Chain(), bundle(), cfg, [RandomFreeze(ratios=ratios, **kw), *extra], out_dir=out)
+    strategy = RandomFreeze(ratios=ratios, policy=policy, **kw)
+    return fr.Engine(model or Chain(), bundle(), cfg, [strategy, *extra], out_dir=out)
 
 
 def test_ratio_schedule_stretches_and_accepts_callables():
@@ -117,11 +119,12 @@ def test_frozen_counts_and_frozen_params_untouched():
     assert all(p.requires_grad for p in e.model.parameters())  # after_fit leaves the model as it came
 
 
-def test_draws_reproducible_by_seed():
+@pytest.mark.parametrize("policy", ["uniform", "bottom"])
+def test_draws_reproducible_by_seed(policy):
     runs = []
     for seed in (0, 0, 1):
         probe = Probe()
-        engine([0.5], 3, seed=seed, extra=[probe]).fit()
+        engine([0.5], 3, seed=seed, extra=[probe], policy=policy, depth_jitter=0.5).fit()
         runs.append(probe.frozen)
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
@@ -234,18 +237,129 @@ class StopAfter(Strategy):
             raise StopFit  # the engine still evaluates and checkpoints this epoch
 
 
-def test_resume_restores_the_frozen_sets(tmp_path):
+@pytest.mark.parametrize("policy", ["uniform", "bottom"])
+def test_resume_restores_the_frozen_sets(tmp_path, policy):
     full = Probe()
-    e = engine(DEFAULT_RATIOS[:4], 4, out=tmp_path / "a", extra=[full])
+    kw = {"policy": policy, "depth_jitter": 0.5}
+    e = engine(DEFAULT_RATIOS[:4], 4, out=tmp_path / "a", extra=[full], **kw)
     e.fit()
-    part = engine(DEFAULT_RATIOS[:4], 4, out=tmp_path / "b", extra=[StopAfter(2)])
+    part = engine(DEFAULT_RATIOS[:4], 4, out=tmp_path / "b", extra=[StopAfter(2)], **kw)
     part.fit()  # "interrupted" after 2 of 4 epochs
     assert len(part.history) == 2
     resumed = Probe()
-    r = engine(DEFAULT_RATIOS[:4], 4, out=tmp_path / "b", extra=[resumed])
+    r = engine(DEFAULT_RATIOS[:4], 4, out=tmp_path / "b", extra=[resumed], **kw)
     r.cfg.resume = True
     r.fit()
     assert resumed.frozen == full.frozen[2:]
     assert [h["frozen_layers"] for h in r.history] == [h["frozen_layers"] for h in e.history]
     for (n, p), (_, q) in zip(e.model.named_parameters(), r.model.named_parameters()):
         assert torch.allclose(p, q, atol=1e-6), n
+
+
+# ------------------------------------------------------------------------------------ bottom-block policy
+
+
+def test_bottom_depth_is_drawn_around_the_schedule():
+    g = torch.Generator().manual_seed(0)
+    counts = np.bincount([draw_depth(50, 0.5, g, 0.1) for _ in range(11000)], minlength=51)
+    assert counts[:20].sum() == 0 and counts[31:].sum() == 0  # 25 ± round(0.1 · 50)
+    assert np.allclose(counts[20:31] / 11000, 1 / 11, atol=0.012)  # uniform on {20, ..., 30}
+    # the expected frozen count is the schedule's exactly: the window narrows near 0 and N
+    for n, r, jitter in ((50, 0.75, 0.1), (50, 0.96, 0.1), (8, 0.25, 0.5), (8, 0.5, 0.5)):
+        k, w = num_frozen(n, r), min(round(jitter * n), num_frozen(n, r), n - num_frozen(n, r))
+        draws = {draw_depth(n, r, g, jitter) for _ in range(400)}
+        assert draws == set(range(k - w, k + w + 1)), (n, r)
+    assert {draw_depth(50, 1.0, g, 0.1) for _ in range(50)} == {0}  # nothing frozen at r = 1
+    assert {draw_depth(50, 0.0, g, 0.1) for _ in range(50)} == {50}
+    assert {draw_depth(50, 0.5, g, 0.0) for _ in range(50)} == {25}  # no jitter: a fixed depth
+
+
+def test_bottom_policy_freezes_the_first_convs_in_execution_order():
+    probe = Probe()
+    e = engine([1, 0.5, 0.25], 3, extra=[probe], policy="bottom", depth_jitter=0.0)
+    e.fit()
+    convs = [f"features.{3 * i}" for i in range(8)]  # Chain: conv, BN, ReLU per layer
+    assert probe.frozen == [[], sorted(convs[:4]), sorted(convs[:6])]
+    assert [h["trainable_conv_fraction"] for h in e.history] == [1.0, 0.5, 0.25]
+    assert [h["frozen_prefix_params"] for h in e.history] == [0, 8, 12]  # every BN weight and bias below the block
+
+
+def _step_with_records(model, policy_kw, x_seed=0):
+    """One training forward/backward under the bottom policy; per module: does its output require grad."""
+    e = engine([0.5], 1, model=model, policy="bottom", depth_jitter=0.0, **policy_kw)
+    rf = e.strategies[0]
+    rf.before_fit(e)
+    e.epoch = 0
+    rf.before_epoch(e)
+    needs = {}
+
+    def record(name):
+        def hook(mod, args, out):
+            needs.setdefault(name, out.requires_grad)  # (a hook that returns a value replaces the output)
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in e.model.named_modules() if n and not list(m.children())]
+    x, y = next(e.batches(train=True))
+    e.model.train()
+    nn.functional.cross_entropy(e.model(x), y).backward()
+    for h in hooks:
+        h.remove()
+    return e, rf, needs
+
+
+@pytest.mark.parametrize("model_name", ["chain", "tiny-resnet"])
+def test_bottom_block_stops_autograd_at_the_lowest_trainable_conv(model_name):
+    torch.manual_seed(0)
+    model = Chain() if model_name == "chain" else fr.create_model("tiny-resnet", 3)
+    e, rf, needs = _step_with_records(model, {})
+    order = execution_order(e.model, 12, "cpu")
+    convs = [n for n in order if isinstance(dict(e.model.named_modules())[n], nn.Conv2d)]
+    k = num_frozen(len(convs), 0.5)
+    assert rf.frozen == convs[:k]
+    cut = order.index(convs[k])  # the lowest trainable conv
+    below, above = order[:cut], order[cut:]
+    params = dict(e.model.named_modules())
+    for name in below:  # nothing below trains: no parameter, no gradient (stem and BN affine included)
+        for p in params[name].parameters(recurse=False):
+            assert not p.requires_grad and p.grad is None, name
+        assert needs[name] is False, name  # its output is not part of the graph: backward never reaches it
+    for name in above:  # everything from the lowest trainable conv up trains and gets a gradient
+        for p in params[name].parameters(recurse=False):
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        assert needs[name] is True, name
+    if model_name == "tiny-resnet":  # a block's shortcut reads the block's input: from below, so no grad there
+        assert convs[k] == "layer2.conv1" and "layer1.conv2" in below
+    rf.after_fit(e)
+    assert all(p.requires_grad for p in e.model.parameters())
+
+
+def test_bottom_block_gradients_equal_a_plain_model_with_the_same_frozen_parameters():
+    e, rf, _ = _step_with_records(Chain(), {})
+    ref = copy.deepcopy(e.model)
+    for m in ref.modules():
+        m._forward_pre_hooks.clear()
+        m._forward_hooks.clear()
+    ref.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3, 12, 12), torch.arange(8) % 3
+    e.model.zero_grad(set_to_none=True)
+    for model in (e.model, ref):
+        nn.functional.cross_entropy(model(x), y).backward()
+    for (n, p), (_, q) in zip(e.model.named_parameters(), ref.named_parameters()):
+        assert (p.grad is None) == (q.grad is None), n
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), n
+
+
+def test_options_are_checked_and_reachable_by_name():
+    for bad in ({"policy": "top"}, {"depth_jitter": 0.7}, {"ratios": [1.2]}, {"ratios": []}):
+        with pytest.raises(fr.FastRetrainError):
+            RandomFreeze(**bad)
+    assert RandomFreeze().policy == "bottom"
+    from fastretrain.cli import parse_options
+    from fastretrain.methods import build_strategies
+
+    opts = parse_options(["random-freeze.policy=uniform", "random-freeze.depth_jitter=0.2", "random-freeze.ratios=0.5"])
+    rf = build_strategies("fast-retrain", opts)[0]
+    assert isinstance(rf, RandomFreeze) and (rf.policy, rf.depth_jitter, tuple(rf.ratios)) == ("uniform", 0.2, (0.5,))

@@ -1,22 +1,30 @@
 """Random layer freezing (stage 1 of fast retraining; Zhang, Yang et al., IEEE T-Cybernetics 2024;
-METHODS.md §1a).
+METHODS.md §1a), with a bottom-block policy that makes freezing cut the backward pass (issue 13).
 
 Every epoch e has a trainable ratio r(e) (default `[1, 1, .75, .75, .5, .5, .25, .25]`, stretched
-piecewise-constantly over the run's epochs). At the start of the epoch, round(N_conv·(1 − r)) of the
-model's N_conv conv layers (depthwise included) are drawn uniformly without replacement from the run's
-seeded generator (`engine.rng("random-freeze")`, so a run is reproducible and a resumed run redraws the
-same set) and frozen for that epoch: `requires_grad_(False)`, then `engine.rebuild_optimizer()`, which
-drops them from the optimizer (no weight decay, no momentum step; their momentum buffers are kept by
-name for when they thaw) and rebuilds the DDP wrapper.
+piecewise-constantly over the run's epochs). At the start of the epoch k ≈ N_conv·(1 − r) of the model's
+N_conv conv layers (depthwise included) are frozen for that epoch, drawn from the run's seeded generator
+(`engine.rng("random-freeze")`, so a run is reproducible and a resumed run redraws the same set):
+
+- policy `"bottom"` (default): the first k convs in execution order, a contiguous bottom block. Its depth
+  is drawn per epoch, k = round(N_conv·(1 − r)) + u with u uniform on {−w, …, w}, w = round(depth_jitter ·
+  N_conv) narrowed so that k stays in [0, N_conv]: the expected trainable fraction is exactly the schedule's.
+- policy `"uniform"` (the authors'): round(N_conv·(1 − r)) convs drawn uniformly without replacement.
+
+Frozen means `requires_grad_(False)`, then `engine.rebuild_optimizer()`, which drops them from the optimizer
+(no weight decay, no momentum step; their momentum buffers are kept by name for when they thaw) and
+rebuilds the DDP wrapper.
 
 Where the saving comes from: a frozen conv's weight-gradient GEMM disappears, and everything that runs
-before the lowest trainable conv (in execution order, traced once) needs no backward pass at all. That
-prefix runs with autograd switched off (a forward pre-hook on the model turns grad mode off, one on
-the lowest trainable conv turns it back on, a forward hook restores it), so no graph is recorded and
-no activations are kept for it. Consequence, by design: batch-norm (and any other) parameters in that
-prefix get no gradient that epoch, so they are frozen with it (`requires_grad_(False)`, counted in the
-log as `frozen_prefix_params`); their running statistics still update in train mode. Every other BN
-layer and the FC head always train.
+before the lowest trainable conv (in execution order, traced once) needs no backward pass at all. So every
+parameter in that prefix is frozen too (the stem, batch-norm affine parameters, anything else: one
+trainable parameter down there and autograd walks to the input), counted in the log as
+`frozen_prefix_params`, and the prefix runs with autograd switched off (a forward pre-hook on the model
+turns grad mode off, one on the lowest trainable conv turns it back on, a forward hook restores it), so no
+graph is recorded and no activations are kept for it. Running statistics still update in train mode.
+Every BN layer above the prefix and the FC head always train. With the uniform draw the prefix is
+usually empty (the first k convs are all frozen with probability ≈ (1 − r)^k): the saving is then only
+the frozen layers' weight gradients (measured: benchmarks/results/fast_retrain/step_cost).
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ from ..methods import register_method
 from ..models import conv_layers
 
 DEFAULT_RATIOS = [1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
+POLICIES = ("bottom", "uniform")
 
 
 def ratio_for_epoch(ratios, epoch: int, epochs: int) -> float:
@@ -60,6 +69,16 @@ def draw_frozen(n_conv: int, ratio: float, generator: torch.Generator) -> list[i
     return sorted(torch.randperm(n_conv, generator=generator)[:k].tolist())
 
 
+def draw_depth(n_conv: int, ratio: float, generator: torch.Generator, jitter: float) -> int:
+    """Depth k of the frozen bottom block: round(n_conv·(1 − ratio)) + u, u uniform on {−w, …, w}.
+
+    w = round(jitter · n_conv), narrowed to keep k in [0, n_conv], so E[k] is exactly the rounded count.
+    """
+    k = num_frozen(n_conv, ratio)
+    w = min(int(round(jitter * n_conv)), k, n_conv - k)
+    return k + (int(torch.randint(-w, w + 1, (1,), generator=generator)) if w else 0)
+
+
 @torch.no_grad()
 def execution_order(model: nn.Module, image_size: int, device) -> list[str]:
     """Names of the modules that own parameters, in the order a forward pass first calls them.
@@ -69,8 +88,12 @@ def execution_order(model: nn.Module, image_size: int, device) -> list[str]:
     """
     owners = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
     order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda mod, args: order.append(owners[mod]) if owners[mod] not in order else None)
-               for m in owners]  # fmt: skip
+
+    def record(mod, args):
+        if owners[mod] not in order:
+            order.append(owners[mod])
+
+    handles = [m.register_forward_pre_hook(record) for m in owners]
     was = model.training
     model.eval()
     try:
@@ -115,11 +138,24 @@ class _NoGradPrefix:
 @dataclass
 class RandomFreeze(Strategy):
     order = -10  # decides the trainable set before strategies that read it
-    ratios: tuple[float, ...] | list[float] | Callable[[int, int], float] = tuple(DEFAULT_RATIOS)  # per epoch, stretched
+    # trainable ratio per epoch, stretched over the run (or a callable f(epoch, epochs))
+    ratios: tuple[float, ...] | list[float] | Callable[[int, int], float] = tuple(DEFAULT_RATIOS)
+    policy: str = "bottom"  # "bottom": a contiguous bottom block of drawn depth; "uniform": the authors' draw
+    depth_jitter: float = 0.1  # bottom policy: the depth varies by up to ± this fraction of the convs
     no_grad_prefix: bool = True  # run layers below the lowest trainable conv without autograd
     bn_eval_frozen: bool = False  # keep the BN right after each frozen conv in eval mode (running stats fixed)
 
     def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise FastRetrainError(f"random-freeze.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if not 0.0 <= self.depth_jitter <= 0.5:
+            raise FastRetrainError(f"random-freeze.depth_jitter must be in [0, 0.5], got {self.depth_jitter}")
+        if not callable(self.ratios):
+            if isinstance(self.ratios, (int, float)):  # -o random-freeze.ratios=0.5
+                self.ratios = (float(self.ratios),)
+            bad = [r for r in self.ratios if not 0.0 <= float(r) <= 1.0]
+            if not self.ratios or bad:
+                raise FastRetrainError(f"random-freeze.ratios must be trainable ratios in [0, 1], got {self.ratios!r}")
         self.frozen: list[str] = []  # conv names frozen this epoch (kept for resume/inspection)
         self.touched: list[str] = []  # names of the parameters this strategy switched off this epoch
         self._convs: list[tuple[str, nn.Conv2d]] = []
@@ -132,6 +168,8 @@ class RandomFreeze(Strategy):
         if not self._convs:
             raise FastRetrainError("random-freeze: the model has no nn.Conv2d layers to freeze")
         self._order = execution_order(engine.model, engine.image_size, engine.device)
+        names = {n for n, _ in self._convs}
+        self._bottom_up = [n for n in self._order if n in names]  # convs in execution order
 
     def before_epoch(self, engine) -> None:
         if not self._convs:
@@ -139,8 +177,11 @@ class RandomFreeze(Strategy):
         model = engine.model
         self._release(model)
         ratio = ratio_for_epoch(self.ratios, engine.epoch, engine.cfg.epochs)
-        idx = draw_frozen(len(self._convs), ratio, engine.rng("random-freeze"))
-        self.frozen = [self._convs[i][0] for i in idx]
+        n, gen = len(self._convs), engine.rng("random-freeze")
+        if self.policy == "bottom":
+            self.frozen = self._bottom_up[: draw_depth(n, ratio, gen, self.depth_jitter)]
+        else:
+            self.frozen = [self._convs[i][0] for i in draw_frozen(n, ratio, gen)]
         frozen = set(self.frozen)
         for name, conv in self._convs:
             if name in frozen:
@@ -149,7 +190,8 @@ class RandomFreeze(Strategy):
         if self.bn_eval_frozen:
             self._set_bn_eval(model, frozen)
         engine.rebuild_optimizer()
-        engine.log.update(trainable_ratio=ratio, frozen_layers=len(self.frozen), frozen_prefix_params=prefix_params)
+        engine.log.update(trainable_ratio=ratio, frozen_layers=len(self.frozen),
+                          trainable_conv_fraction=1 - len(frozen) / n, frozen_prefix_params=prefix_params)
 
     def _release(self, model: nn.Module) -> None:
         """Undo the previous epoch's freezing: all parameters train again."""
@@ -212,6 +254,7 @@ class RandomFreeze(Strategy):
         self.touched = list(state.get("touched", []))
 
 
-register_method("random-freeze", RandomFreeze,
-                help="each epoch freeze a random subset of conv layers (trainable ratio schedule 1,1,.75,.75,.5,.5,.25,.25); "
-                     "layers below the lowest trainable conv run without autograd")  # fmt: skip
+HELP = ("each epoch freeze a bottom block of conv layers of drawn depth (policy=bottom; policy=uniform: the "
+        "authors' uniform draw) so the trainable ratio follows 1,1,.75,.75,.5,.5,.25,.25; everything below the "
+        "lowest trainable conv is frozen and runs without autograd")
+register_method("random-freeze", RandomFreeze, help=HELP)
