@@ -40,7 +40,7 @@ def parse_options(items: list[str] | None) -> dict[str, dict]:
 
 
 def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
-    """One --flag per TrainConfig field (default None: 'not given', so method defaults can apply)."""
+    """One --flag per TrainConfig field (default None: 'not given', so a --recipe can apply)."""
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip or f.name == "options":
             continue
@@ -63,10 +63,12 @@ def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
         p.add_argument(flag, type=kind, default=None, help=f"shorthand for -o {method}.{name}=VALUE")
 
 
-def _config_from_args(args, skip=()) -> TrainConfig:
-    from .run import make_config
+def _config_from_args(args, skip=(), announce: bool = False) -> TrainConfig:
+    """The config the flags and --config file give; `announce`: print what a --recipe changed."""
+    from . import distributed
+    from .run import resolve_config
 
-    # only what the file states explicitly, so method defaults still apply to the rest
+    # only what the file states explicitly, so a recipe still applies to the rest
     given = read_config_file(args.config) if args.config else {}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in skip and f.name != "options" and getattr(args, f.name, None) is not None:
@@ -81,20 +83,31 @@ def _config_from_args(args, skip=()) -> TrainConfig:
         for k, v in opts.items():
             merged[k] = {**merged.get(k, {}), **v}
         given["options"] = merged
-    return make_config(**given)
+    cfg, changes = resolve_config(**given)
+    if announce and distributed.is_main():
+        for line in changes:
+            print(line)
+    return cfg
 
 
 def cmd_train(args) -> int:
     from .run import train
 
-    cfg = _config_from_args(args)
+    cfg = _config_from_args(args, announce=True)
     s = train(cfg)
     from . import distributed
 
     if distributed.is_main():
-        print(f"done: best test acc {s['best_test_acc']:.4f}, final {s['final_test_acc']:.4f}, "
-              f"training wall time {s['wall_seconds']:.1f}s -> {cfg.out}")  # fmt: skip
+        print(f"done: {_done_line(s)}, training wall time {s['wall_seconds']:.1f}s -> {cfg.out}")
     return 0
+
+
+def _done_line(s: dict) -> str:
+    """Test accuracy at the epoch chosen on validation (or the last), then at the end."""
+    if s["best_epoch"] is None:
+        return f"final test acc {s['final_test_acc']:.4f} (no epoch eligible as best)"
+    how = f"best val acc {s['best_val_acc']:.4f}" if s["best_val_acc"] is not None else "no validation split: the last"
+    return f"test acc {s['test_acc']:.4f} at epoch {s['best_epoch']} ({how}), final test acc {s['final_test_acc']:.4f}"
 
 
 def cmd_eval(args) -> int:
@@ -113,7 +126,9 @@ def cmd_eval(args) -> int:
     weights = run / f"model_{args.which}.safetensors"
     if not weights.is_file():
         raise FastRetrainError(f"weights not found: {weights}")
-    data = load_data(cfg.data, cfg.image_size, cfg.val_split, cfg.seed, cfg.skip_bad_images, cfg.data_root)
+    # the run's own splits (test, max-train subset, validation: all drawn with its split_seed)
+    data = load_data(cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images, cfg.data_root,
+                     cfg.max_train, val_fraction=cfg.val_fraction)  # fmt: skip
     from .run import model_kwargs
 
     model = create_model(cfg.model, data.num_classes, **model_kwargs(cfg))
@@ -126,9 +141,11 @@ def cmd_eval(args) -> int:
     cfg.method, cfg.options = "sgdm", {}
     engine = Engine(model, data, cfg, device=resolve_device(args.device or cfg.device))
     with torch.no_grad():
-        loss, acc = engine.evaluate()
-    print(json.dumps({"run": str(run), "weights": weights.name, "data": data.name, "test_images": len(data.test),
-                      "test_loss": round(loss, 6), "test_acc": round(acc, 6)}))  # fmt: skip
+        loss, acc = engine.evaluate(engine.test_data)
+        val = engine.evaluate(engine.val_data) if engine.val_data is not None else (None, None)
+    print(json.dumps({"run": str(run), "weights": weights.name, "data": data.name, "test_set_id": data.test_set_id,
+                      "test_images": len(data.test), "test_loss": round(loss, 6), "test_acc": round(acc, 6),
+                      "val_acc": None if val[1] is None else round(val[1], 6)}))  # fmt: skip
     return 0
 
 
@@ -179,7 +196,12 @@ def cmd_list(args) -> int:
             if m.strategy is not None and dataclasses.is_dataclass(m.strategy):
                 opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.strategy))
             parts = f" = {' + '.join(m.parts)}" if m.parts else ""
-            print(f"{m.name}{parts}: {m.help}" + (f"\n    options: {opts}" if opts else "") + (f"\n    defaults: {m.defaults}" if m.defaults else ""))
+            print(f"{m.name}{parts}: {m.help}" + (f"\n    options: {opts}" if opts else ""))
+        from .methods import RECIPES
+
+        print("\nrecipes (--recipe NAME; flags given explicitly beat them):")
+        for r in RECIPES.values():
+            print(f"{r.name}: {r.help}\n    sets: " + ", ".join(f"{k}={v!r}" for k, v in r.fields.items()))
     else:
         from .data import DATASETS
 
@@ -193,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model with one or more methods")
     _add_config_args(t)
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a run's weights on its (or another) test set")
+    e = sub.add_parser("eval", help="evaluate a run's weights (model_best or model_final) on its (or another) test set")
     e.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
     e.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
     e.add_argument("--data", help="evaluate on this dataset instead of the run's")
@@ -211,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="2 epochs instead of 4")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda")
     d.set_defaults(fn=cmd_demo)
-    for name, text in (("models", "list model names"), ("methods", "list methods and their options"), ("datasets", "list named datasets")):
+    lists = (("models", "list model names"), ("methods", "list methods, their options and the recipes"),
+             ("datasets", "list named datasets"))  # fmt: skip
+    for name, text in lists:
         m = sub.add_parser(name, help=text)
         if name == "models":
             m.add_argument("filter", nargs="?", help="substring to filter by")

@@ -9,6 +9,8 @@ from typing import Any
 
 from .errors import FastRetrainError
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
 
 def _f(default, help: str):
     """A dataclass field with the CLI help text kept next to it."""
@@ -23,8 +25,10 @@ class TrainConfig:
     data: str = _f("fashion-mnist", "dataset name (see `fastretrain datasets`) or a path: image folder, .zip, or .npz")
     data_root: str | None = _f(None, "folder holding the named datasets (default: $FASTRETRAIN_DATA, then ../shared/data)")
     image_size: int = _f(64, "input size in pixels (square); images are stored at size/0.875 and cropped")
-    val_split: float = _f(0.2, "fraction of each class held out as test set when the data has no test split")
-    max_train: int | None = _f(None, "keep at most this many training images (stratified), for quick runs")
+    test_fraction: float = _f(0.2, "fraction of each class held out as the test set when the data has no test split")
+    split_seed: int = _f(0, "seed of the test split, the validation split and the max-train subset (not --seed)")
+    max_train: int | None = _f(None, "keep at most this many training images (stratified, drawn with --split-seed)")
+    val_fraction: float = _f(0.1, "fraction of each class of the training images held out for validation (0: none)")
     skip_bad_images: bool = _f(False, "warn about and skip unreadable images instead of stopping")
     # model
     model: str = _f("tf_efficientnet_lite0", "model name: this package's, timm's, or tv:NAME for torchvision (see `fastretrain models`)")
@@ -38,13 +42,14 @@ class TrainConfig:
     epochs: int = _f(5, "training epochs")
     batch_size: int = _f(32, "images per batch, per process")
     lr: float = _f(0.01, "base learning rate (peak of the schedule)")
-    optimizer: str = _f("sgd", "sgd (with momentum) or adamw")
+    optimizer: str = _f("sgd", "sgd (with momentum), adam or adamw")
     momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
+    weight_decay: float = _f(1e-4, "weight decay (L2 for SGD and Adam, decoupled for AdamW)")
     schedule: str = _f("cosine", "LR schedule: constant, cosine, onecycle, step:E1,E2, piecewise:MxE,..., cyclic:P")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    recipe: str | None = _f(None, "named preset of optimisation settings: authors, fastai (see `fastretrain methods`)")
     # run
-    seed: int = _f(0, "seed of everything random: split, head init, shuffling, augmentation, strategies")
+    seed: int = _f(0, "seed of the run: head init, shuffling, augmentation, strategies (splits: --split-seed)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     amp: bool | None = _f(None, "bf16 autocast (default: on for CUDA, off for CPU)")
     channels_last: bool | None = _f(None, "channels-last memory format (default: on for CUDA, off for CPU)")
@@ -63,6 +68,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = _legacy(d)
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - names)
         if bad:
@@ -79,14 +85,32 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.image_size >= 8, f"--image-size must be >= 8, got {self.image_size}"),
-            (0 < self.val_split < 1, f"--val-split must be in (0, 1), got {self.val_split}"),
-            (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
+            (0 < self.test_fraction < 1, f"--test-fraction must be in (0, 1), got {self.test_fraction}"),
+            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.max_train is None or self.max_train >= 1, f"--max-train must be >= 1, got {self.max_train}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be sgd, adam or adamw, got {self.optimizer!r}"),
             (not (self.pretrained and self.weights), "give --pretrained or --weights, not both"),
             (self.width is None or self.width > 0, f"--width must be > 0, got {self.width}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise FastRetrainError(msg)
+
+
+def _legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the split fields existed (`val_split`, test split drawn with `seed`), in today's terms.
+
+    Such a run held out `val_split` as test with its run seed and had no validation split; mapping it so
+    lets `fastretrain eval` of an old run folder see the test images that run saw.
+    """
+    if "val_split" not in d:
+        return d
+    d = dict(d)
+    old = d.pop("val_split")
+    d.setdefault("test_fraction", old)
+    d.setdefault("split_seed", d.get("seed", 0))
+    d.setdefault("val_fraction", 0.0)
+    return d
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

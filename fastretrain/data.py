@@ -1,5 +1,12 @@
 """Data: image folders (plain or zipped), in-memory arrays, and the bundled real datasets by name.
 
+Splits (METHODS.md §6, the comparison protocol): data that ships a test split keeps it; data without
+one (a folder of class folders, a `train/` folder alone) has `test_fraction` of each class held out as
+test, drawn with `split_seed`, never with the run's `--seed`, so every method and seed of a comparison is
+scored on the same images (`DataBundle.test_set_id` names them). `max_train` subsets the training images
+with `split_seed` too, and `val_fraction` of each class of what remains becomes the validation split
+(again drawn from `split_seed`), which is what every choice during training reads.
+
 Every source is decoded once into a uint8 tensor (N, 3, S, S) held in memory, with S = image_size/0.875
 (short side resized, centre-cropped square). Augmentation then runs on whole batches of tensors (on the
 model's device): a per-sample random resized crop + horizontal flip for training, the centre crop for
@@ -15,6 +22,7 @@ import math
 import os
 import warnings
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +70,40 @@ class FeatureTensors:
 
 @dataclass
 class DataBundle:
+    """Training, validation (None: no validation split) and test data of one dataset.
+
+    `test_set_id` names the test images (a digest of their identities, file names or pixel bytes, with
+    their labels); when not given it is computed from the test tensors.
+    """
+
     train: ImageTensors
     test: ImageTensors
     classes: list[str]
     name: str
+    val: ImageTensors | None = None
+    test_set_id: str = ""
+
+    def __post_init__(self):
+        if not self.test_set_id:
+            x = self.test.x.detach().cpu().contiguous()
+            self.test_set_id = digest(str(x.dtype), tuple(x.shape), x.numpy().tobytes(), _label_bytes(self.test.y))
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def digest(*parts) -> str:
+    """A short hex digest (sha256, 16 hex digits) of strings, bytes and reprs of anything else."""
+    h = hashlib.sha256()
+    for p in parts:
+        b = p if isinstance(p, bytes) else (p if isinstance(p, str) else repr(p)).encode()
+        h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()[:16]
+
+
+def _label_bytes(y) -> bytes:
+    return np.asarray(torch.as_tensor(np.asarray(y)).long().flatten().cpu().numpy(), dtype="<i8").tobytes()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,8 +197,13 @@ def _labels(y, num_classes: int | None, what: str) -> torch.Tensor:
     return y
 
 
-def from_arrays(x_train, y_train, x_test, y_test, image_size: int, classes: list[str] | None = None, name="arrays") -> DataBundle:
-    """A DataBundle from in-memory arrays (uint8 or float in [0,1]; grey, RGB or RGBA)."""
+def from_arrays(x_train, y_train, x_test, y_test, image_size: int, classes: list[str] | None = None, name="arrays",
+                val_fraction: float = 0.0, split_seed: int = 0) -> DataBundle:  # fmt: skip
+    """A DataBundle from in-memory arrays (uint8 or float in [0,1]; grey, RGB or RGBA).
+
+    The test arrays are the test set as given (its id: a digest of their bytes and labels);
+    `val_fraction` > 0 carves a stratified validation split from the training arrays (see `carve_validation`).
+    """
     ytr = _labels(y_train, len(classes) if classes else None, "training labels")
     n = len(classes) if classes else int(ytr.max()) + 1
     yte = _labels(y_test, n, "test labels")
@@ -177,19 +216,46 @@ def from_arrays(x_train, y_train, x_test, y_test, image_size: int, classes: list
     for what, xx, yy in (("training", xtr, ytr), ("test", xte, yte)):
         if len(xx) != len(yy):
             raise FastRetrainError(f"{what} images ({len(xx)}) and labels ({len(yy)}) differ in number")
+    raw = np.ascontiguousarray(np.asarray(x_test))
+    test_id = digest("arrays", str(raw.dtype), raw.shape, raw.tobytes(), _label_bytes(yte), classes)
     s = store_size(image_size)
-    return DataBundle(ImageTensors(resize_square(xtr, s), ytr), ImageTensors(resize_square(xte, s), yte), classes, name)
+    train, test = ImageTensors(resize_square(xtr, s), ytr), ImageTensors(resize_square(xte, s), yte)
+    bundle = DataBundle(train, test, classes, name, test_set_id=test_id)
+    return carve_validation(bundle, val_fraction, split_seed)
 
 
 def _decode(data: bytes, s: int) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        img = ImageOps.fit(img.convert("RGB"), (s, s), Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.uint8)
+        return _fit(img, s)
+
+
+def _fit(img, s: int) -> np.ndarray:
+    """A PIL image -> uint8 (s, s, 3) RGB: short side to s (bicubic), centre square."""
+    from PIL import Image, ImageOps
+
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(ImageOps.fit(img.convert("RGB"), (s, s), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def decode_image(image, s: int) -> torch.Tensor:
+    """One image -> uint8 (3, s, s), decoded exactly as training images are (used to predict on new images).
+
+    Encoded bytes or a PIL image: as in an image folder (PIL, bicubic, centre square). An array (H, W),
+    (H, W, C) or (C, H, W), uint8 or float in [0, 1]: as `from_arrays` (torch bicubic, antialiased).
+    """
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        rgb = _decode(bytes(image), s)
+    elif isinstance(image, Image.Image):
+        rgb = _fit(image, s)
+    else:
+        return resize_square(_to_nchw_uint8(np.asarray(image)[None]), s)[0]
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 class _Files:
@@ -267,8 +333,14 @@ def stratified_split(y: torch.Tensor, frac: float, seed: int) -> tuple[torch.Ten
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
-def from_folder(path: str | Path, image_size: int, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False) -> DataBundle:
-    """Image folder or .zip: `train/` + `val/` or `test/` class subfolders, or class subfolders + a split."""
+def from_folder(path: str | Path, image_size: int, test_fraction: float = 0.2, split_seed: int = 0,
+                skip_bad: bool = False, val_fraction: float = 0.0) -> DataBundle:  # fmt: skip
+    """Image folder or .zip: `train/` + `test/` or `val/` class subfolders (that folder is the test set; with
+    both, `val/` is the validation split), or
+    class subfolders (a `train/` folder alone too) with `test_fraction` of each class held out as test,
+    drawn with `split_seed`. The test set's id digests its file names (below the dataset's top folder) and
+    classes, so a folder and its zip give the same id. `val_fraction` > 0 carves validation from training.
+    """
     path = Path(path)
     files = _Files(path)
     if not files.names:
@@ -280,24 +352,71 @@ def from_folder(path: str | Path, image_size: int, val_split: float = 0.2, seed:
         top = files.dirs(prefix)
     s = store_size(image_size)
     if "train" in top:
-        split = next((d for d in ("val", "test") if d in top), None)
+        # the held-out folder is the test set: `test/`, else `val/` (ImageNet's convention); with both,
+        # `val/` is the validation split
+        split = next((d for d in ("test", "val") if d in top), None)
         names, labels, classes = _class_files(files, f"{prefix}train/", None)
         if split is None:
-            return _split_bundle(files, names, labels, classes, s, val_split, seed, skip_bad, path)
+            bundle = _split_bundle(files, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix)
+            return carve_validation(bundle, val_fraction, split_seed)
         tnames, tlabels, _ = _class_files(files, f"{prefix}{split}/", classes)
         xtr, keep = _decode_all(files, names, s, skip_bad)
         xte, tkeep = _decode_all(files, tnames, s, skip_bad)
         ytr, yte = torch.tensor(labels)[keep], torch.tensor(tlabels)[tkeep]
-        return DataBundle(ImageTensors(xtr, ytr), ImageTensors(xte, yte), classes, path.name)
+        test_id = _names_id(files, [tnames[i] for i in tkeep], tlabels, classes, prefix, tkeep)
+        bundle = DataBundle(ImageTensors(xtr, ytr), ImageTensors(xte, yte), classes, path.name, test_set_id=test_id)
+        if split == "test" and "val" in top:
+            vnames, vlabels, _ = _class_files(files, f"{prefix}val/", classes)
+            xva, vkeep = _decode_all(files, vnames, s, skip_bad)
+            bundle.val = ImageTensors(xva, torch.tensor(vlabels)[vkeep])
+        return carve_validation(bundle, val_fraction, split_seed)
     names, labels, classes = _class_files(files, prefix, None)
-    return _split_bundle(files, names, labels, classes, s, val_split, seed, skip_bad, path)
+    bundle = _split_bundle(files, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix)
+    return carve_validation(bundle, val_fraction, split_seed)
 
 
-def _split_bundle(files, names, labels, classes, s, val_split, seed, skip_bad, path) -> DataBundle:
+def _names_id(files, names, labels, classes, prefix, keep=None) -> str:
+    """Digest of test file names (the wrapping top folder of a zip removed) and their class names."""
+    labels = [labels[i] for i in keep] if keep is not None else labels
+    return digest("files", *(f"{n[len(prefix):]}\t{classes[c]}" for n, c in zip(names, labels)))
+
+
+def _split_bundle(files, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix) -> DataBundle:
     x, keep = _decode_all(files, names, s, skip_bad)
     y = torch.tensor(labels)[keep]
-    tr, te = stratified_split(y, val_split, seed)
-    return DataBundle(ImageTensors(x[tr], y[tr]), ImageTensors(x[te], y[te]), classes, path.name)
+    tr, te = stratified_split(y, test_fraction, split_seed)
+    kept = [names[i] for i in keep]
+    test_id = _names_id(files, [kept[i] for i in te.tolist()], y[te].tolist(), classes, prefix)
+    return DataBundle(ImageTensors(x[tr], y[tr]), ImageTensors(x[te], y[te]), classes, path.name, test_set_id=test_id)
+
+
+def _val_seed(split_seed: int) -> int:
+    """The validation draw's seed: derived from split_seed, a stream apart from the test split's."""
+    return zlib.crc32(f"validation/{split_seed}".encode())
+
+
+def carve_validation(bundle: DataBundle, val_fraction: float, split_seed: int = 0) -> DataBundle:
+    """Move `val_fraction` of each training class (stratified, drawn from `split_seed`) into `bundle.val`.
+
+    0 leaves the bundle as it is (no validation split); so does a validation split the data ships (a
+    `val/` folder beside `test/`). A class with a single training image keeps it.
+    """
+    if not 0 <= val_fraction < 1:
+        raise FastRetrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not val_fraction or bundle.val is not None:
+        return bundle
+    tr, va = stratified_split(bundle.train.y, val_fraction, _val_seed(split_seed))
+    data = bundle.train
+    bundle.train, bundle.val = type(data)(data.x[tr], data.y[tr]), type(data)(data.x[va], data.y[va])
+    return bundle
+
+
+def subset_train(bundle: DataBundle, max_train: int | None, split_seed: int = 0) -> DataBundle:
+    """Keep at most `max_train` training images, stratified, drawn from `split_seed` (not the run seed)."""
+    if max_train is not None and max_train < len(bundle.train):
+        keep, _ = stratified_split(bundle.train.y, 1 - max_train / len(bundle.train), split_seed)
+        bundle.train = type(bundle.train)(bundle.train.x[keep], bundle.train.y[keep])
+    return bundle
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,7 +472,7 @@ DATASETS = {
     "fashion-mnist": lambda root: PACKAGE_DATA / "fashion_mnist_2k.npz",  # shipped: 2,000 train / 1,000 test
     "fashion-mnist-5k": lambda root: _find("fashion_mnist_train5k_test1k.npz", root),  # 5,000 / 1,000
     "fashion-mnist-full": _fashion_full,  # 60,000 / 10,000 (Debian's dataset-fashion-mnist)
-    "flowers5": lambda root: _find("flowers5", root),  # 4,317 photos, 5 classes, no split: val_split applies
+    "flowers5": lambda root: _find("flowers5", root),  # 4,317 photos, 5 classes, no split: test_fraction applies
     "cifar10-subset": lambda root: _find("cifar10_jpeg.zip", root),  # 15,000 / 3,000, zipped JPEG folders
 }
 
@@ -361,16 +480,21 @@ DATASETS = {
 def load_data(
     spec: str,
     image_size: int,
-    val_split: float = 0.2,
-    seed: int = 0,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
     skip_bad: bool = False,
     data_root: str | None = None,
     max_train: int | None = None,
     cache_dir: str | Path | None = "auto",
+    val_fraction: float = 0.0,
 ) -> DataBundle:
     """Load a dataset by name (see DATASETS) or path (folder, .zip, .npz with x_train/y_train/x_test/y_test).
 
-    Decoded folders/zips are cached as tensors in `cache_dir` (default ~/.cache/fastretrain; None disables).
+    Splits: the data's own test split, else `test_fraction` per class drawn with `split_seed`; then
+    `max_train` (stratified, `split_seed`), then `val_fraction` of each class as validation (`split_seed`).
+    A training run passes its config's values (validation 10 % by default); called directly, the default
+    `val_fraction=0` returns no validation split. Decoded folders/zips are cached as tensors in `cache_dir`
+    (default ~/.cache/fastretrain; None disables).
     """
     if spec in DATASETS:
         path, name = DATASETS[spec](data_root), spec
@@ -386,33 +510,35 @@ def load_data(
     elif path.suffix.lower() == ".npz":
         bundle = _npz(path, image_size, name, classes)
     else:
-        bundle = _cached(path, image_size, val_split, seed, skip_bad, cache_dir)
+        bundle = _cached(path, image_size, test_fraction, split_seed, skip_bad, cache_dir)
     bundle.name = name
-    if max_train is not None and max_train < len(bundle.train):
-        keep, _ = stratified_split(bundle.train.y, 1 - max_train / len(bundle.train), seed)
-        bundle.train = ImageTensors(bundle.train.x[keep], bundle.train.y[keep])
-    return bundle
+    return carve_validation(subset_train(bundle, max_train, split_seed), val_fraction, split_seed)
 
 
-def _cached(path: Path, image_size: int, val_split: float, seed: int, skip_bad: bool, cache_dir) -> DataBundle:
-    """from_folder, memoised on disk as uint8 tensors keyed by the files' names, sizes and times."""
+def _cached(path: Path, image_size: int, test_fraction: float, split_seed: int, skip_bad: bool, cache_dir):
+    """from_folder (train/test only), memoised on disk as uint8 tensors keyed by the files' names, sizes and times."""
     if cache_dir == "auto":
         cache_dir = os.environ.get("FASTRETRAIN_CACHE", Path.home() / ".cache" / "fastretrain")
     if not cache_dir:
-        return from_folder(path, image_size, val_split, seed, skip_bad)
+        return from_folder(path, image_size, test_fraction, split_seed, skip_bad)
     files = [path] if path.is_file() else sorted(path.rglob("*"))
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = hashlib.sha1(repr((str(path.resolve()), stats, image_size, val_split, seed, skip_bad)).encode()).hexdigest()[:16]
-    file = Path(cache_dir) / f"data-{key}.pt"
+    what = ("v2", str(path.resolve()), stats, image_size, test_fraction, split_seed, skip_bad)
+    file = Path(cache_dir) / f"data-{hashlib.sha1(repr(what).encode()).hexdigest()[:16]}.pt"
     if file.is_file():
         try:
             d = torch.load(file, weights_only=True)
-            return DataBundle(ImageTensors(d["xtr"], d["ytr"]), ImageTensors(d["xte"], d["yte"]), d["classes"], d["name"])
+            val = ImageTensors(d["xva"], d["yva"]) if "xva" in d else None
+            train, test = ImageTensors(d["xtr"], d["ytr"]), ImageTensors(d["xte"], d["yte"])
+            return DataBundle(train, test, d["classes"], d["name"], val=val, test_set_id=d["test_set_id"])
         except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
             pass
-    bundle = from_folder(path, image_size, val_split, seed, skip_bad)
+    bundle = from_folder(path, image_size, test_fraction, split_seed, skip_bad)
     from .checkpoint import atomic_torch_save
 
-    atomic_torch_save({"xtr": bundle.train.x, "ytr": bundle.train.y, "xte": bundle.test.x, "yte": bundle.test.y,
-                       "classes": bundle.classes, "name": bundle.name}, file)  # fmt: skip
+    d = {"xtr": bundle.train.x, "ytr": bundle.train.y, "xte": bundle.test.x, "yte": bundle.test.y,
+         "classes": bundle.classes, "name": bundle.name, "test_set_id": bundle.test_set_id}  # fmt: skip
+    if bundle.val is not None:
+        d.update(xva=bundle.val.x, yva=bundle.val.y)
+    atomic_torch_save(d, file)
     return bundle

@@ -5,6 +5,15 @@ after_loss, before_step, after_step; after_epoch (after the training pass, befor
 here counts as training time), after_eval; finally after_fit. A strategy overrides the hooks it needs,
 receives the engine in each, and may raise SkipBatch or StopFit. Strategies run sorted by `order`.
 
+Evaluation and selection (METHODS.md §6): after every epoch, off the clock, the engine evaluates the
+validation split (`engine.val_data`, None when there is none) and the test split (`engine.test_data`) and
+logs val_loss/val_acc and test_loss/test_acc. The best epoch (and `model_best.safetensors`) is the one with
+the highest val_acc; a tie on val_acc goes to the lower val_loss, and a tie on both to the earlier epoch.
+Without a validation split the best epoch is the last one. Nothing the engine chooses reads test; a
+strategy that chooses or stops (a switch, early stopping) must read `engine.log["val_loss"]`/["val_acc"]
+or evaluate `engine.val_data` itself. A strategy may set `engine.best_eligible = False` in after_eval to
+keep this epoch out of the best-epoch choice (kernel-rescale does so in its low-resolution phase).
+
 What strategies may change, and how:
 - which parameters train: set `requires_grad`, then `engine.rebuild_optimizer()` (momentum buffers are
   kept by parameter name, also for parameters that leave the optimizer and come back later);
@@ -14,7 +23,8 @@ What strategies may change, and how:
 - input resolution: `engine.image_size`.
 - extra passes over data: iterate `engine.batches(data, train=False)`; exclude evaluation-only work
   from the clock with `with engine.untimed():`.
-- what the training forward runs and on which data: `engine.set_net(module)`, `engine.train_data`.
+- what the training forward runs and on which data: `engine.set_net(module)`, `engine.train_data`,
+  and what evaluation runs on: `engine.val_data`, `engine.test_data` (e.g. cached features).
 """
 from __future__ import annotations
 
@@ -84,7 +94,7 @@ class Engine:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.data = data
-        self.train_data, self.test_data = data.train, data.test
+        self.train_data, self.val_data, self.test_data = data.train, data.val, data.test
         self.strategies = sorted(strategies, key=lambda s: s.order)  # stable: equal orders keep their given order
         self.out = Path(out_dir) if out_dir else None
         cuda = self.device.type == "cuda"
@@ -104,7 +114,11 @@ class Engine:
         self.epoch = self.start_epoch = self.iter = 0
         self.history: list[dict[str, Any]] = []
         self.log: dict[str, Any] = {}
-        self.best_acc, self.wall_seconds = -1.0, 0.0
+        self.wall_seconds = 0.0
+        # the best epoch so far: 1-based epoch, its (val_acc, -val_loss) key (None without validation)
+        self.best_epoch: int | None = None
+        self.best_key: tuple[float, float] | None = None
+        self.best_eligible = True  # set False in after_eval to keep this epoch out of the best-epoch choice
         self._untimed = 0.0
         self._rngs: dict[str, torch.Generator] = {}
         self.lr = cfg.lr
@@ -147,6 +161,8 @@ class Engine:
         pgs = [{"params": ps, "lr_scale": s, "lr": self.cfg.lr * s} for s, ps in groups.items()]
         if self.cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(pgs, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
+        elif self.cfg.optimizer == "adam":  # weight decay as an L2 term in the gradient, as torch.optim.Adam does
+            self.optimizer = torch.optim.Adam(pgs, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(pgs, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         for n, p in named:
@@ -214,7 +230,11 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self, data=None) -> tuple[float, float]:
-        """(mean loss, accuracy) of the current net in eval mode on `data` (default: test data)."""
+        """(mean loss, accuracy) of the current net in eval mode on `data`.
+
+        Pass the data explicitly: `engine.val_data` for anything that chooses, `engine.test_data` to report.
+        (No argument: the test data, kept for reporting code written before the validation split.)
+        """
         data = self.test_data if data is None else data
         net, was = self._net, self._net.training
         net.eval()
@@ -333,16 +353,24 @@ class Engine:
         self._call("after_step")
 
     def _end_epoch(self) -> None:
-        test_loss, test_acc = self.evaluate()
+        """Evaluate validation and test (off the clock), log, pick the best epoch by validation, save."""
+        if self.val_data is not None:
+            val_loss, val_acc = self.evaluate(self.val_data)
+            self.log.update(val_loss=val_loss, val_acc=val_acc)
+        test_loss, test_acc = self.evaluate(self.test_data)
         self.log.update(test_loss=test_loss, test_acc=test_acc)
-        self._call("after_eval")
+        self.best_eligible, stop = True, False
+        try:
+            self._call("after_eval")
+        except StopFit:  # the epoch is recorded and saved first
+            stop = True
         self.history.append(dict(self.log))
-        improved = test_acc > self.best_acc
-        self.best_acc = max(self.best_acc, test_acc)
+        improved = self._is_best()
         if dist.is_main():
             if self.cfg.progress:
+                val = f"val_acc {self.log['val_acc']:.4f}  " if "val_acc" in self.log else ""
                 tqdm.write(f"epoch {self.epoch + 1}/{self.cfg.epochs}  train_loss {self.log['train_loss']:.4f}  "
-                           f"train_acc {self.log['train_acc']:.4f}  test_acc {test_acc:.4f}  "
+                           f"train_acc {self.log['train_acc']:.4f}  {val}test_acc {test_acc:.4f}  "
                            f"{self.log['epoch_seconds']:.1f}s  {self.log['images_per_second']:.0f} img/s")  # fmt: skip
             if self.out:
                 with open(self.out / "metrics.jsonl", "a") as f:
@@ -351,6 +379,18 @@ class Engine:
                     save_weights(self.model, self.out / "model_best.safetensors")
                 if self.cfg.save_checkpoint:
                     atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
+        if stop:
+            raise StopFit
+
+    def _is_best(self) -> bool:
+        """Whether this epoch becomes the best: by (val_acc, -val_loss), strictly better; else the latest."""
+        if not self.best_eligible:
+            return False
+        key = (self.log["val_acc"], -self.log["val_loss"]) if "val_acc" in self.log else None
+        if key is not None and self.best_key is not None and not key > self.best_key:
+            return False
+        self.best_epoch, self.best_key = self.epoch + 1, key
+        return True
 
     def fit(self) -> dict[str, Any]:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
@@ -381,12 +421,17 @@ class Engine:
 
     def _finish(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
+        best = self.history[self.best_epoch - 1] if self.best_epoch else {}
         summary = {
-            "method": self.cfg.method, "model": self.cfg.model, "data": self.data.name,
-            "epochs": len(self.history), "best_test_acc": max((h["test_acc"] for h in self.history), default=None),
-            "final_test_acc": last.get("test_acc"), "wall_seconds": self.wall_seconds,
+            "method": self.cfg.method, "recipe": self.cfg.recipe, "model": self.cfg.model, "data": self.data.name,
+            "test_set_id": self.data.test_set_id, "epochs": len(self.history),
+            # chosen on validation (the last eligible epoch without it); test_acc is measured at that epoch
+            "best_epoch": self.best_epoch, "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
+            "final_val_acc": last.get("val_acc"), "final_test_acc": last.get("test_acc"),
+            "wall_seconds": self.wall_seconds,
             "images_per_second": (float(np.mean([h["images_per_second"] for h in self.history])) if self.history else None),
-            "train_images": len(self.data.train), "test_images": len(self.data.test), "num_classes": self.data.num_classes,
+            "train_images": len(self.data.train), "val_images": len(self.data.val) if self.data.val is not None else 0,
+            "test_images": len(self.data.test), "num_classes": self.data.num_classes, "split_seed": self.cfg.split_seed,
             "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": self.cfg.seed,
         }  # fmt: skip
         if self.out and dist.is_main():
@@ -412,7 +457,8 @@ class Engine:
                           for n, st in self.optimizer_state_by_name().items()},  # fmt: skip
             "strategies": {self._strategy_key(i, s): s.state_dict() for i, s in enumerate(self.strategies)},
             "history": self.history,
-            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "best_key": list(self.best_key) if self.best_key is not None else None,
             "wall_seconds": self.wall_seconds,
         }
 
@@ -438,7 +484,8 @@ class Engine:
         self.optimizer = None
         self.rebuild_optimizer()
         self.start_epoch, self.history = ck["epoch"], list(ck["history"])
-        self.best_acc, self.wall_seconds = ck["best_acc"], ck["wall_seconds"]
+        self.best_epoch, self.wall_seconds = ck.get("best_epoch"), ck["wall_seconds"]
+        self.best_key = tuple(ck["best_key"]) if ck.get("best_key") is not None else None
         if dist.is_main():
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
             print(f"resumed {where} after epoch {self.start_epoch}")

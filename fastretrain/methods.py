@@ -1,8 +1,12 @@
-"""Method registry: a method name maps to strategy classes and the config defaults it wants.
+"""Method registry (a method name maps to strategy classes) and named recipes (presets of optimisation settings).
 
-Methods compose: `--method a,b` instantiates the strategies of both. A recipe is a method made of other
+Methods compose: `--method a,b` instantiates the strategies of both. A method may be made of other
 methods (e.g. `fast-retrain` = `random-freeze` + `mp-refine`). Options reach a strategy by its method
 name: `-o rifle.period=2` sets the `period` field of the RIFLE strategy's dataclass.
+
+A method never changes the optimisation settings (optimizer, LR, schedule, batch size, epochs, ...): every
+method of a comparison trains under the same ones (METHODS.md §6). A published setting is a recipe the
+user asks for by name (`--recipe authors`); flags the user gives explicitly beat the recipe.
 """
 from __future__ import annotations
 
@@ -18,18 +22,54 @@ from .errors import FastRetrainError, unknown_name
 class Method:
     name: str
     strategy: type[Strategy] | None = None  # None: plain training
-    parts: tuple[str, ...] = ()  # other methods this recipe combines
-    defaults: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields this method sets unless the user does
+    parts: tuple[str, ...] = ()  # other methods this one combines
+    help: str = ""
+
+
+@dataclass
+class Recipe:
+    """A named preset: TrainConfig fields it sets unless the user gives them."""
+
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
     help: str = ""
 
 
 METHODS: dict[str, Method] = {}
+RECIPES: dict[str, Recipe] = {}
+# what a recipe may set: optimisation settings only (not the data, model, method or run)
+RECIPE_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs", "label_smoothing",
+                 "options")  # fmt: skip
 
 
-def register_method(name: str, strategy=None, parts=(), defaults=None, help="") -> None:
+def register_method(name: str, strategy=None, parts=(), help="") -> None:
     if strategy is not None:
         strategy.name = name
-    METHODS[name] = Method(name, strategy, tuple(parts), dict(defaults or {}), help)
+    METHODS[name] = Method(name, strategy, tuple(parts), help)
+
+
+def register_recipe(name: str, fields: dict[str, Any], help: str = "") -> None:
+    bad = sorted(set(fields) - set(RECIPE_FIELDS))
+    if bad:
+        raise FastRetrainError(f"recipe {name!r} sets {', '.join(bad)}; a recipe sets only {', '.join(RECIPE_FIELDS)}")
+    RECIPES[name] = Recipe(name, dict(fields), help)
+
+
+def recipe_fields(name: str | None, method: str) -> dict[str, Any]:
+    """The TrainConfig fields recipe `name` sets for `method` (None: none). Its per-method options apply only
+    to methods in `method` (e.g. fastai's freeze_epochs reaches freeze-unfreeze when that method runs)."""
+    if name is None:
+        return {}
+    if name not in RECIPES:
+        raise unknown_name("recipe", name, RECIPES)
+    fields = dict(RECIPES[name].fields)
+    if "options" in fields:
+        names = set(method_names(method))
+        opts = {m: dict(o) for m, o in fields["options"].items() if m in names}
+        fields.pop("options")
+        if opts:
+            fields["options"] = opts
+    return fields
 
 
 def method_names(spec: str) -> list[str]:
@@ -43,15 +83,6 @@ def method_names(spec: str) -> list[str]:
             if n not in out:
                 out.append(n)
     return out
-
-
-def method_defaults(spec: str) -> dict[str, Any]:
-    """Config defaults of the named methods; the first method named wins a conflict."""
-    merged: dict[str, Any] = {}
-    for name in reversed([n.strip() for n in spec.split(",")]):
-        for part in method_names(name):
-            merged.update(METHODS[part].defaults)
-    return merged
 
 
 def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None) -> list[Strategy]:
@@ -78,3 +109,17 @@ def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None
 
 
 register_method("sgdm", help="SGD with momentum, full fine-tuning (the baseline every method is compared to)")
+
+
+# fast-retrain's published recipe (arXiv 2008.07387, the authors' ImageNet ResNet-50 demo; METHODS.md §1c)
+register_recipe("authors", {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32, "epochs": 8,
+                            "lr": 1e-3, "schedule": "piecewise:1x3,0.1x3,0.01x2"},
+                help="fast-retrain's published recipe: SGD momentum 0.9, wd 1e-4, batch 32, 8 epochs, "
+                     "LR 1e-3 x3, 1e-4 x3, 1e-5 x2")  # fmt: skip
+# fastai's `Learner.fine_tune` defaults (fastai 2.x): Adam with decoupled weight decay 0.01 (fastai's
+# `Adam(decouple_wd=True)` is AdamW), base LR 2e-3, one-cycle, freeze_epochs=1 (reaches freeze-unfreeze when
+# that method runs). Not reproduced: fastai's betas (0.9, 0.99), eps 1e-5, and the halved LR after unfreezing.
+register_recipe("fastai", {"optimizer": "adamw", "weight_decay": 0.01, "lr": 2e-3, "schedule": "onecycle",
+                           "options": {"freeze-unfreeze": {"freeze_epochs": 1}}},
+                help="fastai fine_tune defaults: Adam (decoupled wd 0.01), base LR 2e-3, one-cycle, "
+                     "freeze_epochs=1 with freeze-unfreeze")  # fmt: skip

@@ -1,6 +1,7 @@
 """`train()`: the whole run — device, seeds, data, model, strategies, engine — from one TrainConfig."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,56 @@ from .config import TrainConfig
 from .data import DataBundle, load_data
 from .engine import Engine, Strategy
 from .errors import FastRetrainError
-from .methods import build_strategies, method_defaults
+from .methods import METHODS, build_strategies, recipe_fields
 from .models import create_model
 
 
 def make_config(**kwargs) -> TrainConfig:
-    """A TrainConfig from keyword arguments, with the chosen methods' defaults for fields not given."""
-    method = kwargs.get("method", TrainConfig.method)
-    merged = {**method_defaults(method), **{k: v for k, v in kwargs.items() if v is not None}}
+    """A TrainConfig from keyword arguments (None: not given); `recipe=NAME` fills the fields not given."""
+    return resolve_config(**kwargs)[0]
+
+
+def resolve_config(**kwargs) -> tuple[TrainConfig, list[str]]:
+    """(config, one line per setting the recipe changed or would have changed) from keyword arguments.
+
+    Explicit arguments beat the recipe; the lines say which default the recipe replaced and which given
+    value it left alone. No recipe: no lines (methods change no settings themselves).
+    """
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    name = given.get("recipe")
+    preset = recipe_fields(name, given.get("method", TrainConfig.method))
+    merged = {**preset, **given}
+    lines = []
+    for key, value in preset.items():
+        if key == "options":
+            mine = given.get("options") or {}
+            both = {*preset["options"], *mine}
+            merged["options"] = {m: {**preset["options"].get(m, {}), **mine.get(m, {})} for m in both}
+            for m, opts in preset["options"].items():
+                for f, v in opts.items():
+                    lines += _change(name, f"-o {m}.{f}", v, mine.get(m, {}).get(f), _option_default(m, f))
+        else:
+            lines += _change(name, "--" + key.replace("_", "-"), value, given.get(key), _field_default(key))
     cfg = TrainConfig.from_dict(merged)
     cfg.validate()
-    return cfg
+    return cfg, lines
+
+
+def _change(recipe: str, flag: str, value, given, default) -> list[str]:
+    if given is not None:
+        return [] if given == value else [f"recipe {recipe}: {flag} {given} as given (the recipe has {value})"]
+    return [] if value == default else [f"recipe {recipe}: {flag} {value} (default {default})"]
+
+
+def _field_default(name: str):
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def _option_default(method: str, name: str):
+    cls = METHODS[method].strategy
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return next((f.default for f in dataclasses.fields(cls) if f.name == name), None)
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -70,9 +110,12 @@ def build_engine(
 
     Args:
         bundle, module: a DataBundle and a model to use instead of loading `cfg.data` / creating `cfg.model`.
+            A given bundle is used as it is: its `val` (None: no validation split) and `test`, whatever
+            `cfg.val_fraction`, `cfg.test_fraction` and `cfg.max_train` say.
         strategies: extra strategy objects, added to those of `cfg.method`.
     """
     cfg.validate()
+    recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     if cfg.deterministic:
@@ -80,7 +123,8 @@ def build_engine(
         torch.use_deterministic_algorithms(True)
     data = bundle
     if data is None:
-        data = load_data(cfg.data, cfg.image_size, cfg.val_split, cfg.seed, cfg.skip_bad_images, cfg.data_root, cfg.max_train)
+        data = load_data(cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images,
+                         cfg.data_root, cfg.max_train, val_fraction=cfg.val_fraction)  # fmt: skip
     all_strategies = build_strategies(cfg.method, cfg.options) + list(strategies or [])
     model = module
     if model is None:

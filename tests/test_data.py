@@ -37,8 +37,8 @@ def test_one_folder_split_is_stratified_and_seeded(tmp_path):
     for c in ("a", "b", "c"):
         for i in range(10):
             _write(tmp_path / "d" / c / f"{i}.png", color=20 * i)
-    b1 = load_data(str(tmp_path / "d"), 16, val_split=0.2, seed=3, cache_dir=None)
-    b2 = load_data(str(tmp_path / "d"), 16, val_split=0.2, seed=3, cache_dir=None)
+    b1 = load_data(str(tmp_path / "d"), 16, test_fraction=0.2, split_seed=3, cache_dir=None)
+    b2 = load_data(str(tmp_path / "d"), 16, test_fraction=0.2, split_seed=3, cache_dir=None)
     assert torch.bincount(b1.test.y).tolist() == [2, 2, 2] and len(b1.train) == 24
     assert torch.equal(b1.test.x, b2.test.x)
     tr, te = stratified_split(torch.tensor([0] * 10 + [1] * 10), 0.3, seed=0)
@@ -115,3 +115,12 @@ def test_bundled_fashion_mnist_ships_with_the_package():
     b = load_data("fashion-mnist", 32)
     assert len(b.train) == 2000 and len(b.test) == 1000 and b.num_classes == 10
     assert torch.bincount(b.train.y).tolist() == [200] * 10
+
+
+def test_train_val_test_folders_give_validation_and_test(tmp_path):
+    _tree(tmp_path / "d", ("train", "val", "test"), per_class=4)
+    b = load_data(str(tmp_path / "d"), 16, val_fraction=0.5, cache_dir=None)  # the shipped val/ is kept, not carved
+    assert len(b.train) == 8 and len(b.val) == 8 and len(b.test) == 8
+    only_val = tmp_path / "e"
+    _tree(only_val, ("train", "val"), per_class=4)
+    assert load_data(str(only_val), 16, cache_dir=None).val is None  # val/ alone is the test set (ImageNet style)

@@ -231,7 +231,7 @@ def test_metrics_are_logged_in_a_fit():
 
 
 def test_fast_retrain_recipe():
-    cfg = fr.make_config(method="fast-retrain")
+    cfg = fr.make_config(method="fast-retrain", recipe="authors")
     assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.lr) == ("sgd", 0.9, 1e-4, 32, 8, 1e-3)
     assert cfg.schedule == "piecewise:1x3,0.1x3,0.01x2"
     from fastretrain.methods import build_strategies

@@ -14,12 +14,14 @@ switch and keeps the engine consistent:
   statistics recomputed from scratch on `bn_images` training images at full size (train mode, no grad,
   cumulative average: momentum=None), optimizer rebuilt.
 - when: *default* automatic — after an epoch whose monitored loss did not improve by `min_delta`
-  (relative) for `patience` epochs, and at the latest after floor(max_fraction · epochs) epochs. No data
-  is held out: the monitored loss is this epoch's training loss (`monitor="train-loss"`, free; measured
-  on augmented batches while the weights move) or the eval-mode loss on a fixed slice of
-  `monitor_images` training images (`monitor="train-slice"`, costs one forward pass over the slice per
-  phase-1 epoch, counted as training time). Either measures how phase 1 still fits the training data,
-  not generalisation. `switch_epoch=N` fixes phase 1 to N epochs instead (0: no phase 1).
+  (relative) for `patience` epochs, and at the latest after floor(max_fraction · epochs) epochs. The
+  monitored loss (`monitor`): `val-loss`, the validation loss the engine measures after every epoch (off
+  the clock, as for every method; at the low resolution during phase 1) — the default (`auto`) when the
+  run has a validation split; `train-loss`, this epoch's training loss (free; measured on augmented
+  batches while the weights move) — the `auto` choice without validation; or `train-slice`, the
+  eval-mode loss on a fixed slice of `monitor_images` training images (one forward pass over the slice
+  per phase-1 epoch, counted as training time). The test split is never read. `switch_epoch=N` fixes
+  phase 1 to N epochs instead (0: no phase 1).
 - optimizer state of a resized kernel (SGD momentum, AdamW moments) is dropped at each resize: the
   kernel restarts its momentum from its first new gradient. (The buffer has the old shape; resampling it
   with the kernel's map would be defensible for SGD, but the per-tap gradient scale also changes with the
@@ -31,10 +33,13 @@ switch and keeps the engine consistent:
 - DDP: every decision uses all-reduced numbers (training loss, slice loss), the BN statistics are computed
   on the same images on every rank, and the optimizer rebuild re-wraps the model, since the parameter
   shapes changed.
-- evaluation in phase 1 runs at the low resolution (it is the model as it trains); weights saved in
-  phase 1 (`model_best.safetensors` of a phase-1 epoch, a phase-1 checkpoint) hold the small kernels.
-  If a run ends in phase 1 (fixed `switch_epoch` ≥ epochs, or StopFit), `after_fit` switches so the final
-  weights are full size (their full-resolution accuracy is then not measured).
+- evaluation in phase 1 runs at the low resolution (it is the model as it trains; metrics.jsonl marks
+  each epoch's `kernel_rescale_phase`). Phase-1 epochs are excluded from the best-epoch choice
+  (`engine.best_eligible = False`), so `model_best.safetensors` and the summary's best epoch are always
+  full-resolution weights with full-size kernels; a phase-1 checkpoint holds the small kernels (resume
+  handles them). If a run ends in phase 1 (fixed `switch_epoch` ≥ epochs, or StopFit), `after_fit`
+  switches so the final weights are full size (their full-resolution accuracy is then not measured), no
+  epoch is eligible, and no `model_best.safetensors` is written (the summary's best_epoch is None).
 """
 from __future__ import annotations
 
@@ -49,6 +54,9 @@ from ..engine import Strategy
 from ..errors import FastRetrainError
 from ..kernels import ConvGeometry, downscale_kernels, follow_loaded_shapes, large_convs, upscale_kernels
 from ..methods import register_method
+
+
+MONITORS = ("auto", "val-loss", "train-loss", "train-slice")
 
 
 @torch.no_grad()
@@ -84,7 +92,7 @@ class KernelRescale(Strategy):
     min_kernel: int = 5  # convs with a kernel side >= this are rescaled (3×3 and 1×1 stay)
     switch_epoch: int | None = None  # fixed number of phase-1 epochs; None: automatic
     max_fraction: float = 0.4  # automatic switch: at most this fraction of the epochs in phase 1
-    monitor: str = "train-loss"  # automatic switch watches: train-loss (free) or train-slice
+    monitor: str = "auto"  # automatic switch watches: val-loss, train-loss, train-slice; auto: val-loss if any
     monitor_images: int = 512  # train-slice: training images evaluated after each phase-1 epoch
     patience: int = 1  # epochs without improvement before the switch
     min_delta: float = 0.01  # relative loss decrease that counts as an improvement
@@ -111,7 +119,9 @@ class KernelRescale(Strategy):
             (self.min_kernel >= 2, f"kernel-rescale.min_kernel must be >= 2, got {self.min_kernel}"),
             (0 <= self.max_fraction < 1, f"kernel-rescale.max_fraction must be in [0, 1), got {self.max_fraction}"),
             (self.switch_epoch is None or self.switch_epoch >= 0, f"kernel-rescale.switch_epoch must be >= 0, got {self.switch_epoch}"),
-            (self.monitor in ("train-loss", "train-slice"), f"kernel-rescale.monitor must be train-loss or train-slice, got {self.monitor!r}"),
+            (self.monitor in MONITORS, f"kernel-rescale.monitor must be {', '.join(MONITORS)}; got {self.monitor!r}"),
+            (self.monitor != "val-loss" or engine.val_data is not None,
+             "kernel-rescale.monitor=val-loss needs a validation split (--val-fraction > 0)"),
             (self.down_mode in ("area", "bilinear") and self.up_mode in ("area", "bilinear"), "kernel-rescale modes must be area or bilinear"),
             (round(engine.cfg.image_size / self.scale) >= 8, f"image size {engine.cfg.image_size} / scale {self.scale} is below 8 px"),
         ]  # fmt: skip
@@ -173,11 +183,16 @@ class KernelRescale(Strategy):
         engine.log["kernel_rescale_phase"] = self.phase
         if self.phase != 1:
             return
+        engine.best_eligible = False  # low-resolution weights with small kernels are never "best"
         done = engine.epoch + 1
         if self.switch_epoch is not None:
             self.pending = done >= self.switch_epoch
             return
-        value = engine.log["train_loss"] if self.monitor == "train-loss" else self._slice_loss
+        watch = self.monitor
+        if watch == "auto":  # the engine logs val_loss exactly when the run has a validation split
+            watch = "val-loss" if "val_loss" in engine.log else "train-loss"
+        value = {"val-loss": engine.log.get("val_loss"), "train-loss": engine.log["train_loss"]}
+        value = value.get(watch, self._slice_loss)
         engine.log["kernel_rescale_monitor"] = value
         if value < self.best * (1 - self.min_delta):
             self.bad_epochs = 0

@@ -1,5 +1,7 @@
 """Linear probe: a frozen backbone whose pooled features are computed once (eval transform, no
-augmentation) and cached; only the classifier trains, on the cache. The standard transfer baseline."""
+augmentation) and cached, for the training, validation and test images; only the classifier trains, on the
+cache. The standard transfer baseline. It trains under the run's optimisation settings like every other method
+(it used to set LR 0.01 and 10 epochs by itself)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +24,10 @@ class LinearProbe(Strategy):
             p.requires_grad_(False)
         for p in head.parameters():
             p.requires_grad_(True)
-        self._images = (engine.train_data, engine.test_data)
+        self._images = (engine.train_data, engine.val_data, engine.test_data)
         engine.train_data = self._cache(engine, engine.train_data, head)
+        if engine.val_data is not None:
+            engine.val_data = self._cache(engine, engine.val_data, head)
         engine.test_data = self._cache(engine, engine.test_data, head)
         engine.set_net(head)
         engine.rebuild_optimizer()
@@ -43,9 +47,9 @@ class LinearProbe(Strategy):
         return FeatureTensors(torch.cat(feats), data.y.to(engine.device))
 
     def after_fit(self, engine) -> None:
-        engine.train_data, engine.test_data = self._images
+        engine.train_data, engine.val_data, engine.test_data = self._images
         engine.set_net(engine.model)
 
 
-register_method("linear-probe", LinearProbe, defaults={"lr": 0.01, "epochs": 10},
-                help="frozen backbone, features cached once, only the classifier trains")  # fmt: skip
+register_method("linear-probe", LinearProbe,
+                help="frozen backbone, features cached once (training, validation and test images), only the classifier trains")
