@@ -220,3 +220,22 @@ def test_resume_keeps_the_best_epoch(tmp_path):
     assert torch.equal(a["bias"], b["bias"])
     drop = ("wall_seconds", "images_per_second")
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in straight.items() if k not in drop}
+
+
+def test_mp_refine_reports_validation_before_refining(tmp_path):
+    class ValSnapshot(Strategy):
+        order = 0  # after_epoch before mp-refine's (50): the model as SGD left it
+
+        def after_epoch(self, engine):
+            self.acc = engine.evaluate(engine.val_data)[1]
+
+    from fastretrain.testing import tiny_images
+
+    x, y = tiny_images(12, 3, 12, seed=0)
+    bundle = from_arrays(x.numpy(), y.numpy(), x[:9].numpy(), y[:9].numpy(), 16, val_fraction=0.25)
+    snap = ValSnapshot()
+    cfg = TrainConfig(model="tiny-cnn", method="mp-refine", epochs=1, image_size=16, batch_size=8, lr=0.05, device="cpu",
+                      progress=False, out=None)  # fmt: skip
+    engine = build_engine(cfg, bundle, strategies=[snap])
+    engine.fit()
+    assert engine.history[-1]["val_acc_before_refine"] == snap.acc

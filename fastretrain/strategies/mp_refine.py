@@ -119,9 +119,11 @@ class MPRefine(Strategy):
     def after_epoch(self, engine) -> None:
         if not self._due(engine):
             return
-        if self.log_before:
+        if self.log_before:  # reports only: nothing is chosen on them
             with engine.untimed():
-                engine.log["test_acc_before_refine"] = engine.evaluate()[1]
+                engine.log["test_acc_before_refine"] = engine.evaluate(engine.test_data)[1]
+                if engine.val_data is not None:
+                    engine.log["val_acc_before_refine"] = engine.evaluate(engine.val_data)[1]
         engine.sync()
         t0 = time.perf_counter()
         info = self.refine(engine)
