@@ -38,7 +38,7 @@ def test_train_then_eval(tmp_path, npz, capsys):
     out = str(tmp_path / "run")
     assert main(_tiny("train", "--data", npz(), "--epochs", "2", "--out", out)) == 0
     assert "done: test acc" in capsys.readouterr().out
-    assert main(["eval", "--run", out, "--which", "final"]) == 0
+    assert main(["eval", "--run", out, "--which", "final", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     final = json.loads((tmp_path / "run" / "summary.json").read_text())["final_test_acc"]
     assert res["test_acc"] == pytest.approx(final, abs=1e-6)  # the saved weights reproduce the run's number
@@ -80,3 +80,47 @@ def test_console_script_help_and_error_without_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "fastretrain.cli", "train", "--data", str(tmp_path / "nothing")],
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr and "data path not found" in res.stderr
+
+
+def test_recipe_changes_are_printed_and_given_flags_win(tmp_path, npz, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny("train", "--data", npz(), "--recipe", "authors", "--epochs", "1", "--out", str(out))) == 0
+    printed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("recipe ")]
+    # authors = sgd, momentum .9, wd 1e-4, batch 32, 8 epochs, lr 1e-3, piecewise: the first three are the defaults
+    assert sorted(printed) == sorted([
+        "recipe authors: --lr 0.001 (default 0.01)",
+        "recipe authors: --schedule piecewise:1x3,0.1x3,0.01x2 (default cosine)",
+        "recipe authors: --epochs 1 as given (the recipe has 8)",
+        "recipe authors: --batch-size 8 as given (the recipe has 32)"])  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["lr"], cfg["schedule"], cfg["epochs"], cfg["batch_size"]) == (0.001, "piecewise:1x3,0.1x3,0.01x2", 1, 8)
+    assert json.loads((out / "summary.json").read_text())["recipe"] == "authors"
+    assert main(_tiny("train", "--data", npz(), "--method", "fast-retrain", "--epochs", "1", "--out", str(tmp_path / "b"))) == 0
+    out_b = capsys.readouterr().out.splitlines()
+    assert not any(x.startswith("recipe") for x in out_b)  # a method changes nothing by itself: nothing to print
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["lr"] == 0.01
+    assert main(_tiny("train", "--data", npz(), "--recipe", "autors")) == 2
+    assert "unknown recipe 'autors'; did you mean: authors?" in _err(capsys)
+
+
+def test_split_flags_reach_the_run_and_eval_loads_best_and_final(tmp_path, npz, capsys):
+    out = tmp_path / "run"
+    args = _tiny("train", "--data", npz(), "--epochs", "2", "--out", str(out), "--val-fraction", "0", "--split-seed", "3")
+    assert main(args) == 0
+    assert "(no validation split: the last)" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    s = json.loads((out / "summary.json").read_text())
+    assert (cfg["val_fraction"], cfg["split_seed"], s["val_images"], s["best_epoch"]) == (0.0, 3, 0, 2)
+    for which, key in (("best", "test_acc"), ("final", "final_test_acc")):
+        assert main(["eval", "--run", str(out), "--which", which, "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["test_acc"] == pytest.approx(s[key], abs=1e-6) and res["test_set_id"] == s["test_set_id"]
+    assert main(_tiny("train", "--data", npz(), "--val-fraction", "1")) == 2
+    assert "--val-fraction must be in [0, 1)" in _err(capsys)
+
+
+def test_methods_lists_the_recipes(capsys):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert "authors: fast-retrain's published recipe" in text and "fastai: fastai fine_tune defaults" in text
+    assert "\n    defaults:" not in text  # methods carry no settings of their own

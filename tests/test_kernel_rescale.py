@@ -6,6 +6,7 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -103,11 +104,30 @@ def test_automatic_switch_policy(losses, switch_after):
     assert fixed.pending
 
 
+def test_automatic_switch_reads_validation_when_there_is_some():
+    """Training loss still improving, validation loss flat: `auto` (and `val-loss`) switch on validation."""
+    train_losses, val_losses = [2.0, 1.5, 1.2, 1.0, 0.9], [1.0, 1.0, 1.0, 1.0, 1.0]
+    switched = {}
+    for monitor in ("auto", "val-loss", "train-loss"):
+        kr = KernelRescale(monitor=monitor)
+        kr._engine = engine = _fake_engine(10)
+        for e, (tl, vl) in enumerate(zip(train_losses, val_losses)):
+            engine.epoch, engine.log = e, {"train_loss": tl, "val_loss": vl}
+            kr.after_eval(engine)
+            if kr.pending:
+                break
+        switched[monitor] = engine.epoch + 1
+        assert engine.log["kernel_rescale_monitor"] == (tl if monitor == "train-loss" else vl)
+    assert switched == {"auto": 2, "val-loss": 2, "train-loss": 4}  # 4: the 40 % cap of 10 epochs
+
+
 def test_bad_options_are_refused(tmp_path):
     with pytest.raises(FastRetrainError, match="monitor"):
         train(kr_cfg(tmp_path, options={"kernel-rescale": {"monitor": "test-loss"}}), bundle=tiny_bundle())
     with pytest.raises(FastRetrainError, match="below 8 px"):
         train(kr_cfg(tmp_path, image_size=12, options={"kernel-rescale": {"scale": 2}}), bundle=tiny_bundle())
+    with pytest.raises(FastRetrainError, match="monitor=val-loss needs a validation split"):
+        train(kr_cfg(tmp_path, options={"kernel-rescale": {"monitor": "val-loss"}}), bundle=tiny_bundle(image_size=32))
 
 
 # ------------------------------------------------------------------------------------------ the switch
@@ -166,9 +186,46 @@ def test_phases_image_sizes_and_final_geometry(tmp_path):
 
 def test_run_ending_in_phase1_leaves_full_size_weights(tmp_path):
     engine = build_engine(kr_cfg(tmp_path, epochs=2, options={"kernel-rescale": {"switch_epoch": 5}}), tiny_bundle(image_size=32))
-    engine.fit()
+    summary = engine.fit()
     assert [h["kernel_rescale_phase"] for h in engine.history] == [1, 1]
     assert engine.image_size == 32 and engine.model.stem[0].weight.shape[-1] == 7
+    # no full-resolution epoch: nothing is reported or saved as best
+    assert summary["best_epoch"] is None and summary["test_acc"] is None
+    assert not (tmp_path / "run" / "model_best.safetensors").exists()
+
+
+class LowResLooksBest(Strategy):
+    """Sabotage: after kernel-rescale's after_eval, make every phase-1 epoch look perfect on validation."""
+
+    order = 100
+
+    def after_eval(self, engine):
+        if engine.log["kernel_rescale_phase"] == 1:
+            engine.log.update(val_acc=1.0, val_loss=0.0)
+
+
+def test_best_is_never_low_resolution_and_eval_loads_every_weight_file(tmp_path, capsys):
+    from fastretrain.cli import main
+    from fastretrain.testing import tiny_images
+
+    x, y = tiny_images(8, 3, 24, seed=0)
+    xt, yt = tiny_images(4, 3, 24, seed=5)
+    np.savez(tmp_path / "d.npz", x_train=x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy())
+    cfg = kr_cfg(tmp_path, data=str(tmp_path / "d.npz"), epochs=4, val_fraction=0.25,
+                 options={"kernel-rescale": {"switch_epoch": 2, "bn_images": 8}})  # fmt: skip
+    engine = build_engine(cfg, strategies=[LowResLooksBest()])
+    s = engine.fit()
+    phases = [h["kernel_rescale_phase"] for h in engine.history]
+    assert phases == [1, 1, 2, 2] and [h["val_acc"] for h in engine.history[:2]] == [1.0, 1.0]
+    assert s["best_epoch"] in (3, 4) and s["test_acc"] == engine.history[s["best_epoch"] - 1]["test_acc"]
+    best = load_file(str(tmp_path / "run" / "model_best.safetensors"))
+    assert best["stem.0.weight"].shape == (8, 3, 7, 7)  # full-size kernels
+    capsys.readouterr()
+    for which, expected in (("best", s["test_acc"]), ("final", s["final_test_acc"])):
+        assert main(["eval", "--run", str(tmp_path / "run"), "--which", which, "--device", "cpu", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["test_acc"] == pytest.approx(expected, abs=1e-6)  # the saved weights give the logged number
+        assert res["test_set_id"] == s["test_set_id"]
 
 
 def test_switch_epoch_zero_is_plain_training(tmp_path):

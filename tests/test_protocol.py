@@ -239,3 +239,45 @@ def test_mp_refine_reports_validation_before_refining(tmp_path):
     engine = build_engine(cfg, bundle, strategies=[snap])
     engine.fit()
     assert engine.history[-1]["val_acc_before_refine"] == snap.acc
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+
+def test_methods_change_no_settings_only_recipes_do():
+    plain = TrainConfig()
+    for method in ("fast-retrain", "linear-probe", "sgdm"):
+        cfg = make_config(method=method)
+        assert dataclasses.replace(cfg, method=plain.method) == plain, method
+    cfg, lines = resolve_config(method="fast-retrain", recipe="authors", lr=0.05)
+    assert (cfg.lr, cfg.epochs, cfg.schedule, cfg.recipe) == (0.05, 8, "piecewise:1x3,0.1x3,0.01x2", "authors")
+    assert "recipe authors: --lr 0.05 as given (the recipe has 0.001)" in lines
+    assert resolve_config(method="fast-retrain")[1] == []
+
+
+def test_fastai_recipe_and_its_freeze_epochs_option():
+    cfg, lines = resolve_config(method="freeze-unfreeze", recipe="fastai")
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule) == ("adamw", 2e-3, 0.01, "onecycle")
+    assert cfg.options == {"freeze-unfreeze": {"freeze_epochs": 1}}  # equal to the option's default: no line for it
+    assert not any("freeze_epochs" in x for x in lines) and "recipe fastai: --optimizer adamw (default sgd)" in lines
+    assert make_config(method="sgdm", recipe="fastai").options == {}  # options only for methods that run
+    cfg, lines = resolve_config(method="freeze-unfreeze", recipe="fastai", options={"freeze-unfreeze": {"freeze_epochs": 2}})
+    assert cfg.options == {"freeze-unfreeze": {"freeze_epochs": 2}}
+    assert "recipe fastai: -o freeze-unfreeze.freeze_epochs 2 as given (the recipe has 1)" in lines
+
+
+def test_adam_optimizer_matches_torch_adam(tmp_path):
+    bundle = _feature_bundle()
+    cfg = TrainConfig(model="x", optimizer="adam", epochs=1, batch_size=12, lr=0.01, weight_decay=0.1, schedule="constant",
+                      device="cpu", progress=False, out=None)  # fmt: skip
+    torch.manual_seed(0)
+    model, ref = nn.Linear(2, 3), nn.Linear(2, 3)
+    ref.load_state_dict(model.state_dict())
+    engine = build_engine(cfg, bundle, module=model)
+    assert type(engine.optimizer) is torch.optim.Adam
+    engine.fit()  # one batch of all 12 training rows, no augmentation (features)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=0.1)
+    nn.functional.cross_entropy(ref(bundle.train.x), bundle.train.y).backward()
+    opt.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
