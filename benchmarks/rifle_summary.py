@@ -1,5 +1,6 @@
-"""Summarise the RIFLE benchmark: per dataset, RIFLE's paired (same seed) difference in best and final
-test accuracy against SGDM and each trick, and the backbone weight-change ratio RIFLE/SGDM by depth.
+"""Summarise the RIFLE benchmark: per dataset, RIFLE's paired (same seed) difference in test accuracy against SGDM
+and each trick (at the validation-best epoch where the runs have one, and at the last epoch), and the backbone
+weight-change ratio RIFLE/SGDM by depth. Reads results written under the comparison protocol and before it.
 
     python benchmarks/rifle_summary.py benchmarks/results/rifle/flowers5 benchmarks/results/rifle/fashion-mnist
 """
@@ -11,20 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fastretrain.bench import paired as paired_stats  # noqa: E402
+from fastretrain.bench import pm, protocol  # noqa: E402
+
 
 def paired(results: dict, ref: str = "rifle") -> list[tuple[str, str, str, int]]:
-    """(method, best diff, final diff, n) with diff = ref − method over seeds both have, mean ± std in points."""
-    acc = {}
-    for r in results["runs"]:
-        acc.setdefault(r["method"], {})[r["seed"]] = (r["summary"]["best_test_acc"], r["summary"]["final_test_acc"])
+    """(method, Δ test acc at the val-best epoch, Δ final test acc, n) with Δ = ref − method over the seeds both
+    have, mean ± std in points; the first is "—" for legacy runs (no validation: their best epoch was chosen on
+    test, so it is not reported)."""
     rows = []
     for m in results["methods"]:
-        if m == ref or m not in acc or ref not in acc:
-            continue
-        seeds = sorted(set(acc[m]) & set(acc[ref]))
-        d = np.array([[acc[ref][s][k] - acc[m][s][k] for k in (0, 1)] for s in seeds]) * 100  # (seeds, 2) points
-        fmt = lambda v: f"{v.mean():+.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():+.2f}"  # noqa: E731
-        rows.append((m, fmt(d[:, 0]), fmt(d[:, 1]), len(seeds)))
+        p = None if m == ref else paired_stats(results["runs"], ref, m)
+        if p:
+            rows.append((m, pm(p["d_test_acc"]), pm(p["d_final_test_acc"]), p["n"]))
     return rows
 
 
@@ -40,8 +41,9 @@ def depth_ratio(wc: dict, parts: int = 4) -> list[tuple[str, float, float, float
 def main(dirs: list[str]) -> None:
     for d in map(Path, dirs):
         res = json.loads((d / "results.json").read_text())
-        print(f"### {d.name}: RIFLE − method, paired by seed (test accuracy points)\n")
-        print("| method | Δ best | Δ final | seeds |\n|---|---|---|---|")
+        note = protocol(res["runs"])["note"]
+        print(f"### {d.name}: RIFLE − method, paired by seed (test accuracy points)\n" + (f"\n{note}\n" if note else ""))
+        print("| method | Δ test acc (val-best epoch) | Δ final | seeds |\n|---|---|---|---|")
         for m, b, f, n in paired(res):
             print(f"| `{m}` | {b} | {f} | {n} |")
         if (d / "weight_change.json").is_file():
