@@ -256,13 +256,15 @@ def solve(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> RidgeSolu
         if torch.isfinite(X).all():
             return RidgeSolution(X, used, jitter, "" if not jitter else f"solved with jitter {jitter:.3g}", scores)
         last = "solution not finite"
-    return RidgeSolution(None, math.nan, message=f"ridge solve failed after jitter up to {JITTERS[-1]:g}×mean diag: {last}")
+    msg = f"ridge solve failed after jitter up to {JITTERS[-1]:g}×mean diag: {last}"
+    return RidgeSolution(None, math.nan, message=msg)
 
 
 def solve_or_warn(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID, what: str = "ridge solve") -> RidgeSolution:
     """`solve`, warning (RuntimeWarning) when rows were dropped, jitter was needed, or the solve gave up."""
     if stats.dropped:
-        warnings.warn(f"{what}: {stats.dropped} row(s) with non-finite features or targets were skipped", RuntimeWarning, stacklevel=2)
+        msg = f"{what}: {stats.dropped} row(s) with non-finite features or targets were skipped"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     sol = solve(stats, C, grid)
     if not sol.ok:
         warnings.warn(f"{what} skipped: {sol.message}", RuntimeWarning, stacklevel=2)

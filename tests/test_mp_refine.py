@@ -1,9 +1,12 @@
-"""MP refinement against closed forms: residual / replace forms, multi-FC pull-back, GCV, the recursive
-solver, online features, guards, logged metrics, the fast-retrain recipe, and 2-process gloo DDP."""
+"""MP refinement against closed forms: residual / replace forms, multi-FC pull-back (through BatchNorm1d on
+vgg-small against a float64 reference), GCV, the recursive solver, online features, guards, logged metrics, the
+ridge head before epoch 1 (= the closed-form linear probe), the refinement schedule (until / every / min_gain),
+the fast-retrain recipe, and 2-process gloo DDP."""
 import copy
 import math
 import os
 import socket
+import warnings
 
 import numpy as np
 import pytest
@@ -231,6 +234,8 @@ def test_metrics_are_logged_in_a_fit():
 
 
 def test_fast_retrain_recipe():
+    plain = fr.make_config(method="fast-retrain")  # the method changes no optimisation setting
+    assert (plain.lr, plain.schedule) == (fr.TrainConfig.lr, fr.TrainConfig.schedule)
     cfg = fr.make_config(method="fast-retrain", recipe="authors")
     assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.lr) == ("sgd", 0.9, 1e-4, 32, 8, 1e-3)
     assert cfg.schedule == "piecewise:1x3,0.1x3,0.01x2"
@@ -238,8 +243,224 @@ def test_fast_retrain_recipe():
 
     s = build_strategies("fast-retrain", {"mp-refine": {"lam": 1.0}})
     assert [type(x) for x in s] == [RandomFreeze, MPRefine] and s[1].lam == 1.0
+    # the default is the combination; the authors' freezing and refinement are options
+    assert (s[0].policy, s[1].init_head, s[1].until) == ("bottom", True, 2)
+    authors = {"random-freeze": {"policy": "uniform"}, "mp-refine": {"init_head": False, "until": None, "C": 4.0}}
+    a = build_strategies("fast-retrain", authors)
+    assert (a[0].policy, a[1].init_head, a[1].until, a[1].C) == ("uniform", False, None, 4.0)
+    assert all(a[1].due(e) for e in range(8)) and [s[1].due(e) for e in range(4)] == [True, True, False, False]
     sched = __import__("fastretrain.schedules", fromlist=["parse_schedule"]).parse_schedule(cfg.schedule, 8)
     assert [sched(e) for e in range(8)] == [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]
+
+
+# ------------------------------------------------------------------------------- ridge head before epoch 1
+
+
+def probe_reference(H, y, C, c=3):
+    """[W b] minimising ‖HWᵀ + 1bᵀ − T‖² + ‖W‖²/C, by one dense solve (bias column unpenalised)."""
+    H = H.double()
+    Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64)], 1)
+    P = torch.eye(Hx.shape[1], dtype=torch.float64) / C
+    P[-1, -1] = 0
+    X = torch.linalg.solve(Hx.T @ Hx + P, Hx.T @ targets(y, c))
+    return X[:-1].T, X[-1]
+
+
+@pytest.mark.parametrize("C", [0.05, 4.0, "gcv"])
+def test_ridge_head_is_the_closed_form_linear_probe_in_float64(C):
+    H, y = features(n=90, spread=2.0)
+    H = H.double() + 3.0  # features far from zero: a penalised bias would be visibly off
+    model = linear().double()
+    e = feature_engine(model, H, y)
+    info = MPRefine(C=C, batch_size=16).fit_head(e)  # 16 rows a batch: streamed in 6 batches
+    used = info["init_head_C"]
+    assert used == C or (C == "gcv" and used in ridge.GCV_GRID)
+    W, b = probe_reference(H, y, used)
+    assert rel(model[0].weight, W) <= REL and rel(model[0].bias, b) <= REL
+    if C == "gcv":  # GCV on the centred problem picks the brute-force minimum of the same scores
+        Hc = H - H.mean(0)
+        Tc = targets(y, 3) - targets(y, 3).mean(0)
+        s = ridge.accumulate(ridge.RidgeStats.zeros(8, 3), Hc, Tc)
+        assert ridge.solve(s, "gcv").C == used
+
+
+class AfterInit(Strategy):
+    order = 60  # before_epoch after mp-refine's (50): the head as the initialisation wrote it
+
+    def before_epoch(self, engine):
+        if engine.epoch == 0:
+            self.model = copy.deepcopy(engine.model)
+
+
+def test_ridge_head_in_a_fit_on_images_is_training_time():
+    snap = AfterInit()
+    cfg = fr.make_config(method="mp-refine", model="tiny-cnn", epochs=1, image_size=12, batch_size=16, lr=0.05,
+                         progress=False, device="cpu", options={"mp-refine": {"C": 4.0}})
+    cfg.out = None
+    torch.manual_seed(0)
+    e = fr.build_engine(cfg, bundle=image_bundle(), strategies=[snap])
+    start = copy.deepcopy(e.model)
+    e.fit()
+    from fastretrain.models import pooled_features
+
+    start.eval()
+    H = torch.cat([pooled_features(start, x).double() for x, _ in e.batches(train=False)])
+    y = torch.cat([y for _, y in e.batches(train=False)])
+    W, b = probe_reference(H, y, 4.0)
+    assert rel(snap.model.fc.weight, W) <= REL and rel(snap.model.fc.bias, b) <= REL  # float32 weights
+    h = e.history[0]
+    assert h["init_head_C"] == 4.0 and 0 < h["init_head_seconds"] < h["epoch_seconds"] <= h["wall_seconds"]
+
+
+def test_ridge_head_option_off_leaves_the_head():
+    snap = AfterInit()
+    H, y = features()
+    model = linear()
+    W0 = model[0].weight.detach().clone()
+    e = feature_engine(model, H, y, [MPRefine(init_head=False), snap])
+    e.fit()
+    assert torch.equal(snap.model[0].weight, W0) and "init_head_seconds" not in e.history[0]
+
+
+# ------------------------------------------------------------------------------------- the schedule
+
+
+def test_due_follows_until_every_and_stop():
+    assert [MPRefine().due(e) for e in range(5)] == [True, True, False, False, False]  # default: epochs 1-2
+    assert [MPRefine(until=None).due(e) for e in range(5)] == [True] * 5
+    assert [MPRefine(until=None, every=2).due(e) for e in range(5)] == [False, True, False, True, False]
+    assert [MPRefine(until=5, every=2).due(e) for e in range(7)] == [False, True, False, True, False, False, False]
+    assert not any(MPRefine(until=0).due(e) for e in range(3))  # the ridge head only
+    m = MPRefine(until=None)
+    m.stopped = 2
+    assert not any(m.due(e) for e in range(5))
+    m2 = MPRefine()
+    m2.load_state_dict(m.state_dict())
+    assert m2.stopped == 2
+
+
+def test_refinements_follow_the_schedule_in_a_fit():
+    H, y = features()
+    e = feature_engine(linear(), H, y, [MPRefine(C=4.0, until=3, every=2)], epochs=5)
+    e.fit()
+    assert [("refine_seconds" in h, "refine_C" in h) for h in e.history] == [(i == 1, i == 1) for i in range(5)]
+
+
+def val_engine(strategies, epochs):
+    H, y = features(n=90, spread=2.5)
+    e = feature_engine(linear(), H[:60], y[:60], strategies, epochs=epochs, lr=0.02)
+    e.val_data = FeatureTensors(H[60:], y[60:])  # (set explicitly: does not depend on how the engine splits)
+    return e
+
+
+class ValAround(Strategy):
+    """Validation accuracy just before (order 0) or just after (order 100) mp-refine's after_epoch."""
+
+    def __init__(self, order):
+        self.order, self.acc = order, []
+
+    def after_epoch(self, engine):
+        self.acc.append(engine.evaluate(engine.val_data)[1])
+
+
+def test_min_gain_stops_refining_on_validation_gain():
+    pre, post = ValAround(0), ValAround(100)
+    refine = MPRefine(C=4.0, until=None, min_gain=1.0, init_head=False)
+    e = val_engine([refine, pre, post], 3)
+    e.fit()
+    h = e.history
+    assert h[0]["refine_val_gain"] == pytest.approx(post.acc[0] - pre.acc[0])  # measured on validation
+    assert h[0]["val_acc_before_refine"] == pre.acc[0]
+    assert [("refine_seconds" in x) for x in h] == [True, False, False]  # a gain below 1.0 stops it for good
+    assert refine.stopped == 1 and refine.state_dict() == {"stopped": 1}
+    keep = val_engine([MPRefine(C=4.0, until=None, min_gain=-1.0, init_head=False)], 3)  # any gain is enough
+    keep.fit()
+    assert all("refine_val_gain" in x for x in keep.history)
+
+
+def test_min_gain_without_validation_is_an_error():
+    H, y = features()
+    e = feature_engine(linear(), H, y, [MPRefine(min_gain=0.01)])
+    e.val_data = None
+    with pytest.raises(fr.FastRetrainError, match="validation"):
+        e.fit()
+
+
+def test_feature_pass_uses_large_batches():
+    H, y = features(n=300)
+    model = linear()
+    sizes = []
+    model.register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    MPRefine(C=4.0).refine(feature_engine(model, H, y))
+    assert sizes == [256, 44]  # not the training batch (16)
+
+
+# ------------------------------------------------------------------------- pull-back through BatchNorm1d
+
+
+def vgg_reference(model, x, y, C, lam):
+    """vgg-small's head refined last to first in float64 by hand: fc by ridge on the residual, then the error
+    pulled back through fc (refined), the ReLU (as is) and the eval-mode BN1d (divided by γ/√(var + ε)), and
+    the hidden layer fitted to it. Returns (hidden W, fc W, the hidden W of a pull-back that ignores the BN)."""
+    lin, bn, fc = model.hidden[0], model.hidden[1], model.fc
+    with torch.no_grad():
+        H0 = torch.flatten(nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)
+        H1 = torch.relu(bn(lin(H0)))
+        E = targets(y, 3) - fc(H1)
+        W2 = fc.weight + lam * ridge.closed_form(H1, E, C).T
+        M = torch.linalg.solve(W2.T @ W2 + torch.eye(W2.shape[1], dtype=torch.float64) / C, W2.T)  # (in, out)
+        e_h1 = lam * E @ M.T  # the error at fc's input
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        inv = torch.where(s != 0, 1 / s, torch.zeros_like(s))  # a dead unit (γ = 0) passes no error back
+        W1 = lin.weight + lam * ridge.closed_form(H0, e_h1 * inv, C).T
+        W1_naive = lin.weight + lam * ridge.closed_form(H0, e_h1, C).T
+    return W1, W2, W1_naive
+
+
+def vgg_small_float64(seed=0):
+    torch.manual_seed(seed)
+    model = fr.create_model("vgg-small", 3, width=0.25).double().eval()
+    bn = model.hidden[1]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # BN statistics and affine parameters far from the identity
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g, dtype=torch.float64))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g, dtype=torch.float64) * 4 + 0.1)
+        bn.weight.copy_(torch.randn(bn.num_features, generator=g, dtype=torch.float64) * 2)
+        bn.weight[0] = 0.0
+        bn.bias.copy_(torch.randn(bn.num_features, generator=g, dtype=torch.float64))
+    return model
+
+
+@pytest.mark.parametrize("solver", ["direct", "recursive"])
+def test_pullback_through_batchnorm1d_on_vgg_small_matches_float64_reference(solver):
+    model = vgg_small_float64()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 3, 16, 16, generator=g, dtype=torch.float64), torch.arange(60) % 3
+    W1, W2, W1_naive = vgg_reference(model, x, y, C=4.0, lam=0.5)
+    data = DataBundle(FeatureTensors(x, y), FeatureTensors(x[:10], y[:10]), ["0", "1", "2"], "vgg")
+    cfg = fr.make_config(method="sgdm", model="vgg-small", epochs=1, batch_size=16, progress=False, device="cpu")
+    cfg.out = None
+    e = fr.Engine(model, data, cfg, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a BN1d with running statistics is handled: no "refining only" warning
+        MPRefine(lam=0.5, C=4.0, batch_size=7, solver=solver).refine(e)
+    assert rel(model.fc.weight, W2) <= 1e-8
+    assert rel(model.hidden[0].weight, W1) <= 1e-8
+    assert rel(W1_naive, W1) > 1e-2  # (ignoring the BN would be visibly wrong here)
+
+
+def test_a_module_that_is_not_elementwise_affine_stops_the_pullback():
+    H, y = features()
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 3))
+    W1 = model[0].weight.detach().clone()
+    ref = copy.deepcopy(model)
+    with pytest.warns(RuntimeWarning, match="LayerNorm.*refining only 3"):
+        MPRefine(C=4.0).refine(feature_engine(model, H, y))
+    assert torch.equal(model[0].weight, W1)  # the layer below the LayerNorm is left alone
+    H1 = ref[2](ref[1](ref[0](H))).detach().double()
+    E = targets(y, 3) - (H1 @ ref[3].weight.double().T + ref[3].bias.double())
+    assert rel(model[3].weight, ref[3].weight.double() + 0.5 * ridge.closed_form(H1, E, 4.0).T) <= REL
 
 
 # ---------------------------------------------------------------------------------------------- DDP

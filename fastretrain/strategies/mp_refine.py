@@ -1,23 +1,41 @@
-"""MP / ridge refinement of the FC layer(s) after every SGD epoch (stage 2 of fast retraining; Zhang,
-Yang et al., "Deep Networks with Fast Retraining", arXiv 2008.07387; Yang et al., TPAMI 2019;
-METHODS.md §1b). Alone, `mp-refine` is "SGD + refinement" (≈ Yang 2019).
+"""MP / ridge refinement of the FC layer(s) after SGD epochs (stage 2 of fast retraining; Zhang, Yang et al.,
+"Deep Networks with Fast Retraining", arXiv 2008.07387; Yang et al., TPAMI 2019; METHODS.md §1b), with a
+closed-form ridge head before the first epoch and a schedule that refines only while it pays (issue 13).
+Alone, `mp-refine` is "SGD + refinement" (≈ Yang 2019 with `init_head=False, until=None`).
 
-After the epoch's SGD pass: features H of every training image (eval mode, eval transform), targets T
-one-hot in {−1, +1}, residual E = T − (H Wᵀ + b); ΔWᵀ = (HᵀH + I/C)⁻¹HᵀE solved by the streaming
-solver of `fastretrain.ridge` (A, B summed in float64 batch by batch, all-reduced under DDP, C by GCV
-unless fixed); W ← W + λ·ΔW, bias untouched. Heads of several FC layers are refined last to first:
-the error is pulled back through the refined layer, e_{k−1} = λ·(W_kᵀW_k + I/C)⁻¹W_kᵀ e_k (taken as is
-through the activation), and layer k−1 is fitted to it. The pull-back is linear, so one pass collects
-every layer's statistics (A_k = ΣH_{k−1}ᵀH_{k−1}, G_k = ΣH_{k−1}ᵀE_L) and B_k = G_k R_kᵀ afterwards.
+Refinement, after a due SGD epoch: features H of every training image (eval mode, eval transform), targets T
+one-hot in {−1, +1}, residual E = T − (H Wᵀ + b); ΔWᵀ = (HᵀH + I/C)⁻¹HᵀE solved by the streaming solver of
+`fastretrain.ridge` (A, B summed in float64 batch by batch without host syncs, all-reduced under DDP, C by GCV
+unless fixed); W ← W + λ·ΔW, bias untouched. Heads of several FC layers are refined last to first: the error
+is pulled back through the refined layer, e_{k−1} = λ·(W_kᵀW_k + I/C)⁻¹W_kᵀ e_k, taken as is through a
+parameter-free activation (ReLU, dropout: the papers' rule) and divided by the per-feature scale
+γ/√(running_var + ε) through an eval-mode BatchNorm1d (exact: in eval mode the BN is the affine map
+z ↦ s⊙z + const, so a change Δz of its input moves its output by s⊙Δz). Layer k−1 is then fitted to it. A
+module between two FC layers that is neither (e.g. LayerNorm, a BN without running statistics) is not an
+elementwise affine map: the refinement stops above it (refines only the layers it can handle exactly) and
+warns once. The pull-back is linear, so one pass collects every layer's statistics (A_k = ΣH_{k−1}ᵀH_{k−1},
+G_k = ΣH_{k−1}ᵀE_L) and B_k = G_k R_kᵀ afterwards.
 
-`features="online"` skips the extra pass: it sums the detached features entering the last FC layer
-during the SGD epoch's own forward passes (train mode, augmented images), in an augmented form
-(Ĥ = [H 1], Â = ΣĤᵀĤ, Ŝ = ΣĤᵀT) from which the residual statistics are exact for the weights at the
-end of the epoch: B = Ŝ − ÂŴᵀ with Ŵ = [W b]. Only the last FC layer is refined in that mode.
+When it runs (`init_head`, `until`, `every`, `min_gain`):
+- `init_head` (default on): before the first SGD epoch, one feature pass over the pretrained backbone (eval
+  mode, eval transform) and the ridge linear probe [W b] = argmin ‖HWᵀ + 1bᵀ − T‖² + ‖W‖²/C (bias not
+  penalised; C by GCV unless fixed) is written into the last FC layer, so SGD starts from a fitted head (the
+  LP-then-FT idea). It runs inside epoch 1's clock (training time, logged as `init_head_seconds`).
+- a refinement follows epoch e (1-based) when e ≤ `until` (default 2; None: no limit), e is a multiple of
+  `every`, and no earlier refinement stopped the schedule: with `min_gain` set, the validation accuracy
+  is measured before and after each refinement (`refine_val_gain`; both evaluations count as training
+  time) and refining stops for the rest of the run once a gain is below `min_gain`.
+
+`features="online"` skips the extra pass: it sums the detached features entering the last FC layer during
+the SGD epoch's own forward passes (train mode, augmented images), in an augmented form (Ĥ = [H 1],
+Â = ΣĤᵀĤ, Ŝ = ΣĤᵀT) from which the residual statistics are exact for the weights at the end of the epoch:
+B = Ŝ − ÂŴᵀ with Ŵ = [W b]. Only the last FC layer is refined in that mode.
 
 Logged per epoch: `refine_seconds` (wall time of the refinement, also inside `wall_seconds`; in online
-mode it includes the per-batch accumulation), `test_acc_before_refine` (evaluated off the clock),
-`refine_C` (the C used for the last layer), `refine_skipped` when a guard fired.
+mode it includes the per-batch accumulation), `test_acc_before_refine` and, with a validation split,
+`val_acc_before_refine` (evaluated off the clock, for reporting only; with `min_gain` the latter is the
+schedule's own timed measurement), `refine_C` (the C used for the last layer), `refine_skipped` when a guard fired,
+`refine_val_gain` with `min_gain`; in epoch 1 with `init_head`: `init_head_seconds`, `init_head_C`.
 """
 from __future__ import annotations
 
@@ -37,11 +55,46 @@ from ..errors import FastRetrainError
 from ..methods import register_method
 from ..models import FeatureTap, final_linears
 
+FEATURE_BATCH = 256  # images per batch of the feature passes: no autograd, so far larger than a training batch
+
 
 def targets(y: torch.Tensor, c: int, kind: str = "pm1") -> torch.Tensor:
     """One-hot targets (b, c) float64: entries {−1, +1} ("pm1") or {0, 1} ("01")."""
     t = torch.nn.functional.one_hot(y.long(), c).double()
     return 2 * t - 1 if kind == "pm1" else t
+
+
+def passable(module: nn.Module) -> bool:
+    """Whether the error can be pulled back through `module` (in eval mode) exactly or by the papers' rule:
+    a BatchNorm1d with running statistics (an elementwise affine map), or a module without parameters or
+    buffers (an activation, dropout, flatten: taken as is)."""
+    if isinstance(module, nn.BatchNorm1d):
+        return module.track_running_stats and module.running_var is not None
+    return next(module.parameters(recurse=False), None) is None and next(module.buffers(recurse=False), None) is None
+
+
+def between(model: nn.Module, layers: list[tuple[str, nn.Linear]]) -> list[list[nn.Module]]:
+    """For each layer k ≥ 1: the leaf modules registered between layer k−1 and layer k (empty list for k = 0)."""
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    pos = {n: i for i, (n, _) in enumerate(leaves)}
+    out: list[list[nn.Module]] = [[]]
+    for (a, _), (b, _) in zip(layers, layers[1:]):
+        out.append([m for _, m in leaves[pos[a] + 1 : pos[b]]])
+    return out
+
+
+@torch.no_grad()
+def input_scale(modules: list[nn.Module]) -> torch.Tensor | None:
+    """Per-feature factor s (float64) with which a change of the first module's input reaches the last one's
+    output, for eval-mode BatchNorm1d layers (s = γ/√(running_var + ε)); None when there is none."""
+    s = None
+    for m in modules:
+        if isinstance(m, nn.BatchNorm1d):
+            f = (m.running_var.double() + m.eps).rsqrt()
+            if m.weight is not None:
+                f = f * m.weight.double()
+            s = f if s is None else s * f
+    return s
 
 
 @dataclass
@@ -55,9 +108,12 @@ class MPRefine(Strategy):
     features: str = "pass"  # "pass": extra eval-mode pass over the training set; "online": reuse the epoch's forwards
     solver: str = "direct"  # "direct": streaming A, B + one solve; "recursive": the papers' batch recursion (fixed C)
     layers: int | None = None  # refine the last `layers` FC layers (default: the whole trailing FC head)
+    init_head: bool = True  # ridge linear probe into the last FC layer before epoch 1
+    until: int | None = 2  # refine only after epochs 1 … until (None: every epoch)
     every: int = 1  # refine after every `every`-th epoch
+    min_gain: float | None = None  # stop refining once a refinement raises validation accuracy by less
     log_before: bool = True  # log test_acc_before_refine (an extra evaluation, off the clock)
-    batch_size: int | None = None  # batch size of the feature pass (default: the evaluation batch size)
+    batch_size: int | None = FEATURE_BATCH  # batch size of the feature passes (None: the evaluation batch size)
 
     def __post_init__(self):
         if isinstance(self.C, str) and self.C != "gcv":  # from the CLI: -o mp-refine.C=inf
@@ -65,36 +121,61 @@ class MPRefine(Strategy):
                 self.C = float(self.C)
             except ValueError:
                 pass
+        fixed_c = self.C != "gcv" and isinstance(self.C, (int, float)) and math.isfinite(self.C)
+        name = "mp-refine."
         checks = [
-            (self.lam > 0, f"mp-refine.lam must be > 0, got {self.lam}"),
-            (self.C == "gcv" or (isinstance(self.C, (int, float)) and self.C > 0), f"mp-refine.C must be > 0 or 'gcv', got {self.C!r}"),
-            (self.target in ("pm1", "01"), f"mp-refine.target must be pm1 or 01, got {self.target!r}"),
-            (self.form in ("residual", "replace"), f"mp-refine.form must be residual or replace, got {self.form!r}"),
-            (self.features in ("pass", "online"), f"mp-refine.features must be pass or online, got {self.features!r}"),
-            (self.solver in ("direct", "recursive"), f"mp-refine.solver must be direct or recursive, got {self.solver!r}"),
-            (self.solver == "direct" or (self.C != "gcv" and math.isfinite(self.C) and self.features == "pass" and self.form == "residual"),
-             "mp-refine.solver=recursive needs a fixed finite C (e.g. -o mp-refine.C=4), features=pass and form=residual"),
-            (self.every >= 1, f"mp-refine.every must be >= 1, got {self.every}"),
-        ]  # fmt: skip
+            (self.lam > 0, f"lam must be > 0, got {self.lam}"),
+            (self.C == "gcv" or (isinstance(self.C, (int, float)) and self.C > 0),
+             f"C must be > 0 or 'gcv', got {self.C!r}"),
+            (self.target in ("pm1", "01"), f"target must be pm1 or 01, got {self.target!r}"),
+            (self.form in ("residual", "replace"), f"form must be residual or replace, got {self.form!r}"),
+            (self.features in ("pass", "online"), f"features must be pass or online, got {self.features!r}"),
+            (self.solver in ("direct", "recursive"), f"solver must be direct or recursive, got {self.solver!r}"),
+            (self.solver == "direct" or (fixed_c and self.features == "pass" and self.form == "residual"),
+             "solver=recursive needs a fixed finite C (e.g. -o mp-refine.C=4), features=pass and form=residual"),
+            (self.every >= 1, f"every must be >= 1, got {self.every}"),
+            (self.until is None or self.until >= 0, f"until must be >= 0 or None, got {self.until}"),
+            (self.min_gain is None or math.isfinite(self.min_gain), f"min_gain must be a number, got {self.min_gain}"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.layers is None or self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
+        ]
         for ok, msg in checks:
             if not ok:
-                raise FastRetrainError(msg)
-        self._online: dict[str, Any] | None = None
+                raise FastRetrainError(name + msg)
+        self.stopped: int | None = None  # the epoch (1-based) after which min_gain stopped the refinements
+        self._online: ridge.RidgeStats | None = None
         self._tap: FeatureTap | None = None
         self._online_seconds = 0.0
+        self._warned = False
 
-    # ------------------------------------------------------------------ which layers
+    # ------------------------------------------------------------------ which layers, when
     def head(self, engine) -> list[tuple[str, nn.Linear]]:
+        """The FC layers to refine, first to last: the trailing FC head (or its last `layers`), cut above any
+        module the error cannot be pulled back through exactly."""
         fcs = final_linears(engine.model)
         if self.features == "online" or self.layers == 1:
             return fcs[-1:]
-        return fcs[-self.layers :] if self.layers else fcs
+        fcs = fcs[-self.layers :] if self.layers else fcs
+        mods = between(engine.model, fcs)
+        first = max((k for k in range(1, len(fcs)) if not all(passable(m) for m in mods[k])), default=0)
+        if first and not self._warned:
+            self._warned = True
+            bad = ", ".join(type(m).__name__ for m in mods[first] if not passable(m))
+            kept = ", ".join(n for n, _ in fcs[first:])
+            msg = (f"mp-refine: the error cannot be pulled back exactly through {bad} (before {fcs[first][0]}); "
+                   f"refining only {kept}")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return fcs[first:]
 
-    def _due(self, engine) -> bool:
-        return (engine.epoch + 1) % self.every == 0
+    def due(self, epoch: int) -> bool:
+        """Whether a refinement follows 0-based `epoch`."""
+        e = epoch + 1
+        return (self.until is None or e <= self.until) and e % self.every == 0 and self.stopped is None
 
     # ------------------------------------------------------------------ events
     def before_fit(self, engine) -> None:
+        if self.min_gain is not None and engine.val_data is None:
+            raise FastRetrainError("mp-refine.min_gain needs a validation split (--val-fraction > 0)")
         if self.features == "online":
             if len(final_linears(engine.model)) > 1:
                 warnings.warn("mp-refine features=online refines only the last FC layer", stacklevel=2)
@@ -103,30 +184,41 @@ class MPRefine(Strategy):
 
     def before_epoch(self, engine) -> None:
         self._online, self._online_seconds = None, 0.0
+        if self.init_head and engine.epoch == 0:  # inside epoch 1's clock: training time
+            t0 = time.perf_counter()
+            info = self.fit_head(engine)
+            engine.sync()
+            engine.log.update(info, init_head_seconds=time.perf_counter() - t0)
 
     def after_loss(self, engine) -> None:
-        if self._tap is None or not self._due(engine) or self._tap.value is None:
+        if self._tap is None or not self.due(engine.epoch) or self._tap.value is None:
             return
         t0 = time.perf_counter()
         H = self._tap.value.flatten(1).double()
         Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
         T = targets(engine.y, self._classes, self.target)
         if self._online is None:
-            self._online = {"stats": ridge.RidgeStats.zeros(Hx.shape[1], T.shape[1], H.device)}
-        ridge.accumulate(self._online["stats"], Hx, T)  # A = ΣĤᵀĤ, B = ΣĤᵀT, ee = ΣTᵀT
+            self._online = ridge.RidgeStats.zeros(Hx.shape[1], T.shape[1], H.device)
+        ridge.accumulate(self._online, Hx, T, sync=False)  # A = ΣĤᵀĤ, B = ΣĤᵀT, ee = ΣTᵀT
         self._online_seconds += time.perf_counter() - t0
 
     def after_epoch(self, engine) -> None:
-        if not self._due(engine):
+        if not self.due(engine.epoch):
             return
         if self.log_before:  # reports only: nothing is chosen on them
             with engine.untimed():
                 engine.log["test_acc_before_refine"] = engine.evaluate(engine.test_data)[1]
-                if engine.val_data is not None:
+                if engine.val_data is not None and self.min_gain is None:
                     engine.log["val_acc_before_refine"] = engine.evaluate(engine.val_data)[1]
         engine.sync()
         t0 = time.perf_counter()
+        before = engine.evaluate(engine.val_data)[1] if self.min_gain is not None else None
         info = self.refine(engine)
+        if before is not None:  # the schedule's decision reads validation only, and its cost is training time
+            gain = engine.evaluate(engine.val_data)[1] - before
+            info.update(val_acc_before_refine=before, refine_val_gain=gain)
+            if gain < self.min_gain:
+                self.stopped = engine.epoch + 1
         engine.sync()
         engine.log["refine_seconds"] = time.perf_counter() - t0 + self._online_seconds
         engine.log.update(info)
@@ -136,6 +228,41 @@ class MPRefine(Strategy):
             self._tap.close()
             self._tap = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stopped = state.get("stopped")
+
+    # ------------------------------------------------------------------ the head before epoch 1
+    @torch.no_grad()
+    def fit_head(self, engine) -> dict[str, Any]:
+        """Write the ridge linear probe on the current backbone's features into the last FC layer."""
+        name, layer = final_linears(engine.model)[-1]
+        c, dev = layer.out_features, layer.weight.device
+        aug = ridge.RidgeStats.zeros(layer.in_features + 1, c, dev)
+        for (H,), y in self._forward_features(engine, [(name, layer)]):
+            Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
+            ridge.accumulate(aug, Hx, targets(y, c, self.target), sync=False)
+        ridge.all_reduce(aug)
+        grid = tuple(self.grid or ridge.GCV_GRID)
+        if layer.bias is None:  # no bias to fit: the plain ridge on H (drop the column of ones)
+            d = layer.in_features
+            plain = ridge.RidgeStats(aug.A[:d, :d], aug.B[:d], aug.ee, aug.n, aug.dropped)
+            sol, b = ridge.solve(plain, self.C, grid), None
+        else:
+            sol, b = ridge.linear_probe(aug, self.C, grid)
+        if not sol.ok:
+            warnings.warn(f"mp-refine: ridge head of {name} skipped: {sol.message}", RuntimeWarning, stacklevel=2)
+            return {"init_head_skipped": sol.message}
+        layer.weight.copy_(sol.X.T.to(layer.weight.dtype))
+        if b is not None:
+            layer.bias.copy_(b.to(layer.bias.dtype))
+        for p in layer.parameters():
+            if dist.world() > 1:  # every rank solved the same all-reduced problem; make it bitwise so
+                torch.distributed.broadcast(p.data, 0)
+        return {"init_head_C": sol.C}
+
     # ------------------------------------------------------------------ the refinement
     @torch.no_grad()
     def refine(self, engine) -> dict[str, Any]:
@@ -144,7 +271,7 @@ class MPRefine(Strategy):
         if self.features == "online":
             if self._online is None:
                 return {"refine_skipped": "no online features were collected"}
-            stats = self._online_stats(layers[-1][1], ridge.all_reduce(self._online["stats"]))
+            stats = self._online_stats(layers[-1][1], ridge.all_reduce(self._online))
             self._online = None
             return self._apply(engine, layers, [None], stats)
         if self.solver == "recursive":
@@ -153,8 +280,11 @@ class MPRefine(Strategy):
         return self._apply(engine, layers, G, stats)
 
     def _forward_features(self, engine, layers):
-        """Yield (inputs of each refined layer as (b, d_k) float64, labels), the model in eval mode."""
-        net = getattr(engine, "_net", engine.model)  # the unwrapped training forward (may be a head only)
+        """Yield (inputs of each layer as (b, d_k) float64, labels) over the training images, the model in eval
+        mode (eval transform); the forward runs in the engine's precision, only the features become float64."""
+        net = engine.net  # the training forward (the model, or e.g. a head on cached features), unwrapped from DDP
+        if isinstance(net, nn.parallel.DistributedDataParallel):  # its forward would sync buffers across ranks
+            net = net.module
         taps = [FeatureTap(m) for _, m in layers]
         was = net.training
         net.eval()
@@ -169,8 +299,10 @@ class MPRefine(Strategy):
                 t.close()
 
     def _residual(self, layer: nn.Linear, H: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        T = targets(y, layer.out_features, self.target)
-        return T - (H @ layer.weight.double().T + layer.bias.double()) if layer.bias is not None else T - H @ layer.weight.double().T
+        out = H @ layer.weight.double().T
+        if layer.bias is not None:
+            out = out + layer.bias.double()
+        return targets(y, layer.out_features, self.target) - out
 
     def _collect(self, engine, layers):
         """One pass: stats of the last layer (A, B = ΣHᵀE, ee) and G_k = ΣH_{k−1}ᵀE_L for earlier layers."""
@@ -181,13 +313,10 @@ class MPRefine(Strategy):
         G = [ridge.RidgeStats.zeros(m.in_features, c, dev) for _, m in layers[:-1]]
         for Hs, y in self._forward_features(engine, layers):
             E = self._residual(last, Hs[-1], y)
-            ok = ridge.finite_rows(E, *Hs)
-            if not bool(ok.all()):
-                stats.dropped += int((~ok).sum())
-                Hs, E = [h[ok] for h in Hs], E[ok]
-            ridge.accumulate(stats, Hs[-1], E)
+            ok = ridge.finite_rows(E, *Hs)  # a row is used by every layer or by none (no host sync)
+            ridge.accumulate(stats, Hs[-1], E, rows=ok, sync=False)
             for g, H in zip(G, Hs[:-1]):
-                ridge.accumulate(g, H, E)  # g.B = ΣH_{k−1}ᵀE_L; g.ee is unused (= stats.ee)
+                ridge.accumulate(g, H, E, rows=ok, sync=False)  # g.B = ΣH_{k−1}ᵀE_L; g.ee is unused (= stats.ee)
         for s in (stats, *G):
             ridge.all_reduce(s)
         return stats, G + [None]
@@ -196,7 +325,8 @@ class MPRefine(Strategy):
         """Residual statistics for the current weights from the augmented sums (Â, Ŝ = ΣĤᵀT, ΣTᵀT)."""
         d = layer.in_features
         W = layer.weight.double()
-        Wx = torch.cat([W, (layer.bias.double() if layer.bias is not None else torch.zeros(W.shape[0], dtype=W.dtype, device=W.device))[:, None]], 1)
+        b = layer.bias.double() if layer.bias is not None else torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
+        Wx = torch.cat([W, b[:, None]], 1)
         B = aug.B - aug.A @ Wx.T  # ΣĤᵀ(T − ĤŴᵀ), (d+1, c)
         WS = Wx @ aug.B  # (c, c) = ŴΣĤᵀT
         ee = aug.ee - WS - WS.T + Wx @ aug.A @ Wx.T
@@ -208,7 +338,8 @@ class MPRefine(Strategy):
         `betas`: per-layer solutions for targets E_L already computed (recursive solver) instead of stats.
         """
         info: dict[str, Any] = {}
-        R = None  # e_k = E_L R_kᵀ; None = identity (the last layer)
+        mods = between(engine.model, layers)
+        R = None  # e_k = E_L R_kᵀ (error at layer k's output); None = identity (the last layer)
         for k in range(len(layers) - 1, -1, -1):
             name, layer = layers[k]
             W = layer.weight
@@ -223,7 +354,8 @@ class MPRefine(Strategy):
             else:
                 s = ridge.RidgeStats(G[k].A, G[k].B @ R.T, R @ stats.ee @ R.T, G[k].n, G[k].dropped)
             if betas is not None:
-                sol = ridge.RidgeSolution(betas[k] if R is None else betas[k] @ R.T, float(self.C), message="recursive solution not finite")
+                X = betas[k] if R is None else betas[k] @ R.T
+                sol = ridge.RidgeSolution(X, float(self.C), message="recursive solution not finite")
             else:
                 sol = ridge.solve_or_warn(s, self.C, tuple(self.grid or ridge.GCV_GRID), what=f"mp-refine of {name}")
             if k == len(layers) - 1:
@@ -241,7 +373,12 @@ class MPRefine(Strategy):
                 torch.distributed.broadcast(W.data, 0)
             if k > 0:
                 M = ridge.pullback_matrix(W.detach(), sol.C)  # (in_k, out_k)
-                R = self.lam * (M if R is None else M @ R)
+                R = self.lam * (M if R is None else M @ R)  # the error at layer k's input
+                scale = input_scale(mods[k])  # through eval-mode BN1d: Δout = s ⊙ Δin, so e_in = e_out / s
+                if scale is not None:
+                    tol = 1e-12 * float(scale.abs().max().clamp_min(1e-300))
+                    inv = torch.where(scale.abs() > tol, 1.0 / scale, torch.zeros_like(scale))  # dead unit: no error
+                    R = inv[:, None] * R
         return info
 
     def _refine_recursive(self, engine, layers):
@@ -252,7 +389,8 @@ class MPRefine(Strategy):
         averaged, which is not the exact all-data solution (the default direct solver is).
         """
         last = layers[-1][1]
-        rr = [ridge.RecursiveRidge(m.in_features, last.out_features, float(self.C), last.weight.device) for _, m in layers]
+        c, dev = last.out_features, last.weight.device
+        rr = [ridge.RecursiveRidge(m.in_features, c, float(self.C), dev) for _, m in layers]
         for Hs, y in self._forward_features(engine, layers):
             E = self._residual(last, Hs[-1], y)
             for r, H in zip(rr, Hs):
@@ -260,6 +398,8 @@ class MPRefine(Strategy):
         betas = [dist.all_reduce_sum(r.beta) / dist.world() for r in rr]
         return self._apply(engine, layers, betas=betas)
 
-register_method("mp-refine", MPRefine,
-                help="after each SGD epoch, refine the FC layer(s) by a streaming ridge (Moore-Penrose) solve on all "
-                     "training features, C by GCV, step lam=0.5 (SGD + refinement, ~Yang 2019)")  # fmt: skip
+
+HELP = ("ridge linear-probe head before epoch 1, then after SGD epochs 1-2 a refinement of the FC layer(s) by a "
+        "streaming ridge (Moore-Penrose) solve on all training features, C by GCV, step lam=0.5 (Yang 2019: "
+        "-o mp-refine.init_head=False -o mp-refine.until=None)")
+register_method("mp-refine", MPRefine, help=HELP)
