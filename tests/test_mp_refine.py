@@ -39,9 +39,11 @@ def features(n=60, d=8, c=3, seed=0, spread=1.0):
 
 def feature_engine(model, H, y, strategies=(), epochs=1, lr=0.01, **kw):
     """An engine whose 'images' are feature vectors: the forward is the FC head itself."""
-    cfg = fr.make_config(method="sgdm", model="tiny-cnn", epochs=epochs, batch_size=16, lr=lr, progress=False, device="cpu", **kw)
+    cfg = fr.make_config(method="sgdm", model="tiny-cnn", epochs=epochs, batch_size=16, lr=lr, progress=False,
+                         device="cpu", **kw)
     cfg.out = None
-    data = DataBundle(FeatureTensors(H, y), FeatureTensors(H[:20], y[:20]), [str(i) for i in range(int(y.max()) + 1)], "features")
+    classes = [str(i) for i in range(int(y.max()) + 1)]
+    data = DataBundle(FeatureTensors(H, y), FeatureTensors(H[:20], y[:20]), classes, "features")
     return fr.Engine(model, data, cfg, list(strategies))
 
 
@@ -237,7 +239,8 @@ def test_fast_retrain_recipe():
     plain = fr.make_config(method="fast-retrain")  # the method changes no optimisation setting
     assert (plain.lr, plain.schedule) == (fr.TrainConfig.lr, fr.TrainConfig.schedule)
     cfg = fr.make_config(method="fast-retrain", recipe="authors")
-    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.lr) == ("sgd", 0.9, 1e-4, 32, 8, 1e-3)
+    got = (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.lr)
+    assert got == ("sgd", 0.9, 1e-4, 32, 8, 1e-3)
     assert cfg.schedule == "piecewise:1x3,0.1x3,0.01x2"
     from fastretrain.methods import build_strategies
 
@@ -499,7 +502,8 @@ def _worker(rank, port, out):
         rf = RandomFreeze(ratios=[0.5])
         e = fr.Engine(net, image_bundle(), cfg, [rf, MPRefine()])
         e.fit()
-        torch.save({"init": init, "final": net.state_dict(), "frozen": rf.frozen, "log": e.history[0]}, f"{out}/epoch{rank}.pt")
+        state = {"init": init, "final": net.state_dict(), "frozen": rf.frozen, "log": e.history[0]}
+        torch.save(state, f"{out}/epoch{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 

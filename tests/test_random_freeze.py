@@ -12,8 +12,8 @@ from torch import nn
 import fastretrain as fr
 from fastretrain.engine import StopFit, Strategy
 from fastretrain.models import conv_layers
-from fastretrain.strategies.random_freeze import (DEFAULT_RATIOS, RandomFreeze, draw_depth, draw_frozen, execution_order,
-                                                  num_frozen, ratio_for_epoch)
+from fastretrain.strategies.random_freeze import (DEFAULT_RATIOS, RandomFreeze, draw_depth, draw_frozen,
+                                                  execution_order, num_frozen, ratio_for_epoch)
 
 
 class Chain(nn.Module):
@@ -112,7 +112,8 @@ def test_frozen_counts_and_frozen_params_untouched():
             assert torch.equal(probe.before[ep][name + ".weight"], probe.after[ep][name + ".weight"])
         assert not torch.equal(probe.before[ep]["fc.weight"], probe.after[ep]["fc.weight"])  # the head trains
         trained = [n for n, _ in conv_layers(e.model) if n not in probe.frozen[ep]]
-        changed = [n for n in trained if not torch.equal(probe.before[ep][n + ".weight"], probe.after[ep][n + ".weight"])]
+        moved = lambda n: not torch.equal(probe.before[ep][n + ".weight"], probe.after[ep][n + ".weight"])  # noqa: E731
+        changed = [n for n in trained if moved(n)]
         prefix = e.history[ep]["frozen_prefix_params"]
         assert len(changed) == len(trained) or prefix > 0
     assert probe.thaw_checks > 0
