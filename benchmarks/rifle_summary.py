@@ -34,7 +34,8 @@ def depth_ratio(wc: dict, parts: int = 4) -> list[tuple[str, float, float, float
     s, r = (np.array(wc[m]["per_seed"]).mean(0) for m in ("sgdm", "rifle"))
     out = []
     for i, idx in enumerate(np.array_split(np.arange(len(s)), parts)):
-        out.append((f"{i + 1}/{parts} (layers {idx[0]}–{idx[-1]})", float(s[idx].mean()), float(r[idx].mean()), float((r[idx] / s[idx]).mean())))
+        out.append((f"{i + 1}/{parts} (layers {idx[0]}–{idx[-1]})", float(s[idx].mean()), float(r[idx].mean()),
+                    float((r[idx] / s[idx]).mean())))
     return out
 
 
@@ -42,7 +43,9 @@ def main(dirs: list[str]) -> None:
     for d in map(Path, dirs):
         res = json.loads((d / "results.json").read_text())
         note = protocol(res["runs"])["note"]
-        print(f"### {d.name}: RIFLE − method, paired by seed (test accuracy points)\n" + (f"\n{note}\n" if note else ""))
+        print(f"### {d.name}: RIFLE − method, paired by seed (test accuracy points)\n")
+        if note:
+            print(f"{note}\n")
         print("| method | Δ test acc (val-best epoch) | Δ final | seeds |\n|---|---|---|---|")
         for m, b, f, n in paired(res):
             print(f"| `{m}` | {b} | {f} | {n} |")

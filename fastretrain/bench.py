@@ -1,8 +1,19 @@
-"""Side-by-side comparison harness: run methods × seeds on the same data, backbone and budget, then
-write a JSON of every run, a markdown table (mean ± std over seeds) and an accuracy-vs-wall-time plot.
+"""Side-by-side comparison harness: run methods × seeds on the same data, backbone, budget and recipe, then write
+a JSON of every run, a markdown table of paired statistics and an accuracy-vs-wall-time plot.
 
-Each cell (method, seed) is one ordinary run in OUT/<method>/seed<k>/; a cell whose summary.json exists
-is not rerun, so an interrupted benchmark resumes where it stopped.
+Each cell (method, seed) is one ordinary run in OUT/<method>/seed<k>/; a cell whose summary.json exists is not
+rerun, so an interrupted benchmark resumes where it stopped.
+
+Statistics follow the comparison protocol (../shared/METHODS.md §6): seed k of a method is paired with seed k of
+the baseline. Per method we report the mean ± std over seeds of the paired accuracy difference (test accuracy at
+the validation-best epoch, `test_acc`, and at the last epoch, `final_test_acc`), and the time to reach the same
+seed's baseline final test accuracy: a seed that never reaches it counts as never (+inf), the ratio to the
+baseline's own time is summarised by its median over seeds with "k of n reached". Time is `wall_seconds` from
+metrics.jsonl: training time including every strategy's extra work, evaluation excluded.
+
+Results written before the protocol (no `test_set_id` in summary.json; "best" chosen on test; no validation)
+are read too: they are reported with `final_test_acc` only and marked as legacy, and where the test split was
+drawn from the run seed (data without a test split) they are marked not comparable.
 """
 from __future__ import annotations
 
@@ -20,22 +31,33 @@ import numpy as np
 
 from .checkpoint import atomic_json
 
+# What defines a comparison's training recipe (METHODS.md §6: one recipe for every method unless a cell differs).
+RECIPE_KEYS = ("recipe", "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs",
+               "image_size")
+# Named data sets that have had a fixed test split from the start. Before the protocol, data without one (a folder
+# of class folders such as flowers5) drew its test split from the run seed, so each seed saw different test images.
+FIXED_TEST_SETS = frozenset({"fashion-mnist", "fashion-mnist-5k", "fashion-mnist-full", "cifar10-subset"})
+CURRENT, LEGACY, NOT_COMPARABLE = "current", "legacy", "not comparable"
+
 
 def environment() -> dict[str, Any]:
     """Hardware and code version, recorded with every result."""
     import torch
 
+    def git(*args: str) -> str:
+        cwd = Path(__file__).parent
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, check=False).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=False).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=Path(__file__).parent, check=False).stdout.strip()  # fmt: skip
+        commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except OSError:
         commit, dirty = "", ""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit + ("+dirty" if dirty else ""),
-            "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}  # fmt: skip
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {"command": command, "commit": commit + ("+dirty" if dirty else ""),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
 def slug(method: str) -> str:
@@ -72,9 +94,11 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
             cell = cell_dir(out, method, seed)
             if not cell_done(out, method, seed):
                 if deadline is not None and time.monotonic() > deadline:
-                    print(f"== time budget reached: {method} seed {seed} and later cells not started (rerun to continue)", flush=True)
+                    print(f"== time budget reached: {method} seed {seed} and later cells not started "
+                          "(rerun to continue)", flush=True)
                     continue
-                kwargs = {**base, **(per_method or {}).get(method, {}), "method": method, "seed": seed, "out": str(cell)}
+                kwargs = {**base, **(per_method or {}).get(method, {}), "method": method, "seed": seed,
+                          "out": str(cell)}
                 print(f"== {method}  seed {seed}  -> {cell}", flush=True)
                 try:
                     train(make_config(**kwargs))
@@ -88,43 +112,173 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
 
 
 def load_record(cell: Path, method: str, seed: int) -> dict:
+    """One finished cell: its summary, per-epoch history and (when saved) resolved config."""
     summary = json.loads((cell / "summary.json").read_text())
     history = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"method": method, "seed": seed, "summary": summary, "history": history}
+    rec = {"method": method, "seed": seed, "summary": summary, "history": history}
+    if (cell / "config.json").is_file():
+        rec["config"] = json.loads((cell / "config.json").read_text())
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Protocol and recipe of a comparison
+
+
+def protocol(records: list[dict]) -> dict[str, str]:
+    """Which protocol the runs of one comparison followed, the accuracy to compare on, and a note for the report.
+
+    `current`: every summary has a `test_set_id` and they are equal (same test images for every method and seed);
+    compared on `test_acc` (test accuracy at the validation-best epoch) and `final_test_acc`.
+    `legacy`: written before the protocol on data with a fixed test split; "best" was chosen on test and there was
+    no validation, so only `final_test_acc` is compared.
+    `not comparable`: the test images differ between runs (legacy runs on data whose test split was drawn from the
+    run seed, different `test_set_id`s, or a mix of legacy and current runs).
+    """
+    ids = {r["summary"].get("test_set_id") for r in records}
+    if records and None not in ids:
+        if len(ids) == 1:
+            return {"kind": CURRENT, "metric": "test_acc", "note": ""}
+        return {"kind": NOT_COMPARABLE, "metric": "final_test_acc",
+                "note": f"not comparable: the runs were scored on {len(ids)} different test sets (test_set_id)"}
+    if len(ids) > 1:
+        return {"kind": NOT_COMPARABLE, "metric": "final_test_acc",
+                "note": "not comparable: legacy runs (before the protocol) mixed with current ones"}
+    data = {str(r["summary"].get("data")) for r in records}
+    if data and all(d in FIXED_TEST_SETS or d.endswith(".npz") for d in data):
+        return {"kind": LEGACY, "metric": "final_test_acc",
+                "note": "legacy (run before issue 12's protocol): a fixed test set, but no validation split and the "
+                        "best epoch chosen on test, so only the final test accuracy is compared"}
+    return {"kind": NOT_COMPARABLE, "metric": "final_test_acc",
+            "note": "not comparable: legacy runs (before issue 12's protocol) whose test split was drawn from the "
+                    "run seed, so each seed was scored on different images; re-running under the protocol is pending"}
+
+
+def recipe_of(config: dict) -> dict:
+    return {k: config.get(k) for k in RECIPE_KEYS}
+
+
+def comparison_recipe(records: list[dict], base: dict | None = None) -> dict:
+    """The recipe shared by the cells (from each cell's resolved config.json) and the cells that differ from it.
+
+    Returns {"recipe": {key: value}, "differs": {"method seed k": {key: value}}}; the shared recipe is the most
+    common one among the cells (the comparison's base config where no cell saved its config).
+    """
+    per_cell = {f"{r['method']} seed {r['seed']}": recipe_of(r["config"]) for r in records if r.get("config")}
+    if not per_cell:
+        return {"recipe": recipe_of(base or {}), "differs": {}}
+    keys = [json.dumps(v, sort_keys=True) for v in per_cell.values()]
+    common = json.loads(max(dict.fromkeys(keys), key=keys.count))
+    differs = {cell: {k: v for k, v in rec.items() if v != common[k]}
+               for cell, rec in per_cell.items() if rec != common}
+    return {"recipe": common, "differs": differs}
+
+
+def recipe_text(recipe: dict) -> str:
+    """'SGD momentum 0.9, LR 0.01 cosine, wd 0.0001, batch 32, 5 epochs, 48 px (no preset)'."""
+    r = {k: v for k, v in recipe.items() if v is not None}  # fields a legacy record did not save are left out
+    names = {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}
+    parts = []
+    if "optimizer" in r:
+        parts.append(names.get(r["optimizer"], r["optimizer"])
+                     + (f" momentum {r['momentum']:g}" if r["optimizer"] == "sgd" and "momentum" in r else ""))
+    if "lr" in r:
+        parts.append(f"LR {r['lr']:g} {r.get('schedule', 'constant')}")
+    if "weight_decay" in r:
+        parts.append(f"weight decay {r['weight_decay']:g}")
+    parts += [fmt.format(r[k]) for k, fmt in (("batch_size", "batch {}"), ("epochs", "{} epochs"),
+                                               ("image_size", "{} px")) if k in r]
+    return ", ".join(parts) + (f" (preset `{r['recipe']}`)" if "recipe" in r else " (no preset)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paired statistics
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; NaN for one value) of a non-empty list."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
+
+
+def pm(values: list[float] | None, fmt: str = "{:+.2f}") -> str:
+    """'+1.23 ± 0.45' (mean ± std over seeds); one value alone; '—' when there is nothing."""
+    if not values:
+        return "—"
+    m, s = mean_std(values)
+    mean = fmt.format(m)
+    mean = fmt.format(0.0) if float(mean) == 0 else mean  # no "-0.00" from a tiny negative rounding error
+    return mean if math.isnan(s) else f"{mean} ± {fmt.format(s).lstrip('+')}"
 
 
 def _ms(values: list[float], fmt: str = "{:.4f}") -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
+    return pm(values, fmt) if values else "—"
 
 
 def time_to(history: list[dict], target: float) -> float | None:
-    """Training wall time at the end of the first epoch whose test accuracy reaches `target`."""
+    """Training wall time at the end of the first epoch whose test accuracy reaches `target` (None: never)."""
     return next((h["wall_seconds"] for h in history if h["test_acc"] >= target - 1e-12), None)
 
 
+def median_ratio(ratios: list[float | None]) -> float:
+    """Median over seeds of per-seed time ratios, a never-reached seed (None) counting as +inf."""
+    return float(np.median([math.inf if r is None else r for r in ratios]))
+
+
+def paired(records: list[dict], method: str, baseline: str) -> dict | None:
+    """Seed-by-seed comparison of `method` with `baseline` over the seeds both finished (None when there are none).
+
+    Accuracy differences are in points (100 × fraction), method − baseline, one value per seed; `d_test_acc` is
+    None when the runs have no `test_acc` (legacy). `time_ratio[k]`: the method's time to reach seed k's baseline
+    final test accuracy over the baseline's own time to it (None: never reached). `wall_ratio[k]`: the method's
+    training wall time over the baseline's. `d_first_acc`: test accuracy after the first epoch, method − baseline.
+    """
+    m = {r["seed"]: r for r in records if r["method"] == method}
+    b = {r["seed"]: r for r in records if r["method"] == baseline}
+    seeds = sorted(set(m) & set(b))
+    if not seeds:
+        return None
+
+    def diff(key: str) -> list[float] | None:
+        pairs = [(m[s]["summary"].get(key), b[s]["summary"].get(key)) for s in seeds]
+        return None if any(x is None or y is None for x, y in pairs) else [100 * (x - y) for x, y in pairs]
+
+    ratios = []
+    for s in seeds:
+        target = b[s]["summary"]["final_test_acc"]
+        t_m, t_b = time_to(m[s]["history"], target), time_to(b[s]["history"], target)
+        ratios.append(None if t_m is None else t_m / t_b if t_b else math.nan)
+    first = [100 * (m[s]["history"][0]["test_acc"] - b[s]["history"][0]["test_acc"]) for s in seeds]
+    wall = [m[s]["summary"]["wall_seconds"] / b[s]["summary"]["wall_seconds"] for s in seeds]
+    med = median_ratio(ratios)
+    return {"method": method, "baseline": baseline, "seeds": seeds, "n": len(seeds),
+            "d_test_acc": diff("test_acc"), "d_final_test_acc": diff("final_test_acc"), "d_first_acc": first,
+            "time_ratio": ratios, "reached": sum(r is not None for r in ratios),
+            "median_time_ratio": None if math.isinf(med) else med, "wall_ratio": wall}
+
+
+def reach_text(p: dict) -> str:
+    """'0.89× (3 of 3 reached)' or 'never (1 of 3 reached)'."""
+    ratio = "never" if p["median_time_ratio"] is None else f"{p['median_time_ratio']:.2f}×"
+    return f"{ratio} ({p['reached']} of {p['n']} reached)"
+
+
 def aggregate(records: list[dict], baseline: str | None = None, extra_keys=()) -> list[dict]:
-    """Per method: mean ± std rows; time to reach the baseline's mean best accuracy."""
+    """Per method: per-seed values (for mean ± std) and, with a baseline, the paired comparison against it."""
     methods = list(dict.fromkeys(r["method"] for r in records))
-    target = None
-    if baseline in methods:
-        target = float(np.mean([r["summary"]["best_test_acc"] for r in records if r["method"] == baseline]))
+    has_base = baseline in methods
     rows = []
     for m in methods:
         rs = [r for r in records if r["method"] == m]
-        reach = [time_to(r["history"], target) for r in rs] if target is not None else []
+        test = [r["summary"].get("test_acc") for r in rs]
         row = {
-            "method": m, "seeds": len(rs),
-            "best_test_acc": [r["summary"]["best_test_acc"] for r in rs],
+            "method": m, "seeds": len(rs), "test_acc": None if None in test else test,
             "final_test_acc": [r["summary"]["final_test_acc"] for r in rs],
             "wall_seconds": [r["summary"]["wall_seconds"] for r in rs],
             "images_per_second": [r["summary"]["images_per_second"] for r in rs],
-            "time_to_target": reach, "reached": sum(t is not None for t in reach), "target": target,
-        }  # fmt: skip
+            "paired": paired(records, m, baseline) if has_base else None,
+        }
         for k in extra_keys:
             row[k] = [sum(h.get(k, 0.0) or 0.0 for h in r["history"]) for r in rs]
         rows.append(row)
@@ -132,17 +286,25 @@ def aggregate(records: list[dict], baseline: str | None = None, extra_keys=()) -
 
 
 def markdown_table(rows: list[dict], baseline: str | None = None, extra_keys=()) -> str:
-    head = ["method", "seeds", "best test acc", "final test acc", "wall s", "images/s"]
-    if rows and rows[0]["target"] is not None:
-        head.append(f"s to {baseline} best ({rows[0]['target']:.4f})")
-    head += [f"{k} (sum)" for k in extra_keys]
+    """Accuracy (mean ± std over seeds), paired differences and time to the baseline's final accuracy."""
+    with_test = any(r["test_acc"] for r in rows)
+    paired_rows = any(r["paired"] for r in rows)
+    head = ["method", "seeds"] + (["test acc (val-best epoch)"] if with_test else []) + ["final test acc"]
+    if paired_rows:
+        head += ([f"Δ test acc vs {baseline} (pt, paired)"] if with_test else [])
+        head += [f"Δ final vs {baseline} (pt, paired)", f"time to {baseline}'s final acc (median ratio)"]
+    head += ["wall s", "images/s"] + [f"{k} (sum)" for k in extra_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"`{r['method']}`", str(r["seeds"]), _ms(r["best_test_acc"]), _ms(r["final_test_acc"]),
-                 _ms(r["wall_seconds"], "{:.1f}"), _ms(r["images_per_second"], "{:.0f}")]  # fmt: skip
-        if r["target"] is not None:
-            reached = [t for t in r["time_to_target"] if t is not None]
-            cells.append(f"{_ms(reached, '{:.1f}')} ({r['reached']}/{r['seeds']} reached)" if reached else f"never (0/{r['seeds']})")
+        cells = [f"`{r['method']}`", str(r["seeds"])]
+        cells += ([_ms(r["test_acc"] or [])] if with_test else []) + [_ms(r["final_test_acc"])]
+        if paired_rows:
+            p = r["paired"]
+            if r["method"] == baseline or p is None:
+                cells += (["—"] if with_test else []) + ["—", "—"]
+            else:
+                cells += ([pm(p["d_test_acc"])] if with_test else []) + [pm(p["d_final_test_acc"]), reach_text(p)]
+        cells += [_ms(r["wall_seconds"], "{:.1f}"), _ms(r["images_per_second"], "{:.0f}")]
         cells += [_ms(r[k], "{:.2f}") for k in extra_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -170,7 +332,7 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
         acc = np.array([[e["test_acc"] for e in h[:n]] for h in hs])
         color = colors[i % len(colors)]
         ax.plot(t, acc.mean(0), marker=markers[i % len(markers)], ms=4, color=color, label=m,
-                linestyle="--" if "," in m else "-", lw=1.3)  # fmt: skip
+                linestyle="--" if "," in m else "-", lw=1.3)
         if len(hs) > 1:
             ax.fill_between(t, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), color=color, alpha=0.12)
     ax.set_xlabel("training wall time (s, median over seeds)")
@@ -184,6 +346,20 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def header(title: str, env: dict, base: dict, proto: dict, recipe: dict) -> str:
+    """The results.md lines above the table: command, code, hardware, config, recipe, protocol."""
+    gpu = f", GPU {env['gpu']}" if env.get("gpu") else ""
+    lines = [f"# {title}\n", f"Command: `{env.get('command')}`  ",
+             f"Code: {env.get('commit')}, torch {env.get('torch')}, {env.get('cpu_count')} CPU cores{gpu}  ",
+             f"Config: `{json.dumps(base, sort_keys=True)}`  ",
+             f"Recipe (every method): {recipe_text(recipe['recipe'])}"]
+    for cell, d in recipe["differs"].items():
+        lines.append(f"  \nRecipe differs: {cell}: `{json.dumps(d, sort_keys=True)}`")
+    if proto["note"]:
+        lines.append(f"  \nProtocol: {proto['note']}")
+    return "\n".join(lines)
 
 
 def compare(
@@ -212,11 +388,12 @@ def compare(
     if failed:
         table += "\n\nNot run: " + "; ".join(f"`{m}`: {e}" for m, e in failed.items())
     title = title or f"{base.get('model')} on {base.get('data')}"
+    proto, recipe = protocol(records), comparison_recipe(records, base)
     plot_curves(records, out / "accuracy_vs_time.png", title)
-    atomic_json({"config": base, "methods": methods, "seeds": seeds, "environment": env, "rows": rows, "runs": records,
-                 "failed": failed}, out / "results.json")  # fmt: skip
-    md = (f"# {title}\n\nCommand: `{env['command']}`  \nCode: {env['commit']}, torch {env['torch']}, "
-          f"{env['cpu_count']} CPU cores{', GPU ' + env['gpu'] if env['gpu'] else ''}  \n"
-          f"Config: `{json.dumps(base, sort_keys=True)}`\n\n{table}\n\n![accuracy vs time](accuracy_vs_time.png)\n")  # fmt: skip
+    atomic_json({"config": base, "methods": methods, "seeds": seeds, "environment": env, "protocol": proto,
+                 "recipe": recipe, "baseline": baseline, "rows": rows, "runs": records, "failed": failed},
+                out / "results.json")
+    md = f"{header(title, env, base, proto, recipe)}\n\n{table}\n\n![accuracy vs time](accuracy_vs_time.png)\n"
     (out / "results.md").write_text(md)
-    return {"rows": rows, "table": table, "records": records, "failed": failed, "environment": env}
+    return {"rows": rows, "table": table, "records": records, "failed": failed, "environment": env,
+            "protocol": proto, "recipe": recipe}

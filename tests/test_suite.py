@@ -1,5 +1,6 @@
-"""Benchmark suite runner (benchmarks/run.py): claim verdicts by their rules, combination and overview tables,
-the report, the time budget, and the GPU data preparation's zip subset."""
+"""Benchmark suite runner (benchmarks/run.py): every branch of the verdict rules on synthetic paired records, the
+overall counts, combination and overview tables, headline/appendix routing, the committed report re-rendered
+byte-identically from the committed results, the time budget, and the GPU data preparation's zip subset."""
 import importlib.util
 import json
 import sys
@@ -26,53 +27,160 @@ suite = _load("run")
 prep = _load("prepare_gpu_data")
 
 
-def row(method, final, wall, reach=None, best=None, seeds=3):
-    reach = [reach] * seeds if reach is not None else [None] * seeds
-    return {"method": method, "seeds": seeds, "best_test_acc": [best or final] * seeds, "final_test_acc": [final] * seeds,
-            "wall_seconds": [wall] * seeds, "images_per_second": [1.0] * seeds, "time_to_target": reach,
-            "reached": sum(r is not None for r in reach), "target": 0.8}  # fmt: skip
+def cells(method, finals, walls, curves, test=None):
+    """One record per seed: `curves[k]` = per-epoch (test acc, cumulative wall s); legacy summaries unless `test`."""
+    out = []
+    for seed, (final, wall, curve) in enumerate(zip(finals, walls, curves)):
+        summary = {"final_test_acc": final, "wall_seconds": wall, "images_per_second": 1.0, "data": "cifar10-subset"}
+        if test is not None:
+            summary.update(test_acc=test[seed], test_set_id="one")
+        out.append({"method": method, "seed": seed, "summary": summary,
+                    "history": [{"test_acc": a, "wall_seconds": w} for a, w in curve]})
+    return out
 
 
-def results():
-    rows = [row("sgdm", 0.80, 100, reach=90), row("fast-retrain", 0.81, 70, reach=50), row("mp-refine", 0.81, 90, reach=60),
-            row("rifle", 0.79, 100), row("dropout", 0.80, 100), row("cyclic-lr", 0.785, 100),
-            row("kernel-rescale", 0.798, 75), row("fast-retrain,rifle", 0.82, 72), row("rifle,kernel-rescale", 0.70, 80)]  # fmt: skip
-    return {"c1": {"rows": rows, "table": "| t |", "config": {"model": "m"}, "environment": {"cpu_count": 2, "torch": "x"}}}
+def flat(method, final, wall, reach_at=None, first=None, n=3):
+    """n seeds with the same final accuracy and wall time; reaching `final` at `reach_at` s (default: the end)."""
+    curve = [(first if first is not None else final - 0.1, wall / 2), (final, reach_at or wall), (final, wall)]
+    return cells(method, [final] * n, [wall] * n, [curve] * n)
 
 
-def test_claim_verdicts_follow_their_rules():
-    out = suite.claims(results())
-    # +1 pt final, 50/90 = 0.56x SGDM's time to target (<= 1/1.5): reproduced; 1 - 70/90 = 22% less time than mp-refine
-    assert out["fast"][0][1] == "reproduced" and "0.56× SGDM" in out["fast"][0][0] and "3/3 seeds" in out["fast"][0][0]
-    assert out["fast"][1][1] == "reproduced" and "22.2% less time" in out["fast"][1][0]
-    # rifle 0.79 vs best trick dropout 0.80: -1 pt
-    assert out["rifle"] == [("`c1`: best acc -1.00 pt vs the best trick (`dropout`), -1.00 pt vs SGDM", "not reproduced")]
-    # 25% less time at -0.2 pt: reproduced (rule: >= 20% and >= -0.3 pt)
-    assert out["kernel"][0][1] == "reproduced" and "25.0% less time" in out["kernel"][0][0]
-    assert out["decompose"] == []
-    assert suite.overall(["reproduced", "reproduced"]) == "reproduced"
-    assert suite.overall(["reproduced", "not reproduced"]) == "partly" and suite.overall([]) == "not measured"
+SGDM = flat("sgdm", 0.80, 100)  # reaches its final 0.80 at 100 s in every seed
+
+
+def comp(records, data="cifar10-subset", size=32, pretrained=True, cid="c1"):
+    records = json.loads(json.dumps(records))  # SGDM is shared between tests
+    for r in records:
+        r["summary"]["data"] = data
+    return suite.make_comparison(cid, records, {"image_size": size, "pretrained": pretrained, "data": data})
+
+
+def verdicts(key, records, **kw):
+    return [v for _, v in suite.CHECKS[key](comp(records, **kw))]
+
+
+def test_fast_retrain_rules():
+    # +2.0 ± 0.5 pt, reaching SGDM's final at 40 of SGDM's 100 s (0.4x <= 1/1.5): reproduced
+    fast = cells("fast-retrain", [0.82, 0.815, 0.825], [70] * 3, [[(0.80, 40), (0.82, 70)]] * 3)
+    mp = flat("mp-refine", 0.82, 100)
+    (t1, v1), (t2, v2) = suite.check_fast(comp(SGDM + fast + mp))
+    assert v1 == v2 == "reproduced"
+    assert "+2.00 ± 0.50 pt vs SGDM (gain beyond one std: yes)" in t1 and "0.40× (3 of 3 reached)" in t1
+    assert "30.0% less time (± 0.0%)" in t2 and "(≥ 15%: yes)" in t2 and "+0.00 ± 0.50 pt (≥ −0.3: yes)" in t2
+    # a gain inside one paired std is not a gain: +1.0 ± 1.73 pt
+    noisy = cells("fast-retrain", [0.82, 0.82, 0.79], [70] * 3, [[(0.80, 40), (0.82, 70)]] * 2 + [[(0.79, 70)]])
+    assert verdicts("fast", SGDM + noisy)[0] == "not reproduced"
+    # faster convergence needs the median over seeds, never-reached seeds counted: 1 of 3 reached -> never
+    late = cells("fast-retrain", [0.83, 0.79, 0.79], [70] * 3, [[(0.83, 40)], [(0.79, 70)], [(0.79, 70)]])
+    t, v = suite.check_fast(comp(SGDM + late))[0]
+    assert v == "not reproduced" and "never (1 of 3 reached)" in t
+    # a 0.7x median time ratio is not the claimed 1.5x
+    slow = cells("fast-retrain", [0.82, 0.815, 0.825], [70] * 3, [[(0.80, 70), (0.82, 71)]] * 3)
+    assert verdicts("fast", SGDM + slow)[0] == "not reproduced"
+    # the time saving against mp-refine also needs the accuracy: 30% less time at -1 pt is not reproduced
+    mp_better = flat("mp-refine", 0.83, 100)
+    assert verdicts("fast", SGDM + fast + mp_better)[1] == "not reproduced"
+    # and the saving itself: 10% less time
+    mp_fast = flat("mp-refine", 0.82, 78)
+    assert verdicts("fast", SGDM + fast + mp_fast)[1] == "not reproduced"
+
+
+def test_rifle_rule_needs_half_a_point_over_every_trick():
+    tricks = flat("dropout", 0.80, 100) + flat("cyclic-lr", 0.79, 100)
+    assert verdicts("rifle", SGDM + tricks + flat("rifle", 0.806, 100)) == ["reproduced"]  # +0.6 / +1.6 pt
+    assert verdicts("rifle", SGDM + tricks + flat("rifle", 0.804, 100)) == ["not reproduced"]  # +0.4 vs dropout
+    text = suite.check_rifle(comp(SGDM + tricks + flat("rifle", 0.804, 100)))[0][0]
+    assert "vs `dropout` +0.40 ± 0.00 pt (no), vs `cyclic-lr` +1.40 ± 0.00 pt (yes); vs SGDM +0.40" in text
+    assert suite.check_rifle(comp(SGDM + flat("rifle", 0.9, 100))) == []  # no trick ran: nothing to check
+
+
+def test_kernel_rule_time_and_accuracy():
+    assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.798, 75)) == ["reproduced"]  # 25% less, -0.2 pt
+    assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.79, 75)) == ["not reproduced"]  # -1 pt
+    assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.80, 90)) == ["not reproduced"]  # 10% less
+    text = suite.check_kernel(comp(SGDM + flat("kernel-rescale", 0.80, 110)))[0][0]
+    assert "10.0% more time" in text
+    # legacy results whose test split came from the run seed are shown but not comparable
+    assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.798, 75), data="flowers5") == ["not comparable"]
+
+
+def test_decompose_rule():
+    good = flat("decompose", 0.81, 100, reach_at=60, first=0.75)  # starts better; reaches 0.80 sooner; +1 pt
+    assert verdicts("decompose", SGDM + good) == ["reproduced"]
+    t = suite.check_decompose(comp(SGDM + good))[0][0]
+    assert "after the first epoch +5.00 ± 0.00 pt (gain beyond one std: yes)" in t and "0.60× (3 of 3" in t
+    assert verdicts("decompose", SGDM + flat("decompose", 0.80, 100, first=0.75)) == ["not reproduced"]  # not sooner
+    assert verdicts("decompose", SGDM + flat("decompose", 0.81, 100, reach_at=60, first=0.70)) == ["not reproduced"]
+    assert verdicts("decompose", SGDM + flat("decompose", 0.79, 100, first=0.75)) == ["not reproduced"]  # never
+
+
+def test_current_protocol_compares_test_acc_at_the_val_best_epoch():
+    base = cells("sgdm", [0.80] * 3, [100] * 3, [[(0.80, 100)]] * 3, test=[0.80] * 3)
+    kr = cells("kernel-rescale", [0.80] * 3, [75] * 3, [[(0.80, 75)]] * 3, test=[0.78] * 3)  # -2 pt at val-best
+    c = comp(base + kr)
+    assert c["protocol"]["kind"] == "current"
+    text, verdict = suite.check_kernel(c)[0]
+    assert verdict == "not reproduced" and "test acc -2.00 ± 0.00 pt" in text
+
+
+def test_overall_counts():
+    R, N, X = "reproduced", "not reproduced", "not comparable"
+    assert suite.overall([R, N, N, N, N, N, N]) == "**not reproduced** (reproduced in 1 of 7)"
+    assert suite.overall([R, R, N, N]) == "**partly** (reproduced in 2 of 4)"
+    assert suite.overall([R, N, N]) == "**not reproduced** (reproduced in 1 of 3)"
+    assert suite.overall([R, R, X]) == "**reproduced** (reproduced in 2 of 2; 1 not comparable, re-run pending)"
+    assert suite.overall([X, X]) == "**not measured** (2 not comparable, re-run pending)"
+    assert suite.overall([]) == "**not measured**"
+
+
+def test_claims_are_split_by_input_size():
+    small = comp(SGDM + flat("kernel-rescale", 0.798, 75), cid="small")
+    big = comp(SGDM + flat("kernel-rescale", 0.79, 75), size=224, cid="big")
+    out = suite.claims([small, big])["kernel"]
+    assert [(x["id"], x["tier"], x["verdict"]) for x in out] == [("small", "appendix", "reproduced"),
+                                                                   ("big", "headline", "not reproduced")]
 
 
 def test_combinations_and_overview():
-    lines = suite.combinations(results())
+    recs = SGDM + flat("fast-retrain", 0.81, 70) + flat("rifle", 0.79, 100) + flat("fast-retrain,rifle", 0.82, 72)
+    recs += flat("kernel-rescale", 0.798, 75) + flat("rifle,kernel-rescale", 0.70, 80)
+    c = comp(recs)
+    lines = suite.combinations([c])
     assert len(lines) == 2
-    assert "`fast-retrain,rifle`: final 82.00%" in lines[0] and "better than either part (+1.00 pt" in lines[0]
+    assert "`fast-retrain,rifle`: final acc 82.00% in 72 s vs `fast-retrain` 81.00% in 70 s" in lines[0]
+    assert "better than either part (+1.00 ± 0.00 pt vs `fast-retrain`, paired)" in lines[0]
     assert "worse than either part" in lines[1]
-    table = suite.overview(results())
-    assert table[0] == "| method | `c1` |"
+    table = suite.overview([c])
+    assert table[0] == "| method | `c1` (legacy) |"
     assert "| `fast-retrain` | 81.0 (+1.0 pt), 0.70× time |" in table
     assert "| `sgdm` | 80.0, 1.00× time |" in table
 
 
-def test_render_writes_every_paper_section(tmp_path):
-    doc = suite.render("cpu", results(), tmp_path / "res", doc=tmp_path / "B.md", command="python benchmarks/run.py --suite cpu")
-    text = doc.read_text()
+def test_render_routes_headline_and_appendix(tmp_path, monkeypatch):
+    monkeypatch.setitem(suite.SUITES, "t", [("small", {}, ["sgdm", "kernel-rescale"], 3),
+                                           ("big", {}, ["sgdm", "kernel-rescale"], 3)])
+    small = comp(SGDM + flat("kernel-rescale", 0.798, 75), cid="small")
+    big = comp(SGDM + flat("kernel-rescale", 0.79, 75), size=224, cid="big")
+    for c in (small, big):
+        c["suite"] = "t"
+    text = suite.render_text([small, big], tmp_path / "B.md", {"t": tmp_path / "res"}, "cmd", standard=False)
+    head, appendix = text.split("## Appendix: small inputs")
+    assert "### big" in head.split("## Headline")[1] and "### small" in appendix
     for title, *_ in suite.PAPERS.values():
         assert f"### {title}" in text
-    assert "Overall in this suite: **not measured**" in text  # decomposition: no comparison ran it
-    assert "## Do combinations help?" in text and "## Overview: every method against SGDM" in text
-    assert "](res/c1/accuracy_vs_time.png)" in text
+    assert "- Headline (≥ 96 px), `big` (legacy protocol: final acc):" in text
+    assert "- Overall, small-input appendix: **reproduced** (reproduced in 1 of 1)" in text
+    assert "- Headline (≥ 96 px): no comparison has run yet" in text  # e.g. decomposition
+    assert "](res/small/accuracy_vs_time.png)" in text and "Recipe (every method):" in text
+    assert "## How to reproduce" not in text  # only the standard report carries the how-to
+
+
+def test_committed_report_rerenders_identically():
+    """docs/BENCHMARKS.md and the README's result tables are exactly what the committed results give."""
+    texts, comps, _ = suite.report_texts()
+    assert comps, "no committed suite results found"
+    for path, text in texts.items():
+        assert path.read_text() == text, f"{path.name} differs: run python benchmarks/run.py --render"
 
 
 def test_suite_configs_are_valid():
@@ -86,8 +194,8 @@ def test_suite_configs_are_valid():
 
 
 def test_time_budget_stops_new_cells_and_keeps_finished(tmp_path, capsys):
-    base = {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16, "epochs": 1, "max_train": 40, "progress": False,
-            "save_checkpoint": False, "save_weights": False, "device": "cpu"}  # fmt: skip
+    base = {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16, "epochs": 1, "max_train": 40,
+            "progress": False, "save_checkpoint": False, "save_weights": False, "device": "cpu"}
     compare(base, ["sgdm"], [0], tmp_path / "c")
     recs = run_cells(base, ["sgdm", "linear-probe"], [0], tmp_path / "c", deadline=time.monotonic() - 1)
     assert [r["method"] for r in recs] == ["sgdm"]
@@ -97,9 +205,8 @@ def test_time_budget_stops_new_cells_and_keeps_finished(tmp_path, capsys):
 
 def test_main_override_and_budget(tmp_path, monkeypatch, capsys):
     """--override changes every comparison's config; a spent budget renders what exists and starts nothing."""
-    monkeypatch.setitem(suite.SUITES, "t", [("a", {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16, "epochs": 3,
-                                                  "max_train": 40, "progress": False, "save_checkpoint": False,
-                                                  "save_weights": False}, ["sgdm"], 1)])  # fmt: skip
+    monkeypatch.setitem(suite.SUITES, "t", [("a", {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16,
+                                                  "epochs": 3, "max_train": 40, **suite.NO_FILES}, ["sgdm"], 1)])
     suite.main(["--suite", "t", "--out", str(tmp_path / "o"), "--override", "epochs=1", "device=cpu"])
     summary = json.loads((tmp_path / "o" / "a" / "sgdm" / "seed0" / "summary.json").read_text())
     assert summary["epochs"] == 1
