@@ -355,11 +355,9 @@ def header(title: str, env: dict, base: dict, proto: dict, recipe: dict) -> str:
              f"Code: {env.get('commit')}, torch {env.get('torch')}, {env.get('cpu_count')} CPU cores{gpu}  ",
              f"Config: `{json.dumps(base, sort_keys=True)}`  ",
              f"Recipe (every method): {recipe_text(recipe['recipe'])}"]
-    for cell, d in recipe["differs"].items():
-        lines.append(f"  \nRecipe differs: {cell}: `{json.dumps(d, sort_keys=True)}`")
-    if proto["note"]:
-        lines.append(f"  \nProtocol: {proto['note']}")
-    return "\n".join(lines)
+    extra = [f"Recipe differs: {cell}: `{json.dumps(d, sort_keys=True)}`" for cell, d in recipe["differs"].items()]
+    extra += [f"Protocol: {proto['note']}"] if proto["note"] else []
+    return "  \n".join(["\n".join(lines), *extra])
 
 
 def compare(
