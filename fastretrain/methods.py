@@ -118,7 +118,8 @@ register_recipe("authors", {"optimizer": "sgd", "momentum": 0.9, "weight_decay":
                      "LR 1e-3 x3, 1e-4 x3, 1e-5 x2")  # fmt: skip
 # fastai's `Learner.fine_tune` defaults (fastai 2.x): Adam with decoupled weight decay 0.01 (fastai's
 # `Adam(decouple_wd=True)` is AdamW), base LR 2e-3, one-cycle, freeze_epochs=1 (reaches freeze-unfreeze when
-# that method runs). Not reproduced: fastai's betas (0.9, 0.99), eps 1e-5, and the halved LR after unfreezing.
+# that method runs; freeze-unfreeze itself halves the LR after unfreezing and spreads it over layer groups).
+# Not reproduced: fastai's betas (0.9, 0.99) and eps 1e-5.
 register_recipe("fastai", {"optimizer": "adamw", "weight_decay": 0.01, "lr": 2e-3, "schedule": "onecycle",
                            "options": {"freeze-unfreeze": {"freeze_epochs": 1}}},
                 help="fastai fine_tune defaults: Adam (decoupled wd 0.01), base LR 2e-3, one-cycle, "

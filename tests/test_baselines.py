@@ -28,8 +28,12 @@ def test_linear_probe_eval_matches_full_model(cfg, bundle):
     assert acc == pytest.approx(engine.history[-1]["test_acc"])
 
 
-def test_freeze_unfreeze_trains_head_first_then_all_with_discriminative_lr(cfg, bundle):
+@pytest.mark.parametrize("groups", [2, 3])
+def test_freeze_unfreeze_is_fastai_fine_tune(cfg, bundle, groups):
+    """Epoch 1: head (x1) and the body's BN (x1/10, fastai's slice(base_lr)) train, nothing else moves; then all
+    layers train with fastai's even_mults(base/200, base/2, groups): the body's groups /100 apart, all halved."""
     cfg.method, cfg.epochs, cfg.out = "freeze-unfreeze", 2, None
+    cfg.options = {"freeze-unfreeze": {"groups": groups}}
     engine = build_engine(cfg, bundle)
     snaps, scales = [], []
 
@@ -38,14 +42,49 @@ def test_freeze_unfreeze_trains_head_first_then_all_with_discriminative_lr(cfg, 
 
         def after_epoch(self, engine):
             snaps.append({k: v.clone() for k, v in engine.model.named_parameters()})
-            scales.append(sorted({g["lr_scale"] for g in engine.optimizer.param_groups}))
+            trained = [n for n, p in engine.model.named_parameters() if p.requires_grad]
+            scales.append({n: engine.lr_scale.get(n, 1.0) for n in trained})
 
     engine.strategies.append(Snap())
     start = {k: v.clone() for k, v in engine.model.named_parameters()}
     engine.fit()
+    bns = [n for n, m in engine.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bn = {f"{n}.{w}" for n in bns for w in ("weight", "bias")}
+    assert len(bn) == 6
     moved0 = {k for k in start if not torch.equal(start[k], snaps[0][k])}
-    assert moved0 == {"fc.weight", "fc.bias"}
+    assert moved0 == {"fc.weight", "fc.bias"} | bn  # convs frozen, their BN trains (fastai's train_bn)
+    assert scales[0] == {"fc.weight": 1.0, "fc.bias": 1.0, **{k: 0.1 for k in bn}}
     moved1 = {k for k in start if not torch.equal(snaps[0][k], snaps[1][k])}
     assert moved1 == set(start)
-    assert scales[0] == [1.0]
-    assert scales[1][0] == pytest.approx(0.01) and scales[1][-1] == 1.0 and len(scales[1]) == 4  # 3 body groups + head
+    body = [k for k in start if not k.startswith("fc.")]
+    expect = [0.5 * 100 ** -((groups - 1 - g) / (groups - 1)) for g in range(groups - 1)]  # fastai's even_mults / 2
+    got = [scales[1][k] for k in body]
+    assert sorted(set(got)) == pytest.approx(sorted(expect))
+    assert got == sorted(got)  # first layers slowest: contiguous groups in order
+    assert scales[1]["fc.weight"] == scales[1]["fc.bias"] == 0.5
+    assert all(p.requires_grad for p in engine.model.parameters())
+
+
+def test_freeze_unfreeze_with_the_fastai_recipe(bundle):
+    from fastretrain.run import make_config
+
+    cfg = make_config(method="freeze-unfreeze", recipe="fastai", model="tiny-cnn", epochs=2, image_size=16,
+                      batch_size=8, device="cpu", progress=False)
+    cfg.out = None
+    assert (cfg.lr, cfg.schedule) == (2e-3, "onecycle") and cfg.optimizer in ("adam", "adamw")
+    from fastretrain.strategies.freeze_unfreeze import FreezeUnfreeze
+
+    engine = build_engine(cfg, bundle)
+    (fu,) = [s for s in engine.strategies if isinstance(s, FreezeUnfreeze)]
+    assert (fu.freeze_epochs, fu.lr_mult, fu.groups) == (1, 100.0, 2)
+    engine.fit()
+    assert isinstance(engine.optimizer, (torch.optim.Adam, torch.optim.AdamW))
+
+
+def test_freeze_unfreeze_options_are_checked():
+    from fastretrain import FastRetrainError
+    from fastretrain.strategies.freeze_unfreeze import FreezeUnfreeze
+
+    for bad in ({"groups": 1}, {"lr_mult": 0.5}, {"freeze_epochs": -1}, {"unfrozen_lr": 0}):
+        with pytest.raises(FastRetrainError):
+            FreezeUnfreeze(**bad)
