@@ -10,6 +10,6 @@ export FASTRETRAIN_CACHE=${FASTRETRAIN_CACHE:-/tmp/fastretrain-cache} PYTHONPATH
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } > "$OUT/device.txt" 2>&1
 $PY benchmarks/run.py --suite gpu --budget-minutes "${BUDGET:-8}" 2>&1 | tee "$OUT/suite.log" | grep -v "^== " | tail -40
 rc=${PIPESTATUS[0]}
-tar czf "$OUT/suite-gpu.tar.gz" benchmarks/results/suite-gpu docs/BENCHMARKS-gpu.md 2>/dev/null
-echo "suite exit $rc; results in $OUT/suite-gpu.tar.gz (unpack in the repo root, then: python benchmarks/run.py --suite gpu --render)"
+tar czf "$OUT/suite-gpu.tar.gz" benchmarks/results/suite-gpu 2>/dev/null
+echo "suite exit $rc; results in $OUT/suite-gpu.tar.gz (unpack in the repo root, then: python benchmarks/run.py --render)"
 exit $rc

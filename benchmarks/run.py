@@ -149,14 +149,14 @@ REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
 
 
 def make_comparison(cid: str, records: list[dict], config: dict, env: dict | None = None, suite: str = "",
-                    baseline: str = BASELINE) -> dict:
+                    baseline: str = BASELINE, failed: dict | None = None) -> dict:
     """Everything the report needs about one comparison, computed from its records (one per finished cell)."""
     rows = aggregate(records, baseline)
     recipe = comparison_recipe(records, config)
     size = recipe["recipe"].get("image_size") or config.get("image_size") or 0
     return {"id": cid, "suite": suite, "records": records, "rows": rows, "config": config, "environment": env or {},
             "protocol": protocol(records), "recipe": recipe, "image_size": size, "baseline": baseline,
-            "table": markdown_table(rows, baseline)}
+            "table": markdown_table(rows, baseline), "failed": failed or {}}
 
 
 def load_suite(suite: str, out_root: Path, seeds: int | None = None) -> list[dict]:
@@ -171,7 +171,9 @@ def load_suite(suite: str, out_root: Path, seeds: int | None = None) -> list[dic
         records = [load_record(cell_dir(out_root / cid, m, s), m, s) for m, s in cells]
         saved = out_root / cid / "results.json"
         res = json.loads(saved.read_text()) if saved.is_file() else {}
-        comps.append(make_comparison(cid, records, res.get("config", base), res.get("environment"), suite))
+        failed = {m: e for m, e in res.get("failed", {}).items() if m in methods}
+        comps.append(make_comparison(cid, records, res.get("config", base), res.get("environment"), suite,
+                                     failed=failed))
     return comps
 
 
@@ -531,7 +533,9 @@ def comparison_text(comp: dict, doc_dir: Path, out_root: Path) -> list[str]:
     if comp["protocol"]["note"]:
         lines[-1] += "  "
         lines.append(f"Protocol: {comp['protocol']['note']}.")
-    return lines + ["", comp["table"], "", f"![accuracy vs time]({folder}/accuracy_vs_time.png)",
+    failed = "; ".join(f"`{m}`: {e}" for m, e in comp["failed"].items())
+    lines += ["", comp["table"], *(["", f"Not run: {failed}"] if failed else [])]
+    return lines + ["", f"![accuracy vs time]({folder}/accuracy_vs_time.png)",
                     f"![time to target]({folder}/time_to_target.png)", ""]
 
 
