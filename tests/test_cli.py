@@ -95,7 +95,8 @@ def test_recipe_changes_are_printed_and_given_flags_win(tmp_path, npz, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["lr"], cfg["schedule"], cfg["epochs"], cfg["batch_size"]) == (0.001, "piecewise:1x3,0.1x3,0.01x2", 1, 8)
     assert json.loads((out / "summary.json").read_text())["recipe"] == "authors"
-    assert main(_tiny("train", "--data", npz(), "--method", "fast-retrain", "--epochs", "1", "--out", str(tmp_path / "b"))) == 0
+    assert main(_tiny("train", "--data", npz(), "--method", "fast-retrain", "--epochs", "1",
+                      "--out", str(tmp_path / "b"))) == 0
     out_b = capsys.readouterr().out.splitlines()
     assert not any(x.startswith("recipe") for x in out_b)  # a method changes nothing by itself: nothing to print
     assert json.loads((tmp_path / "b" / "config.json").read_text())["lr"] == 0.01
@@ -105,7 +106,8 @@ def test_recipe_changes_are_printed_and_given_flags_win(tmp_path, npz, capsys):
 
 def test_split_flags_reach_the_run_and_eval_loads_best_and_final(tmp_path, npz, capsys):
     out = tmp_path / "run"
-    args = _tiny("train", "--data", npz(), "--epochs", "2", "--out", str(out), "--val-fraction", "0", "--split-seed", "3")
+    args = _tiny("train", "--data", npz(), "--epochs", "2", "--out", str(out), "--val-fraction", "0",
+                 "--split-seed", "3")
     assert main(args) == 0
     assert "(no validation split: the last)" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())

@@ -234,8 +234,8 @@ def test_mp_refine_reports_validation_before_refining(tmp_path):
     x, y = tiny_images(12, 3, 12, seed=0)
     bundle = from_arrays(x.numpy(), y.numpy(), x[:9].numpy(), y[:9].numpy(), 16, val_fraction=0.25)
     snap = ValSnapshot()
-    cfg = TrainConfig(model="tiny-cnn", method="mp-refine", epochs=1, image_size=16, batch_size=8, lr=0.05, device="cpu",
-                      progress=False, out=None)  # fmt: skip
+    cfg = TrainConfig(model="tiny-cnn", method="mp-refine", epochs=1, image_size=16, batch_size=8, lr=0.05,
+                      device="cpu", progress=False, out=None)  # fmt: skip
     engine = build_engine(cfg, bundle, strategies=[snap])
     engine.fit()
     assert engine.history[-1]["val_acc_before_refine"] == snap.acc
@@ -261,15 +261,16 @@ def test_fastai_recipe_and_its_freeze_epochs_option():
     assert cfg.options == {"freeze-unfreeze": {"freeze_epochs": 1}}  # equal to the option's default: no line for it
     assert not any("freeze_epochs" in x for x in lines) and "recipe fastai: --optimizer adamw (default sgd)" in lines
     assert make_config(method="sgdm", recipe="fastai").options == {}  # options only for methods that run
-    cfg, lines = resolve_config(method="freeze-unfreeze", recipe="fastai", options={"freeze-unfreeze": {"freeze_epochs": 2}})
+    mine = {"freeze-unfreeze": {"freeze_epochs": 2}}
+    cfg, lines = resolve_config(method="freeze-unfreeze", recipe="fastai", options=mine)
     assert cfg.options == {"freeze-unfreeze": {"freeze_epochs": 2}}
     assert "recipe fastai: -o freeze-unfreeze.freeze_epochs 2 as given (the recipe has 1)" in lines
 
 
 def test_adam_optimizer_matches_torch_adam(tmp_path):
     bundle = _feature_bundle()
-    cfg = TrainConfig(model="x", optimizer="adam", epochs=1, batch_size=12, lr=0.01, weight_decay=0.1, schedule="constant",
-                      device="cpu", progress=False, out=None)  # fmt: skip
+    cfg = TrainConfig(model="x", optimizer="adam", epochs=1, batch_size=12, lr=0.01, weight_decay=0.1,
+                      schedule="constant", device="cpu", progress=False, out=None)  # fmt: skip
     torch.manual_seed(0)
     model, ref = nn.Linear(2, 3), nn.Linear(2, 3)
     ref.load_state_dict(model.state_dict())
