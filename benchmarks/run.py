@@ -562,11 +562,10 @@ def _hours(comps: list[dict]) -> float:
 
 def howto(comps: list[dict]) -> str:
     cpu = [c for c in comps if c["suite"] == "cpu"]
-    spent = (f" (the finished cells' training time adds up to {_hours(cpu):.1f} h; evaluation and start-up come on "
-             "top)") if cpu else ""
+    spent = (f"; their training time adds up to {_hours(cpu):.1f} h, evaluation and start-up on top") if cpu else ""
     return f"""## How to reproduce
 
-- CPU suite, resumable (finished cells are reused){spent}:
+- CPU suite, resumable (finished cells are reused{spent}):
   `OMP_NUM_THREADS=2 nohup python benchmarks/run.py --suite cpu > suite_cpu.log 2>&1 &`, then
   `python benchmarks/run.py --render` re-renders this page and the README's result tables from the committed
   results (`tests/test_suite.py` checks that they match).
@@ -639,8 +638,8 @@ WHICH = [
 
 
 def _range(values: list[float], fmt: str) -> str:
-    lo, hi = min(values), max(values)
-    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)} to {fmt.format(hi)}"
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def measured_cell(comps: list[dict], method: str) -> str:
