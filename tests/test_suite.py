@@ -59,6 +59,17 @@ def verdicts(key, records, **kw):
     return [v for _, v in suite.CHECKS[key](comp(records, **kw))]
 
 
+def test_criteria_by_hand():
+    assert suite.gain([1.0, 1.2, 0.8])  # mean 1.0 > std 0.2
+    assert not suite.gain([2.0, 0.0, -0.5])  # mean 0.5 < std 1.32: inside the noise
+    assert not suite.gain([5.0])  # one seed has no std: a gain cannot be shown
+    assert not suite.gain([0.4, 0.4], at_least=0.5) and suite.gain([0.6, 0.6], at_least=0.5)
+    assert suite.no_loss([-0.3, -0.3]) and not suite.no_loss([-0.31, -0.31])
+    p = {"median_time_ratio": 0.5}
+    assert suite.faster(p, 0.5) and not suite.faster(p, 0.5, strict=True)
+    assert not suite.faster({"median_time_ratio": None}, 10.0)  # never
+
+
 def test_fast_retrain_rules():
     # +2.0 ± 0.5 pt, reaching SGDM's final at 40 of SGDM's 100 s (0.4x <= 1/1.5): reproduced
     fast = cells("fast-retrain", [0.82, 0.815, 0.825], [70] * 3, [[(0.80, 40), (0.82, 70)]] * 3)
