@@ -5,10 +5,11 @@ from .engine import Engine, SkipBatch, StopFit, Strategy
 from .errors import FastRetrainError
 from .methods import METHODS, register_method
 from .models import create_model, list_models, register_model
+from .predict import Prediction, Predictor, load_model
 from .run import build_engine, make_config, train
 from . import widthnets  # noqa: F401,E402 - registers vgg-small, resnet20, resnet32, resnet18-cifar
 
 __version__ = "0.1.0"
 __all__ = ["TrainConfig", "DataBundle", "from_arrays", "from_folder", "load_data", "Engine", "SkipBatch", "StopFit",
            "Strategy", "FastRetrainError", "METHODS", "register_method", "create_model", "list_models",
-           "register_model", "build_engine", "make_config", "train"]  # fmt: skip
+           "register_model", "build_engine", "make_config", "train", "load_model", "Predictor", "Prediction"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Command line: `fastretrain train | eval | bench | demo | models | methods | datasets`.
+"""Command line: `fastretrain train | eval | predict | export | bench | demo | models | methods | datasets`.
 
 Every `train` option maps one-to-one onto a TrainConfig field; errors in the user's input end the
 program with one line naming the problem and exit status 2.
@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
 from .config import TrainConfig, read_config_file
 from .errors import FastRetrainError
@@ -111,42 +109,21 @@ def _done_line(s: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    import torch
+    from .evaluation import eval_command
 
-    from .data import load_data
-    from .engine import Engine
-    from .models import create_model
-    from .run import resolve_device
+    return eval_command(args)
 
-    run = Path(args.run)
-    if not (run / "config.json").is_file():
-        raise FastRetrainError(f"not a run folder (no config.json): {run}")
-    cfg = TrainConfig.load(run / "config.json")
-    cfg.data = args.data or cfg.data
-    weights = run / f"model_{args.which}.safetensors"
-    if not weights.is_file():
-        raise FastRetrainError(f"weights not found: {weights}")
-    # the run's own splits (test, max-train subset, validation: all drawn with its split_seed)
-    data = load_data(cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images, cfg.data_root,
-                     cfg.max_train, val_fraction=cfg.val_fraction)  # fmt: skip
-    from .run import model_kwargs
 
-    model = create_model(cfg.model, data.num_classes, **model_kwargs(cfg))
-    from safetensors.torch import load_file
+def cmd_predict(args) -> int:
+    from .predict import predict_command
 
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise FastRetrainError(f"{weights} does not fit {cfg.model} with {data.num_classes} classes: {str(e).splitlines()[0]}") from e
-    cfg.method, cfg.options = "sgdm", {}
-    engine = Engine(model, data, cfg, device=resolve_device(args.device or cfg.device))
-    with torch.no_grad():
-        loss, acc = engine.evaluate(engine.test_data)
-        val = engine.evaluate(engine.val_data) if engine.val_data is not None else (None, None)
-    print(json.dumps({"run": str(run), "weights": weights.name, "data": data.name, "test_set_id": data.test_set_id,
-                      "test_images": len(data.test), "test_loss": round(loss, 6), "test_acc": round(acc, 6),
-                      "val_acc": None if val[1] is None else round(val[1], 6)}))  # fmt: skip
-    return 0
+    return predict_command(args)
+
+
+def cmd_export(args) -> int:
+    from .export import export_command
+
+    return export_command(args)
 
 
 def cmd_bench(args) -> int:
@@ -215,12 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model with one or more methods")
     _add_config_args(t)
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a run's weights (model_best or model_final) on its (or another) test set")
+    e = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run's weights on its test set (or other data)")
     e.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
     e.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
-    e.add_argument("--data", help="evaluate on this dataset instead of the run's")
+    e.add_argument("--data", help="instead of the run's test split: a dataset's test split, or all images of a folder/zip "
+                   "of class folders")  # fmt: skip
     e.add_argument("--device", help="auto, cpu, cuda (default: the run's)")
+    e.add_argument("--topk", type=int, default=5, help="also report top-K accuracy (default: 5)")
+    e.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion_matrix.csv/.png (default: RUN/eval_WHICH)")
+    e.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     e.set_defaults(fn=cmd_eval)
+    pr = sub.add_parser("predict", help="classify images, folders (recursively) and zips with a run's model")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, .zip files")
+    pr.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
+    pr.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
+    pr.add_argument("--topk", type=int, default=1, help="classes per image, most probable first (default: 1)")
+    pr.add_argument("--out", help="write the rows to FILE.csv or FILE.json (default: CSV on stdout)")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    pr.set_defaults(fn=cmd_predict)
+    x = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")
+    x.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
+    x.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx (needs fastretrain[export]) or torchscript")
+    x.add_argument("--out", help="output file (default: RUN/model_WHICH.onnx or .torchscript.pt)")
+    x.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
+    x.add_argument("--images", nargs="+", metavar="PATH", help="check parity on these images (default: the run's samples)")
+    x.add_argument("--tol", type=float, default=1e-4, help="largest accepted |logit difference| (default: 1e-4)")
+    x.set_defaults(fn=cmd_export)
     b = sub.add_parser("bench", help="run several methods side by side (seeds × methods) and write table + plot")
     b.add_argument("--methods", nargs="+", required=True, help="methods to compare; `a,b` composes a and b")
     b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")

@@ -255,7 +255,7 @@ def decode_image(image, s: int) -> torch.Tensor:
         rgb = _fit(image, s)
     else:
         return resize_square(_to_nchw_uint8(np.asarray(image)[None]), s)[0]
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # PIL's array is read-only
 
 
 class _Files:

@@ -10,6 +10,7 @@ import torch
 
 from . import distributed as dist
 from . import strategies as _strategies  # noqa: F401 - registers the methods
+from .artifacts import RunFiles, starting_weights
 from .config import TrainConfig
 from .data import DataBundle, load_data
 from .engine import Engine, Strategy
@@ -118,6 +119,8 @@ def build_engine(
     recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
+    if cfg.progress and dist.is_main():
+        print(f"starting from: {starting_weights(cfg) if module is None else 'the model given to build_engine'}")
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -129,11 +132,12 @@ def build_engine(
     model = module
     if model is None:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
-        model = create_model(cfg.model, data.num_classes, pretrained=cfg.pretrained, weights=cfg.weights, **model_kwargs(cfg))
+        model = create_model(cfg.model, data.num_classes, pretrained=cfg.use_pretrained(), weights=cfg.weights, **model_kwargs(cfg))
     out = Path(cfg.out) if cfg.out else None
     if out and dist.is_main():
         if out.exists() and (out / "metrics.jsonl").exists() and not cfg.resume and (out / "checkpoint.pt").exists():
             print(f"note: {out} holds an earlier run; starting over (use --resume to continue it)")
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
-    return Engine(model, data, cfg, all_strategies, device=device, out_dir=out)
+    files = RunFiles(custom_model=module is not None, started_from=starting_weights(cfg) if module is None else "")
+    return Engine(model, data, cfg, all_strategies + [files], device=device, out_dir=out)

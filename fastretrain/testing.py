@@ -75,3 +75,26 @@ def assert_same_run(dir_a, dir_b) -> list[dict]:
     la, lb = ([json.loads(x) for x in (Path(d) / "metrics.jsonl").read_text().splitlines()] for d in (dir_a, dir_b))
     assert [x["test_acc"] for x in lb] == [x["test_acc"] for x in la]
     return lb
+
+
+def write_photo_folders(root: str | os.PathLike = ".", per_class: int = 30, new_per_class: int = 10,
+                        classes: tuple[str, ...] = ("Trouser", "Sneaker", "Bag")) -> tuple[str, str]:  # fmt: skip
+    """Write real images as a user's photo folders would be: `my_photos/<class>/*.png` (from the shipped
+    Fashion-MNIST subset's training images) and `new_photos/<class>/*.png` (from its test images), for the
+    README walkthrough and tests. Returns the two folder paths."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .data import FASHION_CLASSES, PACKAGE_DATA
+
+    folders = (Path(root) / "my_photos", Path(root) / "new_photos")
+    with np.load(PACKAGE_DATA / "fashion_mnist_2k.npz") as z:
+        splits = ((folders[0], z["x_train"], z["y_train"], per_class), (folders[1], z["x_test"], z["y_test"], new_per_class))
+        for folder, x, y, n in splits:
+            for name in classes:
+                (folder / name).mkdir(parents=True, exist_ok=True)
+                for i in np.flatnonzero(y == FASHION_CLASSES.index(name))[:n]:
+                    Image.fromarray(x[i]).save(folder / name / f"{name.lower()}_{i:04d}.png")
+    return str(folders[0]), str(folders[1])
