@@ -73,6 +73,24 @@ def cell_done(out: str | Path, method: str, seed: int) -> bool:
     return (cell_dir(out, method, seed) / "summary.json").is_file()
 
 
+def cell_config(base: dict[str, Any], label: str, per_method: dict | None = None) -> dict[str, Any]:
+    """The config fields of the cells labelled `label`: a method spec, optionally with options of its own in
+    the `-o` syntax, e.g. `fast-retrain[random-freeze.policy=uniform;mp-refine.until=None]` (an ablation
+    variant in a suite's method list). Options in `base` reach only the methods the cell's spec runs."""
+    from .cli import parse_options
+    from .methods import method_names
+
+    spec, _, rest = label.partition("[")
+    own = parse_options([o for o in rest.rstrip("]").split(";") if o]) if rest else {}
+    fields = {**base, **(per_method or {}).get(label, {}), "method": spec}
+    names = set(method_names(spec))
+    options = {m: dict(o) for m, o in (fields.get("options") or {}).items() if m in names}
+    for m, o in own.items():
+        options[m] = {**options.get(m, {}), **o}
+    fields["options"] = options
+    return fields
+
+
 def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: Path, per_method: dict | None = None,
               failed: dict | None = None, deadline: float | None = None, env: dict | None = None) -> list[dict]:
     """Run (or reuse) every method × seed; return one record per finished run (summary + history).
@@ -97,8 +115,7 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
                     print(f"== time budget reached: {method} seed {seed} and later cells not started "
                           "(rerun to continue)", flush=True)
                     continue
-                kwargs = {**base, **(per_method or {}).get(method, {}), "method": method, "seed": seed,
-                          "out": str(cell)}
+                kwargs = {**cell_config(base, method, per_method), "seed": seed, "out": str(cell)}
                 print(f"== {method}  seed {seed}  -> {cell}", flush=True)
                 try:
                     train(make_config(**kwargs))
