@@ -12,6 +12,7 @@ and at the end `test_report/`: per-class metrics and the confusion matrix of the
 
 `RunFiles` is the built-in strategy that writes them; `build_engine` adds it to every run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,9 @@ def starting_weights(cfg) -> str:
     return f"random initialisation ({why})"
 
 
-def model_spec(cfg, classes: list[str], norm, started_from: str = "", model_kwargs: dict | None = None) -> dict[str, Any]:
+def model_spec(
+    cfg, classes: list[str], norm, started_from: str = "", model_kwargs: dict | None = None
+) -> dict[str, Any]:
     """The contents of model.json for a run of `cfg` on data with `classes`, normalised with `norm` = (mean, std)."""
     from . import __version__
 
@@ -78,7 +81,7 @@ def model_spec(cfg, classes: list[str], norm, started_from: str = "", model_kwar
             "crop": f"the central {cfg.image_size}x{cfg.image_size} pixels of that square",
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
-            "input": f"float32 (batch, 3, {cfg.image_size}, {cfg.image_size}), channels RGB, (pixel / 255 - mean) / std",
+            "input": f"float32 (batch, 3, {cfg.image_size}, {cfg.image_size}), RGB, (pixel / 255 - mean) / std",
         },
         "weights": {"best": "model_best.safetensors", "final": "model_final.safetensors"},
         "started_from": started_from,

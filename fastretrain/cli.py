@@ -192,15 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model with one or more methods")
     _add_config_args(t)
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run's weights on its test set (or other data)")
+    e = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run's weights on its test set")
     e.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
     e.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
-    e.add_argument("--data", help="instead of the run's test split: a dataset's test split, or all images of a folder/zip "
+    e.add_argument("--data", help="instead of the run's test split: a dataset's test split, or every image of a folder "
                    "of class folders")  # fmt: skip
     e.add_argument("--device", help="auto, cpu, cuda (default: the run's)")
     e.add_argument("--topk", type=int, default=5, help="also report top-K accuracy (default: 5)")
     e.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion_matrix.csv/.png (default: RUN/eval_WHICH)")
+    e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion_matrix.csv/.png "
+                   "(default: RUN/eval_WHICH[_DATA])")
     e.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     e.set_defaults(fn=cmd_eval)
     pr = sub.add_parser("predict", help="classify images, folders (recursively) and zips with a run's model")
@@ -214,10 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_predict)
     x = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")
     x.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
-    x.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx (needs fastretrain[export]) or torchscript")
+    x.add_argument("--format", required=True, choices=["onnx", "torchscript"],
+                   help="onnx (needs fastretrain[export]) or torchscript")
     x.add_argument("--out", help="output file (default: RUN/model_WHICH.onnx or .torchscript.pt)")
     x.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")
-    x.add_argument("--images", nargs="+", metavar="PATH", help="check parity on these images (default: the run's samples)")
+    x.add_argument("--images", nargs="+", metavar="PATH",
+                   help="check parity on these images (default: the test images the run kept)")
     x.add_argument("--tol", type=float, default=1e-4, help="largest accepted |logit difference| (default: 1e-4)")
     x.set_defaults(fn=cmd_export)
     b = sub.add_parser("bench", help="run several methods side by side (seeds × methods) and write table + plot")

@@ -32,8 +32,8 @@ class TrainConfig:
     skip_bad_images: bool = _f(False, "warn about and skip unreadable images instead of stopping")
     # model
     model: str = _f("tf_efficientnet_lite0", "model name: this package's, timm's, or tv:NAME for torchvision (see `fastretrain models`)")
-    pretrained: bool | None = _f(None, "start from the ImageNet weights shipped for --model (tf_efficientnet_lite0/1/2); "
-                                 "None (default): on when they exist and no --weights is given; --no-pretrained: off")
+    pretrained: bool | None = _f(None, "start from the ImageNet weights shipped for --model (tf_efficientnet_lite0/1/2);"
+                                 " None (default): on when they exist and no --weights is given; --no-pretrained: off")
     weights: str | None = _f(None, "load a weight file (.safetensors or .pt state_dict); a head of another size is skipped")
     width: float | None = _f(None, "width multiplier of models with a width argument (vgg-small, resnet20, resnet32, resnet18-cifar)")
     # method
@@ -92,8 +92,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be sgd, adam or adamw, got {self.optimizer!r}"),
             (not (self.pretrained and self.weights), "give --pretrained or --weights, not both"),
             (not self.pretrained or self.model in _pretrained_models(),
-             f"no shipped pretrained weights for {self.model!r}; models with weights: {', '.join(_pretrained_models())} "
-             "(or give --weights FILE)"),
+             f"no shipped pretrained weights for {self.model!r}; models with weights: "
+             f"{', '.join(_pretrained_models())} (or give --weights FILE)"),
             (self.width is None or self.width > 0, f"--width must be > 0, got {self.width}"),
         ]
         for ok, msg in checks:

@@ -11,6 +11,7 @@ one column per predicted class.
 Used at the end of `fastretrain train` (the test split, best-by-validation weights, in RUN/test_report/) and
 by `fastretrain eval`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,9 @@ def collect_logits(model: torch.nn.Module, data, image_size: int, norm, device, 
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str], topk: int = 5) -> dict[str, Any]:
+def classification_report(
+    logits: torch.Tensor, targets: torch.Tensor, classes: list[str], topk: int = 5
+) -> dict[str, Any]:
     """Loss, accuracy, top-k accuracy, per-class precision/recall/F1/support and the confusion matrix.
 
     Args:
@@ -61,8 +64,8 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
         raise FastRetrainError(f"logits of shape {tuple(logits.shape)} do not fit {n} images and {c} classes")
     logits, targets = logits.float(), targets.long()
     args = dict(num_classes=c, validate_args=False)
-    per = {name: fn(logits, targets, average=None, **args)
-           for name, fn in (("precision", M.multiclass_precision), ("recall", M.multiclass_recall), ("f1", M.multiclass_f1_score))}  # fmt: skip
+    metrics = (("precision", M.multiclass_precision), ("recall", M.multiclass_recall), ("f1", M.multiclass_f1_score))
+    per = {name: fn(logits, targets, average=None, **args) for name, fn in metrics}
     cm = M.multiclass_confusion_matrix(logits, targets, **args)  # (C, C): rows true, columns predicted
     support = cm.sum(1)
     ks = sorted({1} | ({topk} if 1 < topk < c else set()))
@@ -70,14 +73,18 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
         "images": n,
         "loss": float(F.cross_entropy(logits, targets)),
         "accuracy": float(M.multiclass_accuracy(logits, targets, average="micro", top_k=1, **args)),
-        "top_k_accuracy": {str(k): float(M.multiclass_accuracy(logits, targets, average="micro", top_k=k, **args)) for k in ks},
+        "top_k_accuracy": {
+            str(k): float(M.multiclass_accuracy(logits, targets, average="micro", top_k=k, **args)) for k in ks
+        },
         "classes": list(classes),
-        "per_class": [{"class": name, **{m: float(per[m][i]) for m in per}, "support": int(support[i])} for i, name in enumerate(classes)],
+        "per_class": [
+            {"class": name, **{m: float(per[m][i]) for m in per}, "support": int(support[i])}
+            for i, name in enumerate(classes)
+        ],
         "confusion_matrix": cm.tolist(),
     }
     for avg in ("macro", "weighted"):
-        report[avg] = {m: float(fn(logits, targets, average=avg, **args))
-                       for m, fn in (("precision", M.multiclass_precision), ("recall", M.multiclass_recall), ("f1", M.multiclass_f1_score))}  # fmt: skip
+        report[avg] = {name: float(fn(logits, targets, average=avg, **args)) for name, fn in metrics}
     return report
 
 
@@ -86,10 +93,14 @@ def report_text(report: dict[str, Any]) -> str:
     width = max(12, *(len(r["class"]) for r in report["per_class"]))
     lines = [f"{'class':<{width}}  precision  recall      f1  support"]
     for r in report["per_class"]:
-        lines.append(f"{r['class']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}")
+        lines.append(
+            f"{r['class']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
+        )
     for avg in ("macro", "weighted"):
         a = report[avg]
-        lines.append(f"{avg + ' avg':<{width}}  {a['precision']:9.4f}  {a['recall']:6.4f}  {a['f1']:6.4f}  {report['images']:7d}")
+        lines.append(
+            f"{avg + ' avg':<{width}}  {a['precision']:9.4f}  {a['recall']:6.4f}  {a['f1']:6.4f}  {report['images']:7d}"
+        )
     topk = ", ".join(f"top-{k} {v:.4f}" for k, v in report["top_k_accuracy"].items() if k != "1")
     lines.append(f"accuracy {report['accuracy']:.4f}" + (f" ({topk})" if topk else "") +
                  f" on {report['images']} images, loss {report['loss']:.4f}")  # fmt: skip
@@ -177,7 +188,9 @@ def _legacy_predictor(run: Path, cfg, classes: list[str], which: str, device):
     try:
         model.load_state_dict(load_file(str(weights)))
     except RuntimeError as e:
-        raise FastRetrainError(f"{weights} does not fit {cfg.model} with {len(classes)} classes: {str(e).splitlines()[0]}") from e
+        raise FastRetrainError(
+            f"{weights} does not fit {cfg.model} with {len(classes)} classes: {str(e).splitlines()[0]}"
+        ) from e
     return Predictor(model, model_spec(cfg, classes, normalization(model)), device, str(weights))
 
 
@@ -216,8 +229,10 @@ def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, 
             report = classification_report(res.logits, res.labels, predictor.classes, topk)
             return report, {**facts, "weights": Path(predictor.weights).name}
     if data is None:  # the run's own splits, drawn as training drew them
-        bundle = load_data(cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images, cfg.data_root,
-                           cfg.max_train, val_fraction=cfg.val_fraction)  # fmt: skip
+        splits = dict(max_train=cfg.max_train, val_fraction=cfg.val_fraction)
+        bundle = load_data(
+            cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images, cfg.data_root, **splits
+        )
     else:
         size = predictor.image_size if predictor else cfg.image_size
         split = (cfg.test_fraction, cfg.split_seed) if cfg else (0.2, 0)
@@ -238,7 +253,11 @@ def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, 
 def eval_command(args) -> int:
     """`fastretrain eval --run RUN [--which best|final] [--data PATH] [--topk K] [--out DIR] [--json]`."""
     report, facts = evaluate_run(args.run, args.which, args.data, args.device, args.topk, args.batch_size)
-    name = "" if args.data is None else "_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(args.data).name)
+    name = (
+        ""
+        if args.data is None
+        else "_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(args.data).name)
+    )
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.which}{name}"
     title = f"{facts['weights']} on {facts['data']} ({facts['split']})"
     write_report(report, out, title, facts)

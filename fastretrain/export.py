@@ -12,6 +12,7 @@ The parity check compares the exported model's logits with PyTorch's, both fp32 
 at batch 1 (which also shows the batch dimension is dynamic). timm's onnx_export.py/onnx_validate.py make the
 same comparison; the limit is 1e-4 on the largest absolute logit difference.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -149,8 +150,9 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
              "input": f"images: float32 (batch, 3, {predictor.image_size}, {predictor.image_size})",
              "output": f"logits: float32 (batch, {len(predictor.classes)})"}  # fmt: skip
     if not facts["max_abs_logit_diff"] <= tol:
-        raise FastRetrainError(f"parity check failed: max |logit difference| {facts['max_abs_logit_diff']:.3g} > {tol:g} "
-                               f"on {what}; the exported file is kept at {path}")  # fmt: skip
+        worst = facts["max_abs_logit_diff"]
+        raise FastRetrainError(f"parity check failed: max |logit difference| {worst:.3g} > {tol:g} on {what}; "
+                               f"the exported file is kept at {path}")  # fmt: skip
     return facts
 
 
@@ -161,5 +163,7 @@ def export_command(args) -> int:
     print(f"exported {f['path']} ({f['info']}, {size}): input {f['input']}, output {f['output']}; "
           "preprocessing and class names in model.json (also inside the file)")  # fmt: skip
     per = ", ".join(f"{d:.2g} at batch {b}" for b, d in f["per_batch"].items())
-    print(f"parity with PyTorch (fp32, CPU) on {f['images']}: max |logit difference| {per} (limit {f['tolerance']:g}): ok")
+    print(
+        f"parity with PyTorch (fp32, CPU) on {f['images']}: max |logit difference| {per} (limit {f['tolerance']:g}): ok"
+    )
     return 0

@@ -12,6 +12,7 @@ the decoding of the next batch overlapping the model's work on this one (timm's 
 same with a DataLoader). Unreadable files are named and skipped. A folder (or zip) whose sub-folders are all
 class names of the run is labelled: each image's class is its sub-folder, and accuracy is reported.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,7 +61,9 @@ class Predictor:
         weights: the weight file it was loaded from.
     """
 
-    def __init__(self, model: torch.nn.Module, spec: dict[str, Any], device: torch.device | str = "cpu", weights: str = ""):
+    def __init__(
+        self, model: torch.nn.Module, spec: dict[str, Any], device: torch.device | str = "cpu", weights: str = ""
+    ):
         self.spec = spec
         self.classes: list[str] = list(spec["classes"])
         pre = spec["preprocessing"]
@@ -127,8 +130,8 @@ def load_model(run: str | Path, which: str = "best", device: str | torch.device 
     run = Path(run)
     spec = read_spec(run)
     if spec.get("custom_model"):
-        raise FastRetrainError(f"{run} trained a model given in Python (build_engine(module=...)); build that model and "
-                               f"load {run}/model_{which}.safetensors into it")  # fmt: skip
+        raise FastRetrainError(f"{run} trained a model given in Python (build_engine(module=...)); build that "
+                               f"model and load {run}/model_{which}.safetensors into it")  # fmt: skip
     if which not in spec["weights"]:
         raise FastRetrainError(f"which must be one of {', '.join(spec['weights'])}; got {which!r}")
     weights = run / spec["weights"][which]
@@ -181,7 +184,9 @@ def _labels(rel: list[str], classes: list[str] | None) -> list[int] | None:
         return [index[r.split("/", 1)[0]] for r in rest]
 
 
-def find_images(paths: Sequence[str | Path], classes: list[str] | None = None) -> tuple[list[ImageSource], list[tuple[str, str]]]:
+def find_images(
+    paths: Sequence[str | Path], classes: list[str] | None = None
+) -> tuple[list[ImageSource], list[tuple[str, str]]]:
     """(images, unreadable) under `paths`: image files, folders (recursively) and zip files.
 
     A file named directly is tried whatever its extension; inside folders and zips, files with an image
@@ -205,7 +210,9 @@ def find_images(paths: Sequence[str | Path], classes: list[str] | None = None) -
                 with lock:
                     return zf.read(name)
 
-            rel = sorted(n for n in zf.namelist() if not n.endswith("/") and _visible(n) and Path(n).suffix.lower() in IMAGE_EXTS)
+            rel = sorted(
+                n for n in zf.namelist() if not n.endswith("/") and _visible(n) and Path(n).suffix.lower() in IMAGE_EXTS
+            )
             labels = _labels(rel, classes) or [None] * len(rel)
             sources += [ImageSource(f"{p}/{n}", lambda n=n, read=read: read(n), y) for n, y in zip(rel, labels)]
         elif p.is_file():
@@ -274,7 +281,11 @@ class Predictions:
         if not bool(m.any()):
             return None
         c = self.logits.shape[1]  # the same computation as `fastretrain eval` (evaluation.classification_report)
-        return float(multiclass_accuracy(self.logits[m], self.labels[m], c, average="micro", top_k=min(k, c), validate_args=False))
+        return float(
+            multiclass_accuracy(
+                self.logits[m], self.labels[m], c, average="micro", top_k=min(k, c), validate_args=False
+            )
+        )
 
 
 def predict_sources(predictor: Predictor, sources: list[ImageSource], batch_size: int = 64, progress: bool = False,
@@ -302,16 +313,22 @@ def predict_sources(predictor: Predictor, sources: list[ImageSource], batch_size
     return Predictions(names, out, torch.tensor(labels, dtype=torch.long), bad, time.perf_counter() - t0)
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str | Path], batch_size: int = 64, progress: bool = False) -> Predictions:
+def predict_files(
+    predictor: Predictor, paths: Sequence[str | Path], batch_size: int = 64, progress: bool = False
+) -> Predictions:
     """Predict every image under `paths` (files, folders, zips); raise if there is none or none is readable."""
     sources, bad = find_images(paths, predictor.classes)
     for name, why in bad:
         print(f"skipped {name}: {why}", file=sys.stderr)
     if not sources:
-        raise FastRetrainError(f"no images found in {', '.join(map(str, paths))} (extensions: {', '.join(sorted(IMAGE_EXTS))})")
+        raise FastRetrainError(
+            f"no images found in {', '.join(map(str, paths))} (extensions: {', '.join(sorted(IMAGE_EXTS))})"
+        )
     res = predict_sources(predictor, sources, batch_size, progress, bad)
     if not res.names:
-        raise FastRetrainError(f"none of the {len(sources)} image file(s) could be read (first: {res.unreadable[0][0]})")
+        raise FastRetrainError(
+            f"none of the {len(sources)} image file(s) could be read (first: {res.unreadable[0][0]})"
+        )
     return res
 
 
@@ -335,7 +352,11 @@ def write_predictions(rows: list[dict[str, Any]], out, meta: dict[str, Any]) -> 
         return
     k = max((len(r["topk"]) for r in rows), default=0)
     labelled = any(r["true_class"] is not None for r in rows)
-    header = ["path"] + (["true_class"] if labelled else []) + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")]
+    header = (
+        ["path"]
+        + (["true_class"] if labelled else [])
+        + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")]
+    )
     f = open(out, "w", newline="") if isinstance(out, (str, Path)) else out
     try:
         w = csv.writer(f)
@@ -361,12 +382,14 @@ def predict_command(args) -> int:
             "unreadable": [{"path": n, "error": e} for n, e in res.unreadable]}  # fmt: skip
     n_lab = int(res.labelled.sum())
     if n_lab:
-        meta.update(labelled_images=n_lab, accuracy=res.accuracy(1), **{f"top{args.topk}_accuracy": res.accuracy(args.topk)})
+        meta.update(labelled_images=n_lab, accuracy=res.accuracy(1))
+        meta[f"top{args.topk}_accuracy"] = res.accuracy(args.topk)
     write_predictions(rows, args.out or sys.stdout, meta)
     say = sys.stderr  # the rows may be on stdout
     n = len(res.names)
-    print(f"predicted {n} image(s) in {res.seconds:.1f}s ({n / max(res.seconds, 1e-9):.1f} images/s, batch {args.batch_size}, "
-          f"{predictor.device}) with {meta['weights']}" + (f" -> {args.out}" if args.out else ""), file=say)  # fmt: skip
+    speed = f"{n / max(res.seconds, 1e-9):.1f} images/s, batch {args.batch_size}, {predictor.device}"
+    print(f"predicted {n} image(s) in {res.seconds:.1f}s ({speed}) with {meta['weights']}"
+          + (f" -> {args.out}" if args.out else ""), file=say)  # fmt: skip
     if res.unreadable:
         print(f"{len(res.unreadable)} unreadable file(s) skipped (named above)", file=say)
     if n_lab:

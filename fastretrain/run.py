@@ -132,7 +132,8 @@ def build_engine(
     model = module
     if model is None:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
-        model = create_model(cfg.model, data.num_classes, pretrained=cfg.use_pretrained(), weights=cfg.weights, **model_kwargs(cfg))
+        model = create_model(cfg.model, data.num_classes, pretrained=cfg.use_pretrained(), weights=cfg.weights,
+                             **model_kwargs(cfg))
     out = Path(cfg.out) if cfg.out else None
     if out and dist.is_main():
         if out.exists() and (out / "metrics.jsonl").exists() and not cfg.resume and (out / "checkpoint.pt").exists():

@@ -91,8 +91,8 @@ def write_photo_folders(root: str | os.PathLike = ".", per_class: int = 30, new_
 
     folders = (Path(root) / "my_photos", Path(root) / "new_photos")
     with np.load(PACKAGE_DATA / "fashion_mnist_2k.npz") as z:
-        splits = ((folders[0], z["x_train"], z["y_train"], per_class), (folders[1], z["x_test"], z["y_test"], new_per_class))
-        for folder, x, y, n in splits:
+        for folder, x, y, n in ((folders[0], z["x_train"], z["y_train"], per_class),
+                                (folders[1], z["x_test"], z["y_test"], new_per_class)):  # fmt: skip
             for name in classes:
                 (folder / name).mkdir(parents=True, exist_ok=True)
                 for i in np.flatnonzero(y == FASHION_CLASSES.index(name))[:n]:

@@ -1,5 +1,6 @@
 """Per-class metrics against a hand computation on a small fixed example; the report files; the end-of-train
 report equals the engine's own test accuracy at the best epoch."""
+
 import csv
 import json
 import math
