@@ -1,16 +1,42 @@
-"""torch.distributed helpers: the engine runs unchanged under `torchrun --nproc_per_node=K`."""
+"""torch.distributed helpers: the engine runs unchanged under `torchrun --nproc_per_node=K`.
+
+`single_process()` makes this process act alone (world size 1, rank 0) while it is inside a process group:
+decomposition trains each sub-network with a whole `Engine` in a worker that belongs to a group (for one final
+barrier) or on one torchrun rank, and that engine must neither shard its data nor wrap its model in DDP.
+"""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 
 
+_alone = 0  # depth of nested single_process() blocks
+
+
+@contextlib.contextmanager
+def single_process():
+    """Within the block, world() is 1, rank() 0 and collectives are no-ops, whatever group this process is in."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
+def _grouped() -> bool:
+    return not _alone and dist.is_available() and dist.is_initialized()
+
+
 def init_from_env(device: torch.device) -> None:
     """Join the process group torchrun describes (RANK/WORLD_SIZE set); a no-op for one process."""
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _alone or (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(shutdown)
 
@@ -24,11 +50,11 @@ def shutdown() -> None:
 
 
 def world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if _grouped() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if _grouped() else 0
 
 
 def is_main() -> bool:

@@ -3,32 +3,40 @@
 Events, in order (fastai's names): before_fit, then per epoch before_epoch, per batch before_batch,
 after_loss, before_step, after_step; after_epoch (after the training pass, before evaluation; work done
 here counts as training time), after_eval; finally after_fit. A strategy overrides the hooks it needs,
-receives the engine in each, and may raise SkipBatch or StopFit. Strategies run sorted by `order`.
+receives the engine in each, and may raise SkipBatch or StopFit. Strategies run sorted by `order`. A public
+method named `before_*` or `after_*` that is not one of these events (a misspelt hook) is refused when the
+engine is built. Guides: README.md ("The engine"), docs/*.md (one per method).
 
-Evaluation and selection (METHODS.md §6): after every epoch, off the clock, the engine evaluates the
-validation split (`engine.val_data`, None when there is none) and the test split (`engine.test_data`) and
-logs val_loss/val_acc and test_loss/test_acc. The best epoch (and `model_best.safetensors`) is the one with
-the highest val_acc; a tie on val_acc goes to the lower val_loss, and a tie on both to the earlier epoch.
-Without a validation split the best epoch is the last one. Nothing the engine chooses reads test; a
-strategy that chooses or stops (a switch, early stopping) must read `engine.log["val_loss"]`/["val_acc"]
-or evaluate `engine.val_data` itself. A strategy may set `engine.best_eligible = False` in after_eval to
-keep this epoch out of the best-epoch choice (kernel-rescale does so in its low-resolution phase).
+Evaluation and selection (the comparison protocol, docs/BENCHMARKS.md "How methods are compared"): after
+every epoch, off the clock, the engine evaluates the validation split (`engine.val_data`, None when there is
+none) and the test split (`engine.test_data`) and logs val_loss/val_acc and test_loss/test_acc. The best
+epoch (and `model_best.safetensors`) is the one with the highest val_acc; a tie on val_acc goes to the lower
+val_loss, and a tie on both to the earlier epoch. Without a validation split the best epoch is the last one.
+Nothing the engine chooses reads test; a strategy that chooses or stops (a switch, early stopping) must read
+`engine.log["val_loss"]`/["val_acc"] or evaluate `engine.val_data` itself. A strategy may set
+`engine.best_eligible = False` in after_eval to keep this epoch out of the best-epoch choice (kernel-rescale
+does so in its low-resolution phase). With `engine.val_data` and `engine.test_data` both None, nothing is
+evaluated (decompose's sub-networks).
 
-What strategies may change, and how:
+Everything a strategy may read or change is an attribute set in `Engine.__init__` (documented there) or a
+public method; nothing else of the engine is meant for strategies. What they may change, and how:
 - which parameters train: set `requires_grad`, then `engine.rebuild_optimizer()` (momentum buffers are
   kept by parameter name, also for parameters that leave the optimizer and come back later);
   per-parameter LR multipliers live in `engine.lr_scale` (name -> float).
-- the batch: `engine.x`, `engine.y` in before_batch (e.g. new labels).
+- the batch: `engine.x`, `engine.y` in before_batch (e.g. new labels); `engine.loss` in after_loss.
 - weights: write into modules under `torch.no_grad()`.
-- input resolution: `engine.image_size`.
+- input resolution: `engine.image_size`; the LR schedule: `engine.schedule`; the run's length (in
+  before_fit): `engine.set_epochs(n)`.
 - extra passes over data: iterate `engine.batches(data, train=False)`; exclude evaluation-only work
-  from the clock with `with engine.untimed():`.
+  from the clock with `with engine.untimed():` (in any hook, before_fit included).
 - what the training forward runs and on which data: `engine.set_net(module)`, `engine.train_data`,
   and what evaluation runs on: `engine.val_data`, `engine.test_data` (e.g. cached features).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import json
 import math
 import random
@@ -52,8 +60,10 @@ from .errors import FastRetrainError, NonFiniteLossError
 from .models import normalization
 from .schedules import parse_schedule
 
-EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step",
-          "after_epoch", "after_eval", "after_fit")  # fmt: skip
+EVENTS = (
+    "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
+    "after_eval", "after_fit",
+)
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -78,8 +88,22 @@ class Strategy:
         pass
 
 
-def _seed_from(*parts) -> int:
+def seed_from(*parts) -> int:
+    """A 32-bit seed derived from `parts` (e.g. the run seed, an epoch, a tag): the same parts, the same seed."""
     return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+_seed_from = seed_from  # the old private name, for code written before it was public
+
+
+def check_hooks(strategy) -> None:
+    """Refuse a strategy with a public `before_*` / `after_*` method that is not an event (a misspelt hook
+    would otherwise never run), naming the closest event."""
+    for name in dir(type(strategy)):
+        if name.startswith(("before_", "after_")) and name not in EVENTS and callable(getattr(strategy, name, None)):
+            close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0)
+            raise FastRetrainError(f"{type(strategy).__name__}.{name} is not an engine event (did you mean "
+                                   f"{close[0]}?); events: {', '.join(EVENTS)}")
 
 
 class Engine:
@@ -89,39 +113,50 @@ class Engine:
         out_dir: where metrics, weights and the checkpoint go (None: keep nothing on disk).
     """
 
-    def __init__(self, model: nn.Module, data: DataBundle, cfg: TrainConfig, strategies=(), device="cpu", out_dir=None):
-        self.cfg = cfg
+    def __init__(self, model: nn.Module, data: DataBundle, cfg: TrainConfig, strategies=(), device="cpu",
+                 out_dir=None):
+        for s in strategies:
+            check_hooks(s)
+        # The public surface: what strategies may read (and, where the module docstring says so, change).
+        self.cfg = cfg  # the run's configuration (read only; set_epochs replaces it)
         self.device = torch.device(device)
-        self.model = model.to(self.device)
-        self.data = data
+        self.model = model.to(self.device)  # the whole model (what is saved and evaluated)
+        self.data = data  # the DataBundle as given (names, classes, sizes for the summary)
+        # what training, validation and test read (a strategy may replace them, e.g. by cached features)
         self.train_data, self.val_data, self.test_data = data.train, data.val, data.test
         self.strategies = sorted(strategies, key=lambda s: s.order)  # stable: equal orders keep their given order
-        self.out = Path(out_dir) if out_dir else None
+        self.out = Path(out_dir) if out_dir else None  # the run folder (None: nothing written)
         cuda = self.device.type == "cuda"
-        self.amp = cuda if cfg.amp is None else cfg.amp
+        self.amp = cuda if cfg.amp is None else cfg.amp  # bf16 autocast in the forward (see autocast())
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.image_size = cfg.image_size
-        self.norm = normalization(model)
+        self.image_size = cfg.image_size  # input side in pixels of the batches prepared now
+        self.norm = normalization(model)  # (mean, std) the inputs are normalised with
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.schedule = parse_schedule(cfg.schedule, cfg.epochs)
-        self.lr_scale: dict[str, float] = {}
+        self.schedule = parse_schedule(cfg.schedule, cfg.epochs)  # progress in epochs -> LR multiplier
+        self.lr_scale: dict[str, float] = {}  # parameter name -> LR multiplier (then rebuild_optimizer())
         self.optimizer: torch.optim.Optimizer | None = None
         self._opt_stash: dict[str, dict] = {}  # optimizer state by parameter name, kept across rebuilds
-        self._net: nn.Module = self.model  # what the training forward runs (unwrapped)
-        self.net: nn.Module = self.model  # the same, DDP-wrapped when distributed
-        self.epoch = self.start_epoch = self.iter = 0
-        self.history: list[dict[str, Any]] = []
-        self.log: dict[str, Any] = {}
-        self.wall_seconds = 0.0
+        self.net: nn.Module = self.model  # the trainable module the training forward runs (set_net changes it)
+        self._forward: nn.Module = self.model  # the same, DDP-wrapped when distributed
+        self.epoch = self.start_epoch = self.iter = 0  # 0-based epoch and batch index
+        # the current batch (inputs, labels), its logits and loss: set in before_batch / the forward
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+        self.history: list[dict[str, Any]] = []  # one log per finished epoch
+        self.log: dict[str, Any] = {}  # this epoch's metrics line (strategies add keys)
+        self.wall_seconds = 0.0  # training time so far (evaluations and untimed() work excluded)
         # the best epoch so far: 1-based epoch, its (val_acc, -val_loss) key (None without validation)
         self.best_epoch: int | None = None
         self.best_key: tuple[float, float] | None = None
         self.best_eligible = True  # set False in after_eval to keep this epoch out of the best-epoch choice
         self._untimed = 0.0
+        self._trained_images = 0.0  # images trained on in this epoch, over all ranks
         self._rngs: dict[str, torch.Generator] = {}
-        self.lr = cfg.lr
+        self.lr = cfg.lr  # the scheduled LR of the current step (before lr_scale)
         self.rebuild_optimizer()
 
     # ---------------------------------------------------------------- strategy-facing helpers
@@ -129,18 +164,23 @@ class Engine:
         """A CPU generator for this epoch and tag, derived from the run seed: reproducible and resumable."""
         key = f"{tag}/{dist.rank() if per_rank else 0}"
         if key not in self._rngs:
-            self._rngs[key] = torch.Generator().manual_seed(_seed_from(self.cfg.seed, self.epoch, key))
+            self._rngs[key] = torch.Generator().manual_seed(seed_from(self.cfg.seed, self.epoch, key))
         return self._rngs[key]
 
     def set_net(self, module: nn.Module) -> None:
-        """Make the training forward run `module` (DDP-wrapped when distributed)."""
-        self._net = module
-        self.net = module
+        """Make the training forward (and evaluation) run `module` (DDP-wrapped for training when distributed)."""
+        self.net = self._forward = module
         if dist.world() > 1 and any(p.requires_grad for p in module.parameters()):
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(module, device_ids=ids)
+            self._forward = DDP(module, device_ids=ids)
+
+    def set_epochs(self, epochs: int) -> None:
+        """Train for `epochs` epochs instead of cfg.epochs (call it in before_fit): the config and the LR
+        schedule follow (decompose gives part of the run's epochs to its sub-networks)."""
+        self.cfg = dataclasses.replace(self.cfg, epochs=epochs)
+        self.schedule = parse_schedule(self.cfg.schedule, epochs)
 
     def rebuild_optimizer(self) -> None:
         """Build the optimizer over parameters that require grad; keep optimizer state by name.
@@ -159,16 +199,17 @@ class Engine:
         for n, p in named:
             groups.setdefault(float(self.lr_scale.get(n, 1.0)), []).append(p)
         pgs = [{"params": ps, "lr_scale": s, "lr": self.cfg.lr * s} for s, ps in groups.items()]
+        lr, wd = self.cfg.lr, self.cfg.weight_decay
         if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(pgs, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
+            self.optimizer = torch.optim.SGD(pgs, lr=lr, momentum=self.cfg.momentum, weight_decay=wd)
         elif self.cfg.optimizer == "adam":  # weight decay as an L2 term in the gradient, as torch.optim.Adam does
-            self.optimizer = torch.optim.Adam(pgs, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self.optimizer = torch.optim.Adam(pgs, lr=lr, weight_decay=wd)
         else:
-            self.optimizer = torch.optim.AdamW(pgs, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self.optimizer = torch.optim.AdamW(pgs, lr=lr, weight_decay=wd)
         for n, p in named:
             if n in self._opt_stash:
                 self.optimizer.state[p] = self._opt_stash[n]
-        self.set_net(self._net)
+        self.set_net(self.net)
 
     def optimizer_state_by_name(self) -> dict[str, dict]:
         state = dict(self._opt_stash)
@@ -188,7 +229,7 @@ class Engine:
         data = self.train_data if data is None else data
         n = len(data)
         if train:
-            sampler = DistributedSampler(data, num_replicas=dist.world(), rank=dist.rank(), shuffle=True, seed=self.cfg.seed)
+            sampler = DistributedSampler(data, dist.world(), dist.rank(), shuffle=True, seed=self.cfg.seed)
             sampler.set_epoch(self.epoch)
             idx = torch.tensor(list(sampler))
         else:
@@ -229,27 +270,27 @@ class Engine:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def evaluate(self, data=None) -> tuple[float, float]:
-        """(mean loss, accuracy) of the current net in eval mode on `data`.
+    def evaluate(self, data=None, module: nn.Module | None = None) -> tuple[float, float]:
+        """(mean loss, accuracy) of the current net (or `module`, on the engine's device) in eval mode on `data`.
 
         Pass the data explicitly: `engine.val_data` for anything that chooses, `engine.test_data` to report.
         (No argument: the test data, kept for reporting code written before the validation split.)
         """
         data = self.test_data if data is None else data
-        net, was = self._net, self._net.training
+        net = self.net if module is None else module
+        was = net.training
         net.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
         for x, y in self.batches(data, train=False):
             with self.autocast():
                 logits = net(x).float()
-            sums += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                                 (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), device=self.device).double()])  # fmt: skip
+            sums += _sums(logits, y, nn.functional.cross_entropy(logits, y, reduction="sum"))
         net.train(was)
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
         return loss / max(count, 1), correct / max(count, 1)
 
     # ---------------------------------------------------------------- the loop
-    def _call(self, event: str) -> None:
+    def _call(self, event: str) -> None:  # each strategy's hook for `event`, in order
         for s in self.strategies:
             hook = getattr(s, event, None)
             if hook is not None:
@@ -270,7 +311,7 @@ class Engine:
 
     def _seed_epoch(self) -> None:
         self._rngs = {}
-        s = _seed_from(self.cfg.seed, self.epoch, "global")
+        s = seed_from(self.cfg.seed, self.epoch, "global")
         torch.manual_seed(s)
         random.seed(s)
         np.random.seed(s % 2**32)
@@ -282,10 +323,9 @@ class Engine:
         bad = torch.tensor(0.0 if torch.isfinite(self.loss.detach()).all() else 1.0, device=self.device)
         if dist.all_reduce_sum(bad).item() > 0:
             where = f" (last good checkpoint: {self.out / CHECKPOINT})" if self.out and self.epoch > 0 else ""
-            raise NonFiniteLossError(
-                f"training loss is {float(self.loss.detach()):.4g} at epoch {self.epoch + 1}, batch {self.iter + 1}; "
-                f"stopped (try a lower --lr){where}"
-            )
+            loss = float(self.loss.detach())
+            raise NonFiniteLossError(f"training loss is {loss:.4g} at epoch {self.epoch + 1}, batch {self.iter + 1}; "
+                                     f"stopped (try a lower --lr){where}")
 
     def _set_lr(self) -> None:
         t = self.epoch + self.iter / max(self.num_batches(), 1)
@@ -301,8 +341,9 @@ class Engine:
         self.sync()
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
+        shown = self.cfg.progress and dist.is_main() and sys.stderr.isatty()
         bar = tqdm(total=self.num_batches(), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, disable=not (self.cfg.progress and dist.is_main() and sys.stderr.isatty()))  # fmt: skip
+                   leave=False, dynamic_ncols=True, disable=not shown)
         stop = False
         try:
             self._call("before_epoch")
@@ -313,14 +354,12 @@ class Engine:
                     continue
                 finally:
                     bar.update(1)
-                b = len(self.y)
-                sums += torch.stack([self.loss.detach().double() * b, (self.logits.argmax(1) == self.y).sum().double(),
-                                     torch.tensor(b, device=self.device, dtype=torch.float64)])  # fmt: skip
+                sums += _sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
                 if self.iter % 10 == 0 and not bar.disable:
                     loss, correct, count = sums.tolist()
-                    bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}",
-                                    img_s=f"{count * dist.world() / (time.perf_counter() - t0):.0f}")  # fmt: skip
-            if self.device.type != "cpu" and hasattr(self, "loss"):
+                    speed = count * dist.world() / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}", img_s=f"{speed:.0f}")
+            if self.device.type != "cpu" and self.loss is not None:
                 self._check_finite(force=True)
             self._sync_buffers()
             self._call("after_epoch")
@@ -334,7 +373,7 @@ class Engine:
         self._trained_images = count
         self.wall_seconds += seconds
         self.log.update(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1), epoch_seconds=seconds,
-                        wall_seconds=self.wall_seconds, images_per_second=count / seconds, lr=self.lr)  # fmt: skip
+                        wall_seconds=self.wall_seconds, images_per_second=count / seconds, lr=self.lr)
         if stop:
             raise StopFit
 
@@ -342,7 +381,7 @@ class Engine:
         self._call("before_batch")
         self._set_lr()
         with self.autocast():
-            self.logits = self.net(self.x)
+            self.logits = self._forward(self.x)
             self.loss = self.loss_fn(self.logits.float(), self.y)
         self._call("after_loss")
         self._check_finite()
@@ -357,8 +396,9 @@ class Engine:
         if self.val_data is not None:
             val_loss, val_acc = self.evaluate(self.val_data)
             self.log.update(val_loss=val_loss, val_acc=val_acc)
-        test_loss, test_acc = self.evaluate(self.test_data)
-        self.log.update(test_loss=test_loss, test_acc=test_acc)
+        if self.test_data is not None:
+            test_loss, test_acc = self.evaluate(self.test_data)
+            self.log.update(test_loss=test_loss, test_acc=test_acc)
         self.best_eligible, stop = True, False
         try:
             self._call("after_eval")
@@ -368,10 +408,7 @@ class Engine:
         improved = self._is_best()
         if dist.is_main():
             if self.cfg.progress:
-                val = f"val_acc {self.log['val_acc']:.4f}  " if "val_acc" in self.log else ""
-                tqdm.write(f"epoch {self.epoch + 1}/{self.cfg.epochs}  train_loss {self.log['train_loss']:.4f}  "
-                           f"train_acc {self.log['train_acc']:.4f}  {val}test_acc {test_acc:.4f}  "
-                           f"{self.log['epoch_seconds']:.1f}s  {self.log['images_per_second']:.0f} img/s")  # fmt: skip
+                tqdm.write(self._epoch_line())
             if self.out:
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(self.log) + "\n")
@@ -381,6 +418,12 @@ class Engine:
                     atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
         if stop:
             raise StopFit
+
+    def _epoch_line(self) -> str:
+        log = self.log
+        accs = "".join(f"{k} {log[k]:.4f}  " for k in ("train_loss", "train_acc", "val_acc", "test_acc") if k in log)
+        return (f"epoch {self.epoch + 1}/{self.cfg.epochs}  {accs}{log['epoch_seconds']:.1f}s  "
+                f"{log['images_per_second']:.0f} img/s")
 
     def _is_best(self) -> bool:
         """Whether this epoch becomes the best: by (val_acc, -val_loss), strictly better; else the latest."""
@@ -396,9 +439,10 @@ class Engine:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
         if self.out and dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
+        self._untimed = 0.0
         t0 = time.perf_counter()
-        self._call("before_fit")  # setup work (e.g. feature caching) is training time too
-        self.wall_seconds += time.perf_counter() - t0
+        self._call("before_fit")  # setup work (e.g. feature caching) is training time too, but not untimed() work
+        self.wall_seconds += time.perf_counter() - t0 - self._untimed
         if self.cfg.resume and self.out and (self.out / CHECKPOINT).is_file():
             self._restore(load_checkpoint(self.out / CHECKPOINT))
         elif self.out and dist.is_main():
@@ -422,18 +466,19 @@ class Engine:
     def _finish(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         best = self.history[self.best_epoch - 1] if self.best_epoch else {}
+        cfg, data = self.cfg, self.data
+        speeds = [h["images_per_second"] for h in self.history]
         summary = {
-            "method": self.cfg.method, "recipe": self.cfg.recipe, "model": self.cfg.model, "data": self.data.name,
-            "test_set_id": self.data.test_set_id, "epochs": len(self.history),
+            "method": cfg.method, "recipe": cfg.recipe, "model": cfg.model, "data": data.name,
+            "test_set_id": data.test_set_id, "epochs": len(self.history),
             # chosen on validation (the last eligible epoch without it); test_acc is measured at that epoch
             "best_epoch": self.best_epoch, "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
             "final_val_acc": last.get("val_acc"), "final_test_acc": last.get("test_acc"),
-            "wall_seconds": self.wall_seconds,
-            "images_per_second": (float(np.mean([h["images_per_second"] for h in self.history])) if self.history else None),
-            "train_images": len(self.data.train), "val_images": len(self.data.val) if self.data.val is not None else 0,
-            "test_images": len(self.data.test), "num_classes": self.data.num_classes, "split_seed": self.cfg.split_seed,
-            "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": self.cfg.seed,
-        }  # fmt: skip
+            "wall_seconds": self.wall_seconds, "images_per_second": float(np.mean(speeds)) if speeds else None,
+            "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0,
+            "test_images": len(data.test), "num_classes": data.num_classes, "split_seed": cfg.split_seed,
+            "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": cfg.seed,
+        }
         if self.out and dist.is_main():
             if self.cfg.save_weights:
                 save_weights(self.model, self.out / "model_final.safetensors")
@@ -453,8 +498,7 @@ class Engine:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
             "lr_scale": dict(self.lr_scale),
-            "optimizer": {n: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in st.items()}
-                          for n, st in self.optimizer_state_by_name().items()},  # fmt: skip
+            "optimizer": {n: _map_tensors(st, lambda v: v.cpu()) for n, st in self.optimizer_state_by_name().items()},
             "strategies": {self._strategy_key(i, s): s.state_dict() for i, s in enumerate(self.strategies)},
             "history": self.history,
             "best_epoch": self.best_epoch,
@@ -465,10 +509,12 @@ class Engine:
     def _restore(self, ck: dict[str, Any]) -> None:
         where = self.out / CHECKPOINT
         if ck.get("num_classes") != self.data.num_classes:
-            raise FastRetrainError(f"cannot resume {where}: it has {ck.get('num_classes')} classes, the data has {self.data.num_classes}")
+            raise FastRetrainError(f"cannot resume {where}: it has {ck.get('num_classes')} classes, "
+                                   f"the data has {self.data.num_classes}")
         for key in ("model", "method"):
-            if ck["config"].get(key) != getattr(self.cfg, key):
-                raise FastRetrainError(f"cannot resume {where}: it was run with {key}={ck['config'].get(key)!r}, not {getattr(self.cfg, key)!r}")
+            then, now = ck["config"].get(key), getattr(self.cfg, key)
+            if then != now:
+                raise FastRetrainError(f"cannot resume {where}: it was run with {key}={then!r}, not {now!r}")
         try:
             self.model.load_state_dict(ck["model"])
         except RuntimeError as e:
@@ -479,8 +525,9 @@ class Engine:
         self.lr_scale = dict(ck["lr_scale"])
         for i, s in enumerate(self.strategies):
             s.load_state_dict(ck["strategies"].get(self._strategy_key(i, s), {}))
-        self._opt_stash = {n: {k: (v.to(self.device) if torch.is_tensor(v) and v.ndim > 0 else v) for k, v in st.items()}
-                           for n, st in ck["optimizer"].items()}  # fmt: skip
+        # scalar tensors (Adam's step) stay on the CPU, as torch.optim keeps them
+        to_device = lambda v: v.to(self.device) if v.ndim > 0 else v  # noqa: E731
+        self._opt_stash = {n: _map_tensors(st, to_device) for n, st in ck["optimizer"].items()}
         self.optimizer = None
         self.rebuild_optimizer()
         self.start_epoch, self.history = ck["epoch"], list(ck["history"])
@@ -489,3 +536,13 @@ class Engine:
         if dist.is_main():
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
             print(f"resumed {where} after epoch {self.start_epoch}")
+
+
+def _sums(logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
+    """(summed loss, correct, count) of one batch as float64 on its device: added up without host syncs."""
+    count = torch.tensor(len(y), device=logits.device, dtype=torch.float64)
+    return torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double(), count])
+
+
+def _map_tensors(state: dict[str, Any], fn) -> dict[str, Any]:
+    return {k: fn(v) if torch.is_tensor(v) else v for k, v in state.items()}
