@@ -1,15 +1,19 @@
 """fastretrain: faster and better fine-tuning of image CNNs, one small engine with composable strategies."""
+from . import widthnets  # noqa: F401 - registers vgg-small, resnet20, resnet32, resnet18-cifar
 from .config import TrainConfig
 from .data import DataBundle, from_arrays, from_folder, load_data
 from .engine import Engine, SkipBatch, StopFit, Strategy
 from .errors import FastRetrainError
-from .methods import METHODS, register_method
+from .methods import METHODS, check_options, load_all, register_method
 from .models import create_model, list_models, register_model
 from .predict import Prediction, Predictor, load_model
 from .run import build_engine, make_config, train
-from . import widthnets  # noqa: F401,E402 - registers vgg-small, resnet20, resnet32, resnet18-cifar
+
+load_all()  # every built-in method registered, so fastretrain.METHODS lists them all
 
 __version__ = "0.1.0"
-__all__ = ["TrainConfig", "DataBundle", "from_arrays", "from_folder", "load_data", "Engine", "SkipBatch", "StopFit",
-           "Strategy", "FastRetrainError", "METHODS", "register_method", "create_model", "list_models",
-           "register_model", "build_engine", "make_config", "train", "load_model", "Predictor", "Prediction"]  # fmt: skip
+__all__ = [
+    "TrainConfig", "DataBundle", "from_arrays", "from_folder", "load_data", "Engine", "SkipBatch", "StopFit",
+    "Strategy", "FastRetrainError", "METHODS", "check_options", "load_all", "register_method", "create_model",
+    "list_models", "register_model", "build_engine", "make_config", "train", "load_model", "Predictor", "Prediction",
+]

@@ -140,10 +140,9 @@ def cmd_bench(args) -> int:
 
 def cmd_demo(args) -> int:
     from .bench import compare
-    from .methods import METHODS
-    from .run import _strategies  # noqa: F401 - registers methods
+    from .methods import load_all
 
-    methods = [m for m in DEMO_METHODS if m in METHODS]
+    methods = [m for m in DEMO_METHODS if m in load_all()]
     base = {"data": "fashion-mnist", "model": "tf_efficientnet_lite0", "pretrained": True, "image_size": 32,
             "epochs": 2 if args.quick else 4, "batch_size": 32, "lr": 0.01, "schedule": "cosine", "device": args.device,
             "progress": True}  # fmt: skip
@@ -165,10 +164,9 @@ def cmd_list(args) -> int:
         print(f"{len(names)} models" + (f" matching {args.filter!r}" if args.filter else "") + ":")
         print("\n".join(names[:200]) + ("\n..." if len(names) > 200 else ""))
     elif args.command == "methods":
-        from .methods import METHODS
-        from .run import _strategies  # noqa: F401
+        from .methods import load_all
 
-        for m in METHODS.values():
+        for m in load_all().values():
             opts = ""
             if m.strategy is not None and dataclasses.is_dataclass(m.strategy):
                 opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.strategy))

@@ -2,15 +2,21 @@
 
 Methods compose: `--method a,b` instantiates the strategies of both. A method may be made of other
 methods (e.g. `fast-retrain` = `random-freeze` + `mp-refine`). Options reach a strategy by its method
-name: `-o rifle.period=2` sets the `period` field of the RIFLE strategy's dataclass.
+name: `-o rifle.period=2` sets the `period` field of the RIFLE strategy's dataclass. A strategy checks its
+options when it is built (`check_options` in its `__post_init__`), so a bad option fails before any data or
+model is loaded. The registry is filled by `load_all()` (every module of `fastretrain/strategies/`, one per
+method, registers its method); the lookups here call it.
 
 A method never changes the optimisation settings (optimizer, LR, schedule, batch size, epochs, ...): every
-method of a comparison trains under the same ones (METHODS.md §6). A published setting is a recipe the
-user asks for by name (`--recipe authors`); flags the user gives explicitly beat the recipe.
+method of a comparison trains under the same ones (docs/BENCHMARKS.md, "How methods are compared"). A
+published setting is a recipe the user asks for by name (`--recipe authors`); flags the user gives
+explicitly beat the recipe.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,14 +44,43 @@ class Recipe:
 METHODS: dict[str, Method] = {}
 RECIPES: dict[str, Recipe] = {}
 # what a recipe may set: optimisation settings only (not the data, model, method or run)
-RECIPE_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs", "label_smoothing",
-                 "options")  # fmt: skip
+RECIPE_FIELDS = (
+    "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs", "label_smoothing", "options",
+)
+_loaded = False
+
+
+def load_all() -> dict[str, Method]:
+    """Register every built-in method (import each module of `fastretrain.strategies`); return METHODS.
+
+    The one way the registry is filled; cheap after the first call.
+    """
+    global _loaded
+    if not _loaded:
+        from . import strategies
+
+        for m in pkgutil.iter_modules(strategies.__path__):
+            importlib.import_module(f"{strategies.__name__}.{m.name}")
+        _loaded = True
+    return METHODS
 
 
 def register_method(name: str, strategy=None, parts=(), help="") -> None:
     if strategy is not None:
         strategy.name = name
     METHODS[name] = Method(name, strategy, tuple(parts), help)
+
+
+def check_options(method: str, checks) -> None:
+    """Raise `FastRetrainError("<method>.<message>")` for the first (condition, message) whose condition is false.
+
+    Every strategy calls it from `__post_init__` with its option checks (messages start with the option's
+    name: `(self.p < 1, f"p must be < 1, got {self.p}")`), so a bad `-o` option stops the run in one line
+    before data and model load. Checks that need the model or the data stay in `before_fit`.
+    """
+    for ok, message in checks:
+        if not ok:
+            raise FastRetrainError(f"{method}.{message}")
 
 
 def register_recipe(name: str, fields: dict[str, Any], help: str = "") -> None:
@@ -74,6 +109,7 @@ def recipe_fields(name: str | None, method: str) -> dict[str, Any]:
 
 def method_names(spec: str) -> list[str]:
     """Split `a,b` and check every name, expanding recipes into their parts (order kept, no repeats)."""
+    load_all()
     out: list[str] = []
     for raw in spec.split(","):
         name = raw.strip()
@@ -103,7 +139,8 @@ def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None
         fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
         bad = sorted(set(opts) - fields)
         if bad:
-            raise FastRetrainError(f"unknown option(s) for {name}: {', '.join(bad)}; it has: {', '.join(sorted(fields)) or 'none'}")
+            known = ", ".join(sorted(fields)) or "none"
+            raise FastRetrainError(f"unknown option(s) for {name}: {', '.join(bad)}; it has: {known}")
         out.append(cls(**opts))
     return out
 
@@ -111,16 +148,16 @@ def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None
 register_method("sgdm", help="SGD with momentum, full fine-tuning (the baseline every method is compared to)")
 
 
-# fast-retrain's published recipe (arXiv 2008.07387, the authors' ImageNet ResNet-50 demo; METHODS.md §1c)
-register_recipe("authors", {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32, "epochs": 8,
-                            "lr": 1e-3, "schedule": "piecewise:1x3,0.1x3,0.01x2"},
-                help="fast-retrain's published recipe: SGD momentum 0.9, wd 1e-4, batch 32, 8 epochs, "
-                     "LR 1e-3 x3, 1e-4 x3, 1e-5 x2")  # fmt: skip
+# fast-retrain's published recipe (arXiv 2008.07387, the authors' ImageNet ResNet-50 demo; docs/fast_retrain.md)
+AUTHORS = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32, "epochs": 8, "lr": 1e-3,
+           "schedule": "piecewise:1x3,0.1x3,0.01x2"}
+register_recipe("authors", AUTHORS, help="fast-retrain's published recipe: SGD momentum 0.9, wd 1e-4, batch 32, "
+                "8 epochs, LR 1e-3 x3, 1e-4 x3, 1e-5 x2")
 # fastai's `Learner.fine_tune` defaults (fastai 2.x): Adam with decoupled weight decay 0.01 (fastai's
 # `Adam(decouple_wd=True)` is AdamW), base LR 2e-3, one-cycle, freeze_epochs=1 (reaches freeze-unfreeze when
 # that method runs; freeze-unfreeze itself halves the LR after unfreezing and spreads it over layer groups).
 # Not reproduced: fastai's betas (0.9, 0.99) and eps 1e-5.
-register_recipe("fastai", {"optimizer": "adamw", "weight_decay": 0.01, "lr": 2e-3, "schedule": "onecycle",
-                           "options": {"freeze-unfreeze": {"freeze_epochs": 1}}},
-                help="fastai fine_tune defaults: Adam (decoupled wd 0.01), base LR 2e-3, one-cycle, "
-                     "freeze_epochs=1 with freeze-unfreeze")  # fmt: skip
+FASTAI = {"optimizer": "adamw", "weight_decay": 0.01, "lr": 2e-3, "schedule": "onecycle",
+          "options": {"freeze-unfreeze": {"freeze_epochs": 1}}}
+register_recipe("fastai", FASTAI, help="fastai fine_tune defaults: Adam (decoupled wd 0.01), base LR 2e-3, "
+                "one-cycle, freeze_epochs=1 with freeze-unfreeze")

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from . import distributed as dist
-from . import strategies as _strategies  # noqa: F401 - registers the methods
 from .artifacts import RunFiles, starting_weights
 from .config import TrainConfig
 from .data import DataBundle, load_data
@@ -117,6 +116,7 @@ def build_engine(
     """
     cfg.validate()
     recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
+    all_strategies = build_strategies(cfg.method, cfg.options) + list(strategies or [])  # bad options fail here too
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     if cfg.progress and dist.is_main():
@@ -128,7 +128,6 @@ def build_engine(
     if data is None:
         data = load_data(cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images,
                          cfg.data_root, cfg.max_train, val_fraction=cfg.val_fraction)  # fmt: skip
-    all_strategies = build_strategies(cfg.method, cfg.options) + list(strategies or [])
     model = module
     if model is None:
         torch.manual_seed(cfg.seed)  # the new head's initialisation

@@ -1,6 +1,5 @@
-"""One module per method; importing this package imports them all, which registers their methods."""
-import importlib
-import pkgutil
+"""One module per method, named after it; each registers its method when imported.
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+`fastretrain.methods.load_all()` imports them all (the registry's one entry point); importing this package
+alone registers nothing.
+"""

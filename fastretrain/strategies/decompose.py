@@ -1,14 +1,16 @@
-"""Decomposition and composition (Gu, Zhang, Liu, Cai, ETNA 56, 2022; METHODS.md §4): split the global
+"""Decomposition and composition (Gu, Zhang, Liu, Cai, ETNA 56, 2022; docs/decompose.md): split the global
 network along its width into K sub-networks, train them in parallel with no communication, compose
 their weights into the global network's initialisation (`fastretrain.compose`), then train it.
 
 Phases of `--method decompose` (all inside the engine's `before_fit`, which the engine times, so the
-sub-network phase counts in `wall_seconds`):
-1. K sub-networks (every hidden width / K, seed per sub-network) train for `sub_epochs` epochs — as K
-   spawned processes joined in a gloo group used for one final barrier only (default), one after another
-   in this process (`parallel="sequential"`, to time each sub-network alone), or, under torchrun, one
-   sub-network per rank. Each sees the whole training set (default) or a disjoint shard. Each saves its
-   checkpoint in OUT/subnets/subnet<j>/ after every epoch, so an interrupted phase resumes.
+sub-network phase, process start-up included, counts in `wall_seconds`):
+1. K sub-networks (every hidden width / K, seed per sub-network) train for `sub_epochs` epochs, each with an
+   `Engine` of its own: the run's TrainConfig with the sub-network's epochs, LR, seed, folder and device
+   replaced, plain training (no other method), no evaluation, run under `distributed.single_process()`. As K
+   spawned processes joined in a gloo group used for one final barrier only (default), one after another in
+   this process (`parallel="sequential"`, to time each sub-network alone), or, under torchrun, one
+   sub-network per rank. Each sees the whole training set (default) or a disjoint shard. Each engine saves
+   its checkpoint in OUT/subnets/subnet<j>/ after every epoch, so an interrupted phase resumes (--resume).
 2. Compose; the global network (the engine's model) gets the composed weights.
 3. The engine trains the global network for the remaining `--epochs` − `sub_epochs` epochs.
 A resumed global run (its checkpoint exists) does not touch the sub-networks again.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import shutil
 import socket
@@ -32,118 +33,59 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..checkpoint import atomic_json, atomic_torch_save
+from ..checkpoint import atomic_json, load_checkpoint
 from ..compose import compose, decompose
-from ..engine import CHECKPOINT, Strategy, _seed_from
+from ..config import TrainConfig
+from ..data import DataBundle
+from ..engine import CHECKPOINT, Engine, Strategy, seed_from
 from ..errors import FastRetrainError
-from ..methods import register_method
-from ..schedules import parse_schedule
+from ..methods import check_options, register_method
 
 
 @dataclass
 class SubnetJob:
-    """Everything one sub-network's training needs; picklable, so it can go to a spawned process."""
+    """One sub-network's training; picklable, so it can go to a spawned process."""
 
     index: int  # j in 0..K-1
     K: int
     model: nn.Module  # the initialised sub-network
-    data: Any  # ImageTensors of the training set
-    indices: torch.Tensor | None  # the training images it sees (None: all)
-    folder: str  # its checkpoint / metrics folder
-    seed: int
-    epochs: int
-    lr: float
-    batch_size: int
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    schedule: str
-    label_smoothing: float
-    image_size: int
-    norm: tuple
-    device: str
-    amp: bool
+    data: DataBundle  # its training images (all, or its shard); no validation or test images
+    cfg: TrainConfig  # the run's config with this sub-network's epochs, LR, seed, folder (out) and device
     threads: int
-    progress: bool
+    progress: bool  # print a line per epoch
+
+
+class SubnetLines(Strategy):
+    """Prints `subnet j/K  epoch e/E  train_loss ...` after each sub-network epoch."""
+
+    def __init__(self, index: int, K: int):
+        self.index, self.K = index, K
+
+    def after_eval(self, engine) -> None:
+        log = engine.log
+        print(f"subnet {self.index + 1}/{self.K}  epoch {engine.epoch + 1}/{engine.cfg.epochs}  "
+              f"train_loss {log['train_loss']:.4f}  train_acc {log['train_acc']:.4f}  {log['epoch_seconds']:.1f}s  "
+              f"{log['images_per_second']:.0f} img/s", flush=True)
+
+
+def train_subnet(job: SubnetJob) -> dict[str, Any]:
+    """Train one sub-network with the engine, as if this process were alone; write and return its record."""
+    torch.set_num_threads(job.threads)
+    lines = [SubnetLines(job.index, job.K)] if job.progress else []
+    with dist.single_process():  # inside a spawned group or on a torchrun rank: no sharding, no DDP
+        engine = Engine(copy.deepcopy(job.model), job.data, job.cfg, lines, device=job.cfg.device, out_dir=job.cfg.out)
+        engine.val_data = engine.test_data = None  # no evaluation: the parent's clock counts this whole phase
+        summary = engine.fit()
+    record = {"subnet": job.index, "epochs": summary["epochs"], "train_seconds": summary["wall_seconds"],
+              "history": engine.history, "threads": job.threads}
+    atomic_json(record, Path(job.cfg.out) / "result.json")
+    return record
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def train_subnet(job: SubnetJob) -> dict[str, Any]:
-    """Train one sub-network for `job.epochs` epochs (resuming its own checkpoint); return its record.
-
-    Plain SGD(M)/AdamW loop with the run's augmentation and LR schedule; no torch.distributed calls, so it
-    runs the same in a spawned process, in the parent, or on a torchrun rank.
-    """
-    torch.set_num_threads(job.threads)
-    folder = Path(job.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    device = torch.device(job.device)
-    model = copy.deepcopy(job.model).to(device)
-    if job.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay)
-    start, history, train_seconds = 0, [], 0.0
-    ck_path = folder / "checkpoint.pt"
-    if ck_path.is_file():
-        ck = torch.load(ck_path, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start, history, train_seconds = ck["epoch"], ck["history"], ck["train_seconds"]
-    schedule = parse_schedule(job.schedule, job.epochs)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=job.label_smoothing)
-    idx_all = torch.arange(len(job.data)) if job.indices is None else job.indices
-    n = len(idx_all)
-    batches = max(1, math.ceil(n / job.batch_size))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (job.amp and device.type == "cuda") else None
-    model.train()
-    for epoch in range(start, job.epochs):
-        gen = torch.Generator().manual_seed(_seed_from(job.seed, epoch, "subnet"))
-        order = idx_all[torch.randperm(n, generator=gen)]
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, correct, count
-        t0 = time.perf_counter()
-        for it, chunk in enumerate(order.split(job.batch_size)):
-            if len(chunk) == 1 and n > 1:  # a trailing batch of one breaks batch norm
-                continue
-            for g in opt.param_groups:
-                g["lr"] = job.lr * schedule(epoch + it / batches)
-            x, y = job.data.prepare(chunk, True, job.image_size, job.norm, gen, device)
-            if autocast is not None:
-                with autocast:
-                    logits = model(x).float()
-            else:
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise FastRetrainError(f"sub-network {job.index + 1}/{job.K}: training loss is {float(loss):.4g} "
-                                       f"at epoch {epoch + 1}, batch {it + 1} (try a lower --lr)")  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.tensor([float(loss.detach()) * len(y), float((logits.detach().argmax(1) == y).sum()), len(y)], dtype=torch.float64)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        loss_sum, correct, count = sums.tolist()
-        line = {"subnet": job.index, "epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
-                "epoch_seconds": seconds, "train_seconds": train_seconds, "images_per_second": count / seconds}  # fmt: skip
-        history.append(line)
-        atomic_torch_save({"epoch": epoch + 1, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                           "optimizer": opt.state_dict(), "history": history, "train_seconds": train_seconds}, ck_path)  # fmt: skip
-        with open(folder / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        if job.progress:
-            print(f"subnet {job.index + 1}/{job.K}  epoch {epoch + 1}/{job.epochs}  train_loss {line['train_loss']:.4f}  "
-                  f"train_acc {line['train_acc']:.4f}  {seconds:.1f}s  {line['images_per_second']:.0f} img/s", flush=True)  # fmt: skip
-    record = {"subnet": job.index, "epochs": job.epochs, "train_seconds": train_seconds, "history": history, "threads": job.threads}
-    atomic_json(record, folder / "result.json")
-    return record
 
 
 def _spawn_entry(rank: int, jobs: list[SubnetJob], port: int) -> None:
@@ -175,9 +117,9 @@ def run_subnets(jobs: list[SubnetJob], parallel: str = "processes") -> None:
         last = str(e).strip().splitlines()[-1]
         raise FastRetrainError(f"sub-network training failed in a worker process: {last}") from e
     except mp.ProcessExitedException as e:
-        raise FastRetrainError(f"a sub-network worker process died: {e} (a script that trains with method decompose "
-                               "must guard its entry point with `if __name__ == '__main__':`, as spawned processes "
-                               "re-import it)") from e  # fmt: skip
+        raise FastRetrainError(f"a sub-network worker process died: {e} (a script that trains with method "
+                               "decompose must guard its entry point with `if __name__ == '__main__':`, as spawned "
+                               "processes re-import it)") from e
 
 
 @dataclass
@@ -193,35 +135,88 @@ class Decompose(Strategy):
     threads: int | None = None  # torch threads per sub-network process (None: this process's threads // K)
 
     def __post_init__(self) -> None:
+        check_options("decompose", [
+            (self.subnets >= 2, f"subnets must be >= 2, got {self.subnets}"),
+            (self.sub_epochs is None or self.sub_epochs >= 1, f"sub_epochs must be >= 1, got {self.sub_epochs}"),
+            (self.shards in ("whole", "disjoint"), f"shards must be whole or disjoint, got {self.shards!r}"),
+            (self.sub_lr is None or self.sub_lr > 0, f"sub_lr must be > 0, got {self.sub_lr}"),
+            (self.parallel in ("processes", "sequential"),
+             f"parallel must be processes or sequential, got {self.parallel!r}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+        ])
         self.info: dict[str, Any] = {}  # what the sub-network phase measured (state for resume, not an option)
 
-    def _check(self, engine) -> int:
+    def _sub_epochs(self, engine) -> int:
         from ..widthnets import WidthNet
 
         if not isinstance(engine.model, WidthNet):
             raise FastRetrainError(f"method decompose needs a width-parametrised model of this package "
-                                   f"(vgg-small, resnet20, resnet32, resnet18-cifar), not {engine.cfg.model!r}")  # fmt: skip
-        if self.shards not in ("whole", "disjoint"):
-            raise FastRetrainError(f"decompose.shards must be whole or disjoint, got {self.shards!r}")
-        if self.parallel not in ("processes", "sequential"):
-            raise FastRetrainError(f"decompose.parallel must be processes or sequential, got {self.parallel!r}")
+                                   f"(vgg-small, resnet20, resnet32, resnet18-cifar), not {engine.cfg.model!r}")
         total = engine.cfg.epochs
         sub = self.sub_epochs if self.sub_epochs is not None else total // 2
         if not (1 <= sub < total):
-            raise FastRetrainError(f"decompose.sub_epochs must be in 1..epochs-1 (the global network needs at least "
-                                   f"one of the {total} epochs), got {sub}")  # fmt: skip
+            raise FastRetrainError(f"decompose.sub_epochs must be in 1..epochs-1 (the global network needs at "
+                                   f"least one of the {total} epochs), got {sub}")
         return sub
 
     def before_fit(self, engine) -> None:
-        sub_epochs = self._check(engine)
+        sub_epochs = self._sub_epochs(engine)
         # the sub-network phase uses `sub_epochs` of the run's epochs; the engine trains the global net for the rest
-        engine.cfg = dataclasses.replace(engine.cfg, epochs=engine.cfg.epochs - sub_epochs)
-        engine.schedule = parse_schedule(engine.cfg.schedule, engine.cfg.epochs)
+        engine.set_epochs(engine.cfg.epochs - sub_epochs)
         if engine.cfg.resume and engine.out and (engine.out / CHECKPOINT).is_file():
             return  # the global run continues from its checkpoint; the sub-networks are done
         K, cfg = self.subnets, engine.cfg
-        seeds = [_seed_from(cfg.seed, "subnet", j) for j in range(K)]
+        seeds = [seed_from(cfg.seed, "subnet", j) for j in range(K)]
         subnets = decompose(engine.model, K, seeds=seeds)
+        root, tmp = self._folder(engine)
+        jobs = self._jobs(engine, subnets, seeds, sub_epochs, root)
+        todo = [job for job in jobs if not _finished(job)]
+        if dist.is_main() and cfg.progress:
+            how = "one per rank" if dist.world() > 1 else (
+                "one after another" if self.parallel == "sequential" else f"{len(todo)} processes")
+            print(f"decompose: training {K} sub-networks of {type(engine.model).__name__}{subnets[0].config} for "
+                  f"{sub_epochs} epoch(s), {self.shards} training set, {how}, {jobs[0].threads} thread(s) each",
+                  flush=True)
+        t0 = time.perf_counter()
+        if dist.world() > 1:  # torchrun: rank r trains sub-networks r, r + W, ...; no collectives but the barrier
+            run_subnets([job for job in todo if job.index % dist.world() == dist.rank()], "sequential")
+            dist.barrier()
+        elif todo:
+            run_subnets(todo, self.parallel)
+        subnet_seconds = time.perf_counter() - t0
+        records = [json.loads((Path(job.cfg.out) / "result.json").read_text()) for job in jobs]
+        for net, job in zip(subnets, jobs):  # each sub-network's last weights, from its engine's checkpoint
+            net.load_state_dict(load_checkpoint(Path(job.cfg.out) / CHECKPOINT)["model"])
+        t1 = time.perf_counter()
+        composed = compose(subnets)
+        with torch.no_grad():
+            engine.model.load_state_dict(composed.state_dict())
+        compose_seconds = time.perf_counter() - t1
+        with engine.untimed():  # reporting only: the sub-networks' and the composed network's accuracy
+            sub_eval = [engine.evaluate(engine.test_data, module=net.to(engine.device)) for net in subnets]
+            comp_loss, comp_acc = engine.evaluate(engine.test_data)
+            comp_val = engine.evaluate(engine.val_data) if engine.val_data is not None else None
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        train_secs = [r["train_seconds"] for r in records]
+        self.info = {
+            "subnets": K, "sub_epochs": sub_epochs, "subnet_seconds": subnet_seconds,
+            "subnet_train_seconds": train_secs, "compose_seconds": compose_seconds,
+            "subnet_seconds_k_devices": max(train_secs) + compose_seconds,  # the phase with one device per sub-network
+            "subnet_test_acc": [a for _, a in sub_eval], "subnet_test_loss": [loss for loss, _ in sub_eval],
+            "test_acc_at_composition": comp_acc, "test_loss_at_composition": comp_loss,
+        }
+        if comp_val is not None:
+            self.info.update(val_loss_at_composition=comp_val[0], val_acc_at_composition=comp_val[1])
+        if dist.is_main():
+            own = ", ".join(f"{s:.1f}" for s in train_secs)
+            accs = ", ".join(f"{a:.4f}" for _, a in sub_eval)
+            print(f"decompose: sub-network phase {subnet_seconds:.1f}s wall ({K} sub-networks, own training time "
+                  f"{own}s; test acc {accs}); composed in {compose_seconds:.2f}s: test acc {comp_acc:.4f}, "
+                  f"loss {comp_loss:.4f}", flush=True)
+
+    def _folder(self, engine) -> tuple[Path, str | None]:
+        """(where the sub-networks' folders go, a temporary folder to remove afterwards or None)."""
         tmp = None
         if engine.out:
             root = engine.out / "subnets"
@@ -229,66 +224,36 @@ class Decompose(Strategy):
             root = Path(tmp := tempfile.mkdtemp(prefix="fastretrain-subnets-"))
         else:
             raise FastRetrainError("method decompose under torchrun needs --out (a folder all ranks can read)")
-        if dist.is_main() and root.exists() and not cfg.resume:
+        if dist.is_main() and root.exists() and not engine.cfg.resume:
             shutil.rmtree(root)  # a fresh run starts its sub-networks over
         dist.barrier()
-        shard = None
+        return root, tmp
+
+    def _jobs(self, engine, subnets: list[nn.Module], seeds: list[int], sub_epochs: int, root: Path) -> list[SubnetJob]:
+        K, cfg, train = self.subnets, engine.cfg, engine.train_data
         if self.shards == "disjoint":
-            perm = torch.randperm(len(engine.train_data), generator=torch.Generator().manual_seed(_seed_from(cfg.seed, "shards")))
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed_from(cfg.seed, "shards")))
         spawned = self.parallel == "processes" and dist.world() == 1
         threads = self.threads or max(1, torch.get_num_threads() // (K if spawned else 1))
+        no_images = type(train)(train.x[:0], train.y[:0])  # the sub-networks' engines evaluate nothing
         jobs = []
         for j in range(K):
+            data = train
             if self.shards == "disjoint":
                 shard = perm[j::K].sort().values
+                data = type(train)(train.x[shard], train.y[shard])
             device = engine.device
             if device.type == "cuda" and dist.world() == 1:
                 device = torch.device("cuda", j % torch.cuda.device_count())
-            jobs.append(SubnetJob(
-                index=j, K=K, model=subnets[j], data=engine.train_data, indices=shard, folder=str(root / f"subnet{j}"),
-                seed=seeds[j], epochs=sub_epochs, lr=self.sub_lr or cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-                momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule, label_smoothing=cfg.label_smoothing,
-                image_size=engine.image_size, norm=tuple(map(tuple, engine.norm)), device=str(device), amp=engine.amp,
-                threads=threads, progress=cfg.progress))  # fmt: skip
-        todo = [job for job in jobs if not _finished(job)]
-        if dist.is_main() and cfg.progress:
-            how = "one per rank" if dist.world() > 1 else ("one after another" if self.parallel == "sequential" else f"{len(todo)} processes")
-            print(f"decompose: training {K} sub-networks of {type(engine.model).__name__}{subnets[0].config} for {sub_epochs} "
-                  f"epoch(s), {self.shards} training set, {how}, {threads} thread(s) each", flush=True)  # fmt: skip
-        t0 = time.perf_counter()
-        if dist.world() > 1:  # torchrun: rank r trains sub-networks r, r + W, ...; no DDP, no collectives but the barrier
-            run_subnets([job for job in todo if job.index % dist.world() == dist.rank()], "sequential")
-            dist.barrier()
-        elif todo:
-            run_subnets(todo, self.parallel)
-        subnet_seconds = time.perf_counter() - t0
-        records = [json.loads((Path(job.folder) / "result.json").read_text()) for job in jobs]
-        for net, job in zip(subnets, jobs):
-            ck = torch.load(Path(job.folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
-            net.load_state_dict(ck["model"])
-        t1 = time.perf_counter()
-        composed = compose(subnets)
-        with torch.no_grad():
-            engine.model.load_state_dict(composed.state_dict())
-        compose_seconds = time.perf_counter() - t1
-        # reporting only, excluded from the clock: the sub-networks' and the composed network's test accuracy
-        t2 = time.perf_counter()
-        sub_eval = [_evaluate(engine, net) for net in subnets]
-        comp_loss, comp_acc = engine.evaluate()
-        engine.wall_seconds -= time.perf_counter() - t2  # the engine adds all of before_fit's time back
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        train_secs = [r["train_seconds"] for r in records]
-        self.info = {
-            "subnets": K, "sub_epochs": sub_epochs, "subnet_seconds": subnet_seconds, "compose_seconds": compose_seconds,
-            "subnet_train_seconds": train_secs, "subnet_seconds_k_devices": max(train_secs) + compose_seconds,
-            "subnet_test_acc": [a for _, a in sub_eval], "subnet_test_loss": [l for l, _ in sub_eval],
-            "test_acc_at_composition": comp_acc, "test_loss_at_composition": comp_loss,
-        }  # fmt: skip
-        if dist.is_main():
-            print(f"decompose: sub-network phase {subnet_seconds:.1f}s wall ({K} sub-networks, own training time "
-                  f"{', '.join(f'{s:.1f}' for s in train_secs)}s; test acc {', '.join(f'{a:.4f}' for _, a in sub_eval)}); "
-                  f"composed in {compose_seconds:.2f}s: test acc {comp_acc:.4f}, loss {comp_loss:.4f}", flush=True)  # fmt: skip
+            bundle = DataBundle(data, no_images, engine.data.classes, engine.data.name,
+                                test_set_id=engine.data.test_set_id)
+            job_cfg = dataclasses.replace(
+                cfg, method="sgdm", options={}, epochs=sub_epochs, lr=self.sub_lr or cfg.lr, seed=seeds[j],
+                width=(cfg.width or 1.0) / K, out=str(root / f"subnet{j}"), device=str(device), progress=False,
+                save_weights=False, save_checkpoint=True,
+            )
+            jobs.append(SubnetJob(j, K, subnets[j], bundle, job_cfg, threads, cfg.progress))
+        return jobs
 
     def after_eval(self, engine) -> None:
         if engine.epoch == 0 and self.info:  # the first global epoch's line carries the sub-network phase
@@ -298,7 +263,7 @@ class Decompose(Strategy):
         if dist.is_main() and self.info:
             sub = self.info["subnet_seconds"]
             print(f"decompose: wall time {engine.wall_seconds:.1f}s = sub-network phase {sub:.1f}s "
-                  f"+ global phase {engine.wall_seconds - sub:.1f}s", flush=True)  # fmt: skip
+                  f"+ global phase {engine.wall_seconds - sub:.1f}s", flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"info": dict(self.info)}
@@ -308,22 +273,9 @@ class Decompose(Strategy):
 
 
 def _finished(job: SubnetJob) -> bool:
-    result = Path(job.folder) / "result.json"
-    return result.is_file() and json.loads(result.read_text()).get("epochs") == job.epochs
-
-
-@torch.no_grad()
-def _evaluate(engine, net: nn.Module) -> tuple[float, float]:
-    """(loss, accuracy) of a sub-network on the whole test set, on this process alone."""
-    net = net.to(engine.device).eval()
-    loss = correct = count = 0.0
-    for x, y in engine.batches(engine.test_data, train=False, shard=False):
-        logits = net(x).float()
-        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += float((logits.argmax(1) == y).sum())
-        count += len(y)
-    return loss / max(count, 1), correct / max(count, 1)
+    result = Path(job.cfg.out) / "result.json"
+    return result.is_file() and json.loads(result.read_text()).get("epochs") == job.cfg.epochs
 
 
 register_method("decompose", Decompose, help="train K width-wise sub-networks in parallel, compose them into the "
-                "global network's initialisation, then train it (needs vgg-small / resnet20 / ...)")  # fmt: skip
+                "global network's initialisation, then train it (needs vgg-small / resnet20 / ...)")
