@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine import Strategy
-from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..schedules import cyclic
 
 
@@ -22,10 +21,12 @@ class CyclicLR(Strategy):
 
     order = -10  # before anything that reads the schedule
 
+    def __post_init__(self) -> None:
+        ok = self.period is None or self.period > 0
+        check_options("cyclic-lr", [(ok, f"period must be > 0 epochs, got {self.period}")])
+
     def before_fit(self, engine) -> None:
         period = self.period if self.period is not None else engine.cfg.epochs / 4
-        if period <= 0:
-            raise FastRetrainError(f"cyclic-lr.period must be > 0 epochs, got {period}")
         self.resolved_period = period
         engine.schedule = lambda e: cyclic(e, period)
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Strategy
-from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 
 
 def disturb_labels(y: torch.Tensor, num_classes: int, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +28,8 @@ def disturb_labels(y: torch.Tensor, num_classes: int, alpha: float, generator: t
 class DisturbLabel(Strategy):
     alpha: float = 0.1  # probability that a label is replaced by a uniformly random class, per sample per step
 
-    def before_fit(self, engine) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise FastRetrainError(f"disturblabel.alpha must be in [0, 1], got {self.alpha}")
+    def __post_init__(self) -> None:
+        check_options("disturblabel", [(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")])
 
     def before_batch(self, engine) -> None:
         gen = engine.rng("disturblabel", per_rank=True)

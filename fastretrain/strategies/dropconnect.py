@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from ..engine import Strategy
 from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import classifier
 
 
@@ -32,9 +32,10 @@ def dropconnect_mask(shape, p: float, generator: torch.Generator) -> torch.Tenso
 class DropConnect(Strategy):
     p: float = 0.5  # probability of dropping each weight of the FC layer at a training step
 
+    def __post_init__(self) -> None:
+        check_options("dropconnect", [(0 <= self.p < 1, f"p must be in [0, 1), got {self.p}")])
+
     def before_fit(self, engine) -> None:
-        if not 0 <= self.p < 1:
-            raise FastRetrainError(f"dropconnect.p must be in [0, 1), got {self.p}")
         head = classifier(engine.model)
         if not isinstance(head, nn.Linear):
             raise FastRetrainError(f"dropconnect needs an nn.Linear classifier, {type(engine.model).__name__} has {type(head).__name__}")

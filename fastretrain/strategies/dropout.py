@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from torch.nn import functional as F
 
 from ..engine import Strategy
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import classifier
 
 
 @dataclass
 class Dropout(Strategy):
     p: float = 0.5  # probability of zeroing a feature entering the FC layer
+
+    def __post_init__(self) -> None:
+        check_options("dropout", [(0 <= self.p < 1, f"p must be in [0, 1), got {self.p}")])
 
     def before_fit(self, engine) -> None:
         p = self.p

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..engine import Strategy
-from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import classifier
 
 # what fastai's `freeze(train_bn=True)` keeps training (fastai.torch_core.norm_types)
@@ -59,9 +58,7 @@ class FreezeUnfreeze(Strategy):
             (self.groups >= 2, f"groups must be >= 2 (body and head), got {self.groups}"),
             (self.frozen_body_lr > 0 and self.unfrozen_lr > 0, "frozen_body_lr and unfrozen_lr must be > 0"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise FastRetrainError("freeze-unfreeze." + msg)
+        check_options("freeze-unfreeze", checks)
 
     def before_epoch(self, engine) -> None:
         model = engine.model

@@ -52,7 +52,7 @@ from .. import distributed as dist
 from .. import ridge
 from ..engine import Strategy
 from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import FeatureTap, final_linears
 
 FEATURE_BATCH = 256  # images per batch of the feature passes: no autograd, so far larger than a training batch
@@ -122,7 +122,6 @@ class MPRefine(Strategy):
             except ValueError:
                 pass
         fixed_c = self.C != "gcv" and isinstance(self.C, (int, float)) and math.isfinite(self.C)
-        name = "mp-refine."
         checks = [
             (self.lam > 0, f"lam must be > 0, got {self.lam}"),
             (self.C == "gcv" or (isinstance(self.C, (int, float)) and self.C > 0),
@@ -139,9 +138,7 @@ class MPRefine(Strategy):
             (self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.layers is None or self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise FastRetrainError(name + msg)
+        check_options("mp-refine", checks)
         self.stopped: int | None = None  # the epoch (1-based) after which min_gain stopped the refinements
         self._online: ridge.RidgeStats | None = None
         self._tap: FeatureTap | None = None
@@ -282,9 +279,7 @@ class MPRefine(Strategy):
     def _forward_features(self, engine, layers):
         """Yield (inputs of each layer as (b, d_k) float64, labels) over the training images, the model in eval
         mode (eval transform); the forward runs in the engine's precision, only the features become float64."""
-        net = engine.net  # the training forward (the model, or e.g. a head on cached features), unwrapped from DDP
-        if isinstance(net, nn.parallel.DistributedDataParallel):  # its forward would sync buffers across ranks
-            net = net.module
+        net = engine.net  # the training forward (the model, or e.g. a head on cached features), never DDP-wrapped
         taps = [FeatureTap(m) for _, m in layers]
         was = net.training
         net.eval()

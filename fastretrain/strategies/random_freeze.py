@@ -38,7 +38,7 @@ from torch import nn
 
 from ..engine import Strategy
 from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import conv_layers
 
 DEFAULT_RATIOS = [1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
@@ -146,16 +146,14 @@ class RandomFreeze(Strategy):
     bn_eval_frozen: bool = False  # keep the BN right after each frozen conv in eval mode (running stats fixed)
 
     def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise FastRetrainError(f"random-freeze.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if not 0.0 <= self.depth_jitter <= 0.5:
-            raise FastRetrainError(f"random-freeze.depth_jitter must be in [0, 0.5], got {self.depth_jitter}")
-        if not callable(self.ratios):
-            if isinstance(self.ratios, (int, float)):  # -o random-freeze.ratios=0.5
-                self.ratios = (float(self.ratios),)
-            bad = [r for r in self.ratios if not 0.0 <= float(r) <= 1.0]
-            if not self.ratios or bad:
-                raise FastRetrainError(f"random-freeze.ratios must be trainable ratios in [0, 1], got {self.ratios!r}")
+        if isinstance(self.ratios, (int, float)):  # -o random-freeze.ratios=0.5
+            self.ratios = (float(self.ratios),)
+        ratios_ok = callable(self.ratios) or (len(self.ratios) > 0 and all(0.0 <= float(r) <= 1.0 for r in self.ratios))
+        check_options("random-freeze", [
+            (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
+            (0.0 <= self.depth_jitter <= 0.5, f"depth_jitter must be in [0, 0.5], got {self.depth_jitter}"),
+            (ratios_ok, f"ratios must be trainable ratios in [0, 1], got {self.ratios!r}"),
+        ])
         self.frozen: list[str] = []  # conv names frozen this epoch (kept for resume/inspection)
         self.touched: list[str] = []  # names of the parameters this strategy switched off this epoch
         self._convs: list[tuple[str, nn.Conv2d]] = []

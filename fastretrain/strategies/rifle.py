@@ -26,7 +26,7 @@ from torch import nn
 
 from ..engine import Strategy
 from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import classifier
 
 SETTLE = 0.25  # fraction of the run at its end kept free of resets (the head converges there)
@@ -98,6 +98,10 @@ class Rifle(Strategy):
     order = 50  # after strategies that change the trainable set at an epoch start
 
     def __post_init__(self):
+        check_options("rifle", [
+            (self.resets is None or self.resets >= 0, f"resets must be >= 0, got {self.resets}"),
+            (self.period is None or self.period > 0, f"period must be > 0 epochs, got {self.period}"),
+        ])
         self.done = 0  # resets performed so far (checkpointed)
         self.history: list[tuple[int, int]] = []  # (epoch, iter) of each reset, this process only
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..engine import Strategy
 from ..errors import FastRetrainError
-from ..methods import register_method
+from ..methods import check_options, register_method
 
 
 def set_drop_path(model: nn.Module, rate: float) -> list[tuple[str, float]]:
@@ -52,9 +52,10 @@ def set_drop_path(model: nn.Module, rate: float) -> list[tuple[str, float]]:
 class StochasticDepth(Strategy):
     rate: float = 0.2  # drop-path probability of the last residual block (block i of n: rate·i/n)
 
+    def __post_init__(self) -> None:
+        check_options("stochastic-depth", [(0 <= self.rate < 1, f"rate must be in [0, 1), got {self.rate}")])
+
     def before_fit(self, engine) -> None:
-        if not 0 <= self.rate < 1:
-            raise FastRetrainError(f"stochastic-depth.rate must be in [0, 1), got {self.rate}")
         self.blocks = set_drop_path(engine.model, self.rate)
 
 
