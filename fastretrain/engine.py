@@ -93,9 +93,6 @@ def seed_from(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-_seed_from = seed_from  # the old private name, for code written before it was public
-
-
 def check_hooks(strategy) -> None:
     """Refuse a strategy with a public `before_*` / `after_*` method that is not an event (a misspelt hook
     would otherwise never run), naming the closest event."""

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fastretrain import FastRetrainError, Strategy, StopFit, build_engine, make_config
-from fastretrain.engine import _seed_from
+from fastretrain.engine import seed_from
 from fastretrain.strategies.dropout import Dropout
 from fastretrain.strategies.rifle import Rifle, reinit_, reset_boundaries
 
@@ -69,7 +69,7 @@ def _run(cfg, bundle, strategies, **kw):
 
 def _fresh_linear(seed: int, epoch: int, draws: int, d: int, c: int) -> nn.Linear:
     """nn.Linear's default init drawn from the run's 'rifle' generator of `epoch` (the draws-th draw)."""
-    g = torch.Generator().manual_seed(_seed_from(seed, epoch, "rifle/0"))
+    g = torch.Generator().manual_seed(seed_from(seed, epoch, "rifle/0"))
     for _ in range(draws):
         s = int(torch.randint(0, 2**62, (1,), generator=g))
     torch.manual_seed(s)

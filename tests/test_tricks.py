@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastretrain import FastRetrainError, Strategy, build_engine, create_model
-from fastretrain.engine import _seed_from
+from fastretrain.engine import seed_from
 from fastretrain.strategies.cyclic_lr import CyclicLR
 from fastretrain.strategies.disturblabel import DisturbLabel, disturb_labels
 from fastretrain.strategies.dropconnect import DropConnect, dropconnect_mask
@@ -52,7 +52,7 @@ class FakeEngine:
     def rng(self, tag, per_rank=False):
         key = f"{tag}/0"
         if key not in self._rngs:
-            self._rngs[key] = torch.Generator().manual_seed(_seed_from(self.cfg.seed, self.epoch, key))
+            self._rngs[key] = torch.Generator().manual_seed(seed_from(self.cfg.seed, self.epoch, key))
         return self._rngs[key]
 
 
@@ -115,7 +115,7 @@ def test_dropconnect_identity_in_eval_masked_in_train():
     assert torch.equal(model(x), F.linear(x, fc.weight, fc.bias))  # identity in eval
     model.train()
     out = model(x)
-    mask = dropconnect_mask(fc.weight.shape, 0.5, torch.Generator().manual_seed(_seed_from(7, 0, "dropconnect/0")))
+    mask = dropconnect_mask(fc.weight.shape, 0.5, torch.Generator().manual_seed(seed_from(7, 0, "dropconnect/0")))
     assert torch.allclose(out, F.linear(x, fc.weight * mask, fc.bias), atol=1e-6)
     assert set(mask.unique().tolist()) <= {0.0, 2.0}  # kept weights scaled by 1/(1-p)
     out.sum().backward()
