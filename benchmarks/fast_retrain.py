@@ -232,7 +232,7 @@ def micro(args) -> None:
         print(f"-- repeat {rep + 1}/{args.reps}", flush=True)
         add("epoch full backprop", epoch([], rep)[0])
         for r in ratios:
-            wc, h = epoch([RandomFreeze(ratios=[r])], rep)
+            wc, h = epoch([RandomFreeze(ratios=[r], policy="uniform")], rep)  # (the legacy measurement)
             add(f"epoch r_a={r}", wc)
             res.setdefault(f"r_a={r} frozen_prefix_params", []).append(h["frozen_prefix_params"])
         e = engine([], rep)
