@@ -269,3 +269,75 @@ def test_cli_width_and_decompose_round_trip(tmp_path, capsys):
     assert main(["train", "--model", "tiny-cnn", "--method", "decompose", "--data", str(tmp_path / "tiny.npz"),
                  "--image-size", "16", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "width-parametrised" in capsys.readouterr().err
+
+
+def test_decompose_has_no_training_loop_of_its_own():
+    """Sub-networks train through the engine: decompose.py makes no optimizer, backward, step or checkpoint write."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(decompose_strategy.__file__).read_text())
+    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not attrs & {"backward", "step", "zero_grad", "optim", "save", "autocast", "GradScaler"}
+    assert not names & {"atomic_torch_save", "parse_schedule", "optim"}
+    assert "Engine" in names and "single_process" in attrs  # it runs engines, each as if alone
+
+
+def test_subnetworks_are_engine_runs_of_the_run_config(tmp_path):
+    """Each sub-network folder is an engine run of the run's config with the sub-network's epochs, LR, seed and
+    shard; nothing is evaluated in it (its whole time is training, counted by the parent)."""
+    from fastretrain.engine import seed_from
+
+    bundle = tiny_bundle()
+    opts = {"decompose": {"subnets": 2, "sub_epochs": 2, "sub_lr": 0.02, "shards": "disjoint", "parallel": "sequential"}}
+    build_engine(_cfg(tmp_path, epochs=3, schedule="constant", options=opts), bundle).fit()
+    sizes = []
+    for j in range(2):
+        folder = tmp_path / "run" / "subnets" / f"subnet{j}"
+        ck = torch.load(folder / "checkpoint.pt", weights_only=True)
+        assert ck["epoch"] == 2 and ck["config"]["epochs"] == 2 and ck["config"]["lr"] == 0.02
+        assert ck["config"]["seed"] == seed_from(0, "subnet", j)  # the seed decompose() initialised it with
+        assert ck["config"]["batch_size"] == 8 and ck["config"]["optimizer"] == "sgd"  # the run's own settings
+        lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in lines] == [1, 2] and all(x["lr"] == 0.02 for x in lines)  # constant schedule
+        assert not any(k.startswith(("val_", "test_")) for x in lines for k in x)
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["world_size"] == 1 and summary["test_images"] == 0
+        sizes.append(summary["train_images"])
+    assert sizes == [len(bundle.train) // 2] * 2  # disjoint halves of the training images
+
+
+def test_interrupted_subnetwork_phase_resumes_from_the_engines_checkpoints(tmp_path, monkeypatch):
+    """Sub-network 2 is interrupted after its first epoch; --resume skips the finished sub-network 1, continues
+    sub-network 2 from its engine checkpoint, and ends bit-identical to an uninterrupted run."""
+    from fastretrain.testing import assert_same_run
+
+    bundle = tiny_bundle()
+    opts = {"decompose": {"subnets": 2, "sub_epochs": 2, "parallel": "sequential"}}
+    straight = _cfg(tmp_path, epochs=3, progress=True, deterministic=True, options=opts, out=str(tmp_path / "a"))
+    build_engine(straight, bundle).fit()
+
+    def stop(self, engine):
+        if self.index == 1 and engine.epoch == 1:
+            raise KeyboardInterrupt
+
+    broken = _cfg(tmp_path, epochs=3, progress=True, deterministic=True, options=opts, out=str(tmp_path / "b"))
+    with monkeypatch.context() as m:
+        m.setattr(decompose_strategy.SubnetLines, "before_epoch", stop, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            build_engine(broken, bundle).fit()
+    ck = torch.load(tmp_path / "b" / "subnets" / "subnet1" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 1 and not (tmp_path / "b" / "checkpoint.pt").exists()
+    trained = []
+    real = decompose_strategy.train_subnet
+    monkeypatch.setattr(decompose_strategy, "train_subnet", lambda job: trained.append(job.index) or real(job))
+    import dataclasses
+
+    build_engine(dataclasses.replace(broken, resume=True), bundle).fit()
+    assert trained == [1]  # sub-network 1 had finished; only sub-network 2 trains again
+    lines = [json.loads(x) for x in (tmp_path / "b" / "subnets" / "subnet1" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]  # continued, not restarted
+    first = assert_same_run(tmp_path / "a", tmp_path / "b")[0]
+    want = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["test_acc_at_composition"] == want["test_acc_at_composition"]
