@@ -47,10 +47,9 @@ def starting_weights(cfg) -> str:
     if cfg.weights:
         return f"the weight file {cfg.weights} (--weights; a head of another size is replaced)"
     if cfg.use_pretrained():
-        from .models import PRETRAINED_FILES
+        from .models import find_pretrained
 
-        package = PRETRAINED_FILES[cfg.model][0].replace("_", "-")
-        return f"the ImageNet weights shipped for {cfg.model} (package {package}), with a new head"
+        return f"{find_pretrained(cfg.model, cfg.pretrained_file).text}, with a new head"
     why = "--no-pretrained" if cfg.pretrained is False else f"no ImageNet weights ship for {cfg.model}"
     return f"random initialisation ({why})"
 
@@ -115,7 +114,8 @@ def write_samples(images, path: Path, n: int = NUM_SAMPLES) -> None:
     from safetensors.torch import save_file
 
     idx = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long().unique()
-    save_file({"images": images.x[idx].cpu().contiguous(), "labels": images.y[idx].cpu().contiguous()}, str(path))
+    # the central squares (what decode_image gives): stores keep photos aspect-preserved, padded (see cache.py)
+    save_file({"images": images.central(idx).cpu().contiguous(), "labels": images.y[idx].cpu().contiguous()}, str(path))
 
 
 def write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -162,6 +162,7 @@ class RunFiles(Strategy):
         from .models import normalization
 
         spec = model_spec(engine.cfg, engine.data.classes, normalization(engine.model), self.started_from)
+        spec["data"] = engine.data.name  # also when the data came in as a DataBundle
         if self.custom_model:
             spec["custom_model"] = True  # load_model refuses it with a clear message
         atomic_json(spec, engine.out / MODEL_JSON)

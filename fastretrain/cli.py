@@ -45,7 +45,10 @@ def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        if isinstance(default, bool) or f.type in ("bool | None", "bool"):
+        if f.type in ("bool | str | None", "bool | str"):  # --amp / --compile: a bare flag (on), a value, or --no-X
+            p.add_argument(flag, nargs="?", const="on", default=None, metavar="MODE", help=help_text)
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="off", help=f"{flag} off")
+        elif isinstance(default, bool) or f.type in ("bool | None", "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)

@@ -10,6 +10,7 @@ from typing import Any
 from .errors import FastRetrainError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+BALANCE = ("none", "sampler", "loss")
 
 
 def _f(default, help: str):
@@ -32,9 +33,13 @@ class TrainConfig:
     skip_bad_images: bool = _f(False, "warn about and skip unreadable images instead of stopping")
     # model
     model: str = _f("tf_efficientnet_lite0", "model name: this package's, timm's, or tv:NAME for torchvision (see `fastretrain models`)")
-    pretrained: bool | None = _f(None, "start from the ImageNet weights shipped for --model (tf_efficientnet_lite0/1/2);"
-                                 " None (default): on when they exist and no --weights is given; --no-pretrained: off")
+    pretrained: bool | None = _f(None, "start from --model's pretrained weights found on this machine (shipped for "
+                                 "tf_efficientnet_lite0/1/2; timm's in the Hugging Face or torch hub cache; tv:NAME's in "
+                                 "the torch hub cache); None (default): on when they exist and no --weights is given")
     weights: str | None = _f(None, "load a weight file (.safetensors or .pt state_dict); a head of another size is skipped")
+    pretrained_file: str | None = _f(None, "a file of the model's pretrained weights, read by timm's pretrained loader "
+                                     "(original formats converted, ImageNet head dropped; tv:NAME: a torchvision "
+                                     "state_dict); implies --pretrained")
     width: float | None = _f(None, "width multiplier of models with a width argument (vgg-small, resnet20, resnet32, resnet18-cifar)")
     # method
     method: str = _f("sgdm", "training method(s), comma separated, e.g. fast-retrain,rifle (see `fastretrain methods`)")
@@ -48,11 +53,16 @@ class TrainConfig:
     weight_decay: float = _f(1e-4, "weight decay (L2 for SGD and Adam, decoupled for AdamW)")
     schedule: str = _f("cosine", "LR schedule: constant, cosine, onecycle, step:E1,E2, piecewise:MxE,..., cyclic:P")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    balance: str = _f("none", "class imbalance: sampler (class-balanced sampling with replacement), loss (class "
+                      "weights N/(C*n_c) in the training loss) or none")
     recipe: str | None = _f(None, "named preset of optimisation settings: authors, fastai (see `fastretrain methods`)")
     # run
     seed: int = _f(0, "seed of the run: head init, shuffling, augmentation, strategies (splits: --split-seed)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
-    amp: bool | None = _f(None, "bf16 autocast (default: on for CUDA, off for CPU)")
+    amp: bool | str | None = _f(None, "mixed precision: on (bf16 where the GPU has it, else fp16 with a gradient "
+                                "scaler), bf16, fp16 or off (default: on for CUDA, off for CPU)")
+    compile: bool | str = _f(False, "torch.compile the training forward (recompiled when the trainable set changes): "
+                             "on, reduce-overhead, max-autotune, or the debug backend aot_eager")
     channels_last: bool | None = _f(None, "channels-last memory format (default: on for CUDA, off for CPU)")
     deterministic: bool = _f(False, "use deterministic algorithms only (slower on GPU)")
     out: str = _f("runs/latest", "output folder: config, metrics.jsonl, summary.json, weights, checkpoint")
@@ -90,28 +100,35 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (self.max_train is None or self.max_train >= 1, f"--max-train must be >= 1, got {self.max_train}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be sgd, adam or adamw, got {self.optimizer!r}"),
-            (not (self.pretrained and self.weights), "give --pretrained or --weights, not both"),
-            (not self.pretrained or self.model in _pretrained_models(),
-             f"no shipped pretrained weights for {self.model!r}; models with weights: "
-             f"{', '.join(_pretrained_models())} (or give --weights FILE)"),
+            (not ((self.pretrained or self.pretrained_file) and self.weights), "give --pretrained or --weights, not both"),
+            (not (self.pretrained is False and self.pretrained_file), "--pretrained-file contradicts --no-pretrained"),
+            (self.balance in BALANCE, f"--balance must be {', '.join(BALANCE)}; got {self.balance!r}"),
             (self.width is None or self.width > 0, f"--width must be > 0, got {self.width}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise FastRetrainError(msg)
+        from .speed import check_amp, compile_options  # lazy: they import torch
+
+        check_amp(self.amp)
+        compile_options(self.compile)
+        if self.pretrained and not self.pretrained_file:
+            from .models import pretrained_available, pretrained_missing
+
+            if not pretrained_available(self.model):
+                raise FastRetrainError(pretrained_missing(self.model))
 
     def use_pretrained(self) -> bool:
-        """Whether the run starts from shipped ImageNet weights: --pretrained as given, else (None) exactly
-        when weights ship for the model and no --weights file is given."""
+        """Whether the run starts from pretrained weights: --pretrained as given (--pretrained-file: yes), else
+        (None) exactly when weights for the model are on this machine (models.pretrained_available) and no
+        --weights file is given."""
+        if self.pretrained_file:
+            return True
         if self.pretrained is not None:
             return self.pretrained
-        return self.weights is None and self.model in _pretrained_models()
+        from .models import pretrained_available  # lazy: models imports torch
 
-
-def _pretrained_models() -> list[str]:
-    from .models import PRETRAINED_FILES  # lazy: models imports torch
-
-    return list(PRETRAINED_FILES)
+        return self.weights is None and pretrained_available(self.model)
 
 
 def _legacy(d: dict[str, Any]) -> dict[str, Any]:

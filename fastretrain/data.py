@@ -1,4 +1,4 @@
-"""Data: image folders (plain or zipped), in-memory arrays, and the bundled real datasets by name.
+"""Data: image folders (plain or zipped), CSV/TSV file lists, in-memory arrays, and the bundled real datasets by name.
 
 Splits (METHODS.md §6, the comparison protocol): data that ships a test split keeps it; data without
 one (a folder of class folders, a `train/` folder alone) has `test_fraction` of each class held out as
@@ -7,19 +7,28 @@ scored on the same images (`DataBundle.test_set_id` names them). `max_train` sub
 with `split_seed` too, and `val_fraction` of each class of what remains becomes the validation split
 (again drawn from `split_seed`), which is what every choice during training reads.
 
-Every source is decoded once into a uint8 tensor (N, 3, S, S) held in memory, with S = image_size/0.875
-(short side resized, centre-cropped square). Augmentation then runs on whole batches of tensors (on the
-model's device): a per-sample random resized crop + horizontal flip for training, the centre crop for
-evaluation, both through `torchvision.ops.roi_align`, which resamples every box of a batch in one call
-(bilinear, averaging several samples per output pixel when shrinking, i.e. antialiased).
+Every file source (folder, zip, CSV) is decoded once into a uint8 canvas (cache.py): EXIF orientation applied,
+short side resized to S = image_size/0.875, aspect ratio kept up to cache.MAX_ASPECT, portrait images stored
+transposed, each image's upright size in `hw`. The decoded images are cached on disk (`cache_dir`, default
+~/.cache/fastretrain) and reused by later runs; a cache entry larger than IN_MEMORY_BYTES stays on disk and is
+read a batch at a time (DiskImages), so memory does not grow with the number of images. Arrays are resized in
+memory the same way (ImageTensors). Augmentation then runs on whole batches of tensors (on the model's
+device): a per-sample random resized crop of the whole image + horizontal flip for training, the centre crop for
+evaluation (the central 87.5 % of the central square, as before for square stores), both through
+`torchvision.ops.roi_align` or one gather, which resample every box of a batch in one call (bilinear, averaging
+several samples per output pixel when shrinking, i.e. antialiased).
+
+Class imbalance: `class_weights` (loss weights) and `balanced_indices` (class-balanced sampling) serve the
+engine's `--balance`; `class_count_lines` is what a run prints at its start.
 """
 from __future__ import annotations
 
+import collections
 import gzip
 import hashlib
-import io
 import math
 import os
+import re
 import warnings
 import zipfile
 import zlib
@@ -32,26 +41,112 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from .cache import FileImages, Source, cached_decode, cap_side, decode_bytes, decode_in_memory, fit_pil, full_long_side
 from .errors import FastRetrainError, unknown_name
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CROP_PCT = 0.875  # eval crop covers this fraction of the stored square
+IN_MEMORY_BYTES = 64 << 20  # a cache entry up to this size is read into memory; larger ones are read per batch
 PACKAGE_DATA = Path(__file__).parent / "datasets"
 
 
-@dataclass
-class ImageTensors:
-    """Decoded images kept in memory: x (N, 3, S, S) uint8, y (N,) int64."""
+class _Images:
+    """What every stored-image set answers: labels `y`, `hw` (upright (height, width) per image, or None: every
+    image fills the canvas upright), `read(idx)`, the batch transforms (`prepare`), views (`subset`)."""
 
-    x: torch.Tensor
     y: torch.Tensor
+    hw: torch.Tensor | None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def read(self, idx) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 canvas rows (B, 3, S, L) of images `idx`, and their hw (B, 2) or None."""
+        raise NotImplementedError
+
     def prepare(self, idx, train: bool, size: int, norm, generator=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.x[idx].to(device, non_blocking=True)
-        return prepare_images(x, train, size, norm, generator), self.y[idx].to(device, non_blocking=True)
+        x, hw = self.read(idx)
+        x = x.to(device, non_blocking=True)
+        return prepare_images(x, train, size, norm, generator, hw), self.y[idx].to(device, non_blocking=True)
+
+    def central(self, idx) -> torch.Tensor:
+        """uint8 (B, 3, S, S): the central square of each image, upright (what `decode_image` gives)."""
+        x, hw = self.read(idx)
+        return square_crops(x, hw, min(_regions(x, hw)[2]), 0)
+
+
+@dataclass
+class ImageTensors(_Images):
+    """Decoded images in memory: x (N, 3, S, L) uint8 canvas, y (N,) int64, hw (N, 2) or None (see cache.py)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    hw: torch.Tensor | None = None
+
+    def read(self, idx):
+        return self.x[idx], (self.hw[idx] if self.hw is not None else None)
+
+    def subset(self, idx) -> "ImageTensors":
+        """The images `idx` (a copy: in-memory sets are small)."""
+        return ImageTensors(self.x[idx], self.y[idx], self.hw[idx] if self.hw is not None else None)
+
+    def with_labels(self, y: torch.Tensor) -> "ImageTensors":
+        return ImageTensors(self.x, y, self.hw)
+
+
+class DiskImages(_Images):
+    """Images in a cache file (cache.FileImages), rows `rows` of it, read a batch at a time.
+
+    Views (`subset`) copy only indices. `read_ahead(chunks)` starts reading the next batches of an epoch in a
+    background thread (the engine calls it), so reading overlaps the training step.
+    """
+
+    def __init__(self, images: FileImages, rows: torch.Tensor, y: torch.Tensor, hw: torch.Tensor | None):
+        self.images, self.rows, self.y, self.hw = images, rows, y, hw
+        self._plan: collections.deque = collections.deque()
+        self._pending: collections.deque = collections.deque()
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All these images as one uint8 tensor (N, 3, S, L) in memory: for small subsets and tests."""
+        return torch.from_numpy(self.images.read(self.rows.numpy()))
+
+    def subset(self, idx) -> "DiskImages":
+        idx = torch.as_tensor(idx)
+        return DiskImages(self.images, self.rows[idx], self.y[idx], self.hw[idx] if self.hw is not None else None)
+
+    def with_labels(self, y: torch.Tensor) -> "DiskImages":
+        return DiskImages(self.images, self.rows, y, self.hw)
+
+    def read_ahead(self, chunks, depth: int = 3) -> None:
+        """Read these index chunks, in order, up to `depth` batches ahead of `read` (one thread)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1)
+        self._plan, self._pending = collections.deque(chunks), collections.deque()
+        self._fill(depth)
+
+    def _fill(self, depth: int = 3) -> None:
+        while self._plan and len(self._pending) < depth:
+            c = self._plan.popleft()
+            self._pending.append((c, self._pool.submit(self.images.read, self.rows[c].numpy())))
+
+    def read(self, idx):
+        idx = torch.as_tensor(idx)
+        hw = self.hw[idx] if self.hw is not None else None
+        if self._pending and torch.equal(self._pending[0][0], idx):
+            _, job = self._pending.popleft()
+            self._fill()
+            return torch.from_numpy(job.result()), hw
+        self._plan.clear()  # read out of plan: drop the schedule (what is in flight finishes unused)
+        self._pending.clear()
+        return torch.from_numpy(self.images.read(self.rows[idx].numpy())), hw
+
+    def __getstate__(self):
+        return {"images": self.images, "rows": self.rows, "y": self.y, "hw": self.hw}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
 
 
 @dataclass
@@ -67,6 +162,12 @@ class FeatureTensors:
     def prepare(self, idx, train: bool, size: int, norm, generator=None, device="cpu"):
         return self.x[idx].to(device), self.y[idx].to(device)
 
+    def subset(self, idx) -> "FeatureTensors":
+        return FeatureTensors(self.x[idx], self.y[idx])
+
+    def with_labels(self, y: torch.Tensor) -> "FeatureTensors":
+        return FeatureTensors(self.x, y)
+
 
 @dataclass
 class DataBundle:
@@ -76,11 +177,11 @@ class DataBundle:
     their labels); when not given it is computed from the test tensors.
     """
 
-    train: ImageTensors
-    test: ImageTensors
+    train: _Images
+    test: _Images
     classes: list[str]
     name: str
-    val: ImageTensors | None = None
+    val: _Images | None = None
     test_set_id: str = ""
 
     def __post_init__(self):
@@ -110,35 +211,80 @@ def _label_bytes(y) -> bytes:
 # batch transforms
 
 
-def _boxes_random_resized(n: int, s: int, generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """(n, 4) boxes x1, y1, x2, y2 in pixels of an s×s image: random area fraction and aspect ratio."""
+def _boxes_random_resized(n: int, h, w, generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """(n, 4) boxes x1, y1, x2, y2 in pixels of h×w images (h, w: numbers or (n,) tensors): random area
+    fraction of the image and aspect ratio, inside the image."""
     u = torch.rand(n, 4, generator=generator)
-    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * s * s
+    h, w = torch.as_tensor(h, dtype=torch.float32), torch.as_tensor(w, dtype=torch.float32)
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * h * w
     logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    w = torch.sqrt(area * torch.exp(logr)).clamp(max=s)
-    h = torch.sqrt(area / torch.exp(logr)).clamp(max=s)
-    x1 = (s - w) * u[:, 2]
-    y1 = (s - h) * u[:, 3]
-    return torch.stack([x1, y1, x1 + w, y1 + h], 1)
+    bw = torch.minimum(torch.sqrt(area * torch.exp(logr)), w)
+    bh = torch.minimum(torch.sqrt(area / torch.exp(logr)), h)
+    x1 = (w - bw) * u[:, 2]
+    y1 = (h - bh) * u[:, 3]
+    return torch.stack([x1, y1, x1 + bw, y1 + bh], 1)
 
 
-def prepare_images(x: torch.Tensor, train: bool, size: int, norm, generator=None) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> normalised float (B, 3, size, size).
+def _regions(x: torch.Tensor, hw: torch.Tensor | None):
+    """Per image of a canvas batch: stored region (rows, cols) (B,) each, its short side, transposed? (B,)."""
+    b, _, rows, cols = x.shape
+    if hw is None:  # every image fills the canvas upright
+        rh, rw = torch.full((b,), rows), torch.full((b,), cols)
+        return rh, rw, [min(rows, cols)], torch.zeros(b, dtype=torch.bool)
+    hw = hw.cpu()
+    rh, rw = hw.min(1).values, hw.max(1).values
+    return rh, rw, [int(rh.min()), int(rw.min())], hw[:, 0] > hw[:, 1]
 
-    train: per-sample random resized crop + horizontal flip. Eval: the central 87.5% (exactly `size`
-    pixels when S = size/0.875, else resized to `size`, antialiased).
+
+def square_crops(x: torch.Tensor, hw: torch.Tensor | None, c: int, inset: int) -> torch.Tensor:
+    """(B, 3, c, c) from a canvas batch: of each image's central square, the c×c pixels from `inset`, upright."""
+    rh, rw, _, tr = _regions(x, hw)
+    q = int(torch.minimum(rh, rw).min())
+    top, left = (rh - q) // 2 + inset, (rw - q) // 2 + inset
+    if bool((top == top[0]).all() and (left == left[0]).all()):
+        t, l = int(top[0]), int(left[0])
+        out = x[..., t : t + c, l : l + c]
+    else:  # per-image offsets: one gather
+        ar = torch.arange(c)
+        r = (top[:, None] + ar).to(x.device)[:, None, :, None]  # (B, 1, c, 1)
+        k = (left[:, None] + ar).to(x.device)[:, None, None, :]  # (B, 1, 1, c)
+        b = torch.arange(len(x), device=x.device)[:, None, None, None]
+        out = x[b, torch.arange(x.shape[1], device=x.device)[None, :, None, None], r, k]
+    if tr.any():
+        out = out.clone()
+        t = tr.to(x.device)
+        out[t] = out[t].transpose(-1, -2)
+    return out
+
+
+def prepare_images(x: torch.Tensor, train: bool, size: int, norm, generator=None, hw=None) -> torch.Tensor:
+    """uint8 canvas batch (B, 3, S, L) -> normalised float (B, 3, size, size), upright.
+
+    hw (B, 2): each image's upright (height, width) as stored (portrait images transposed, see cache.py);
+    None: every image fills the canvas upright (square stores, arrays).
+    train: per-sample random resized crop of the whole image + horizontal flip. Eval: the central 87.5% of
+    the image's central square (exactly `size` pixels when its side is size/0.875, else resized to `size`,
+    antialiased), i.e. the centre crop of a short-side resize.
     """
-    b, _, s, _ = x.shape
+    b = x.shape[0]
+    rh, rw, sides, tr = _regions(x, hw)
     if train:
-        boxes = _boxes_random_resized(b, s, generator)
+        h, w = (rh, rw) if hw is None else (hw[:, 0].cpu(), hw[:, 1].cpu())  # upright
+        boxes = _boxes_random_resized(b, h if hw is not None else x.shape[-2], w if hw is not None else x.shape[-1],
+                                      generator)  # fmt: skip
+        if tr.any():  # transposed storage: the box's x and y swap, and so does the crop
+            boxes = torch.where(tr[:, None], boxes[:, [1, 0, 3, 2]], boxes)
         rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes], 1).to(x.device)
         out = roi_align(x.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        if tr.any():
+            t = tr.to(x.device)
+            out[t] = out[t].transpose(-1, -2)
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         out[flip] = out[flip].flip(-1)
     else:
+        s = min(sides)
         c = size if store_size(size) == s else min(s, int(round(s * CROP_PCT)))
-        t = (s - c) // 2
-        out = x[..., t : t + c, t : t + c].float()
+        out = square_crops(x, hw, c, (s - c) // 2).float()
         if c != size:
             out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean, std = norm
@@ -155,19 +301,40 @@ def store_size(image_size: int) -> int:
     return int(round(image_size / CROP_PCT))
 
 
-def resize_square(x: torch.Tensor, s: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> uint8 (N, C, s, s): short side to s (bicubic, antialiased), centre crop."""
+def _resize_chunks(x: torch.Tensor, size_of, crop_of) -> torch.Tensor:
     out = []
     for chunk in x.split(512):
         h, w = chunk.shape[-2:]
-        k = s / min(h, w)
-        nh, nw = max(s, round(h * k)), max(s, round(w * k))
+        nh, nw = size_of(h, w)
         c = chunk.float()
         if (nh, nw) != (h, w):
             c = F.interpolate(c, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        t, l = (nh - s) // 2, (nw - s) // 2
-        out.append(c[..., t : t + s, l : l + s].round().clamp(0, 255).to(torch.uint8))
+        t, l, oh, ow = crop_of(nh, nw)
+        out.append(c[..., t : t + oh, l : l + ow].round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
+
+
+def _short_side_to(s: int):
+    return lambda h, w: (full_long_side(h, w, s) if h > w else s, full_long_side(h, w, s) if w >= h else s)
+
+
+def resize_square(x: torch.Tensor, s: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, s, s): short side to s (bicubic, antialiased), centre crop."""
+    return _resize_chunks(x, _short_side_to(s), lambda nh, nw: ((nh - s) // 2, (nw - s) // 2, s, s))
+
+
+def resize_short(x: torch.Tensor, s: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, s, l) or (N, C, l, s): short side to s (bicubic, antialiased), the long
+    side to scale up to cap_side(s) (its centre kept so that the central s×s square is `resize_square`'s)."""
+    cap = cap_side(s)
+
+    def crop(nh, nw):
+        full = max(nh, nw)
+        long = min(full, cap)
+        off = (full - s) // 2 - (long - s) // 2
+        return (off, 0, long, s) if nh > nw else (0, off, s, long)
+
+    return _resize_chunks(x, _short_side_to(s), crop)
 
 
 def _to_nchw_uint8(x) -> torch.Tensor:
@@ -201,7 +368,8 @@ def from_arrays(x_train, y_train, x_test, y_test, image_size: int, classes: list
                 val_fraction: float = 0.0, split_seed: int = 0) -> DataBundle:  # fmt: skip
     """A DataBundle from in-memory arrays (uint8 or float in [0,1]; grey, RGB or RGBA).
 
-    The test arrays are the test set as given (its id: a digest of their bytes and labels);
+    Images are stored with their short side at size/0.875 (non-square arrays keep their aspect up to
+    cache.MAX_ASPECT). The test arrays are the test set as given (its id: a digest of their bytes and labels);
     `val_fraction` > 0 carves a stratified validation split from the training arrays (see `carve_validation`).
     """
     ytr = _labels(y_train, len(classes) if classes else None, "training labels")
@@ -219,63 +387,46 @@ def from_arrays(x_train, y_train, x_test, y_test, image_size: int, classes: list
     raw = np.ascontiguousarray(np.asarray(x_test))
     test_id = digest("arrays", str(raw.dtype), raw.shape, raw.tobytes(), _label_bytes(yte), classes)
     s = store_size(image_size)
-    train, test = ImageTensors(resize_square(xtr, s), ytr), ImageTensors(resize_square(xte, s), yte)
+    train, test = ImageTensors(resize_short(xtr, s), ytr), ImageTensors(resize_short(xte, s), yte)
     bundle = DataBundle(train, test, classes, name, test_set_id=test_id)
     return carve_validation(bundle, val_fraction, split_seed)
 
 
-def _decode(data: bytes, s: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return _fit(img, s)
-
-
-def _fit(img, s: int) -> np.ndarray:
-    """A PIL image -> uint8 (s, s, 3) RGB: short side to s (bicubic), centre square."""
-    from PIL import Image, ImageOps
-
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return np.asarray(ImageOps.fit(img.convert("RGB"), (s, s), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
 def decode_image(image, s: int) -> torch.Tensor:
-    """One image -> uint8 (3, s, s), decoded exactly as training images are (used to predict on new images).
+    """One image -> uint8 (3, s, s), decoded exactly as training images are (used to predict on new images):
+    the central square of the stored image, i.e. what the evaluation transform crops from.
 
-    Encoded bytes or a PIL image: as in an image folder (PIL, bicubic, centre square). An array (H, W),
-    (H, W, C) or (C, H, W), uint8 or float in [0, 1]: as `from_arrays` (torch bicubic, antialiased).
+    Encoded bytes or a PIL image: as in an image folder (EXIF orientation applied, PIL bicubic, see cache.py).
+    An array (H, W), (H, W, C) or (C, H, W), uint8 or float in [0, 1]: as `from_arrays` (torch bicubic).
     """
     from PIL import Image
 
     if isinstance(image, (bytes, bytearray)):
-        rgb = _decode(bytes(image), s)
+        rgb, hw = decode_bytes(bytes(image), s, cap_side(s))
     elif isinstance(image, Image.Image):
-        rgb = _fit(image, s)
+        rgb, hw = fit_pil(image, s, cap_side(s))
     else:
         return resize_square(_to_nchw_uint8(np.asarray(image)[None]), s)[0]
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # PIL's array is read-only
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]  # (1, 3, s, l), stored orientation
+    return square_crops(x, torch.tensor([hw]), s, 0)[0].contiguous()
 
 
 class _Files:
-    """A folder tree or a zip file, seen as relative POSIX paths -> bytes."""
+    """A folder tree or a zip file, seen as relative POSIX paths (`names`) of a cache.Source."""
 
     def __init__(self, path: Path):
         self.path = path
         if path.suffix.lower() == ".zip":
             try:
-                self.zip = zipfile.ZipFile(path)
+                with zipfile.ZipFile(path) as z:
+                    self.names = [n for n in z.namelist() if not n.endswith("/")]
             except zipfile.BadZipFile as e:
                 raise FastRetrainError(f"not a readable zip file: {path}") from e
-            self.names = [n for n in self.zip.namelist() if not n.endswith("/")]
+            self.source = Source(str(path), is_zip=True)
         else:
-            self.zip = None
             self.names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+            self.source = Source(str(path))
         self.names = [n for n in self.names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
-
-    def read(self, name: str) -> bytes:
-        return self.zip.read(name) if self.zip else (self.path / name).read_bytes()
 
     def dirs(self, prefix: str) -> list[str]:
         """Immediate sub-folder names under prefix (which ends with '/' or is '')."""
@@ -298,26 +449,45 @@ def _class_files(files: _Files, prefix: str, classes: list[str] | None) -> tuple
     return names, labels, classes
 
 
-def _decode_all(files: _Files, names: list[str], s: int, skip_bad: bool) -> tuple[torch.Tensor, list[int]]:
-    def one(name):
-        try:
-            return _decode(files.read(name), s)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
-            if not skip_bad:
-                raise FastRetrainError(f"cannot read image {files.path}/{name}: {e} (use --skip-bad-images to skip)") from e
-            return None
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FASTRETRAIN_CACHE", Path.home() / ".cache" / "fastretrain"))
 
-    workers = 1 if files.zip else min(4, os.cpu_count() or 1)  # ZipFile is not thread-safe
-    with ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(one, names))
-    keep = [i for i, a in enumerate(arrays) if a is not None]
-    if len(keep) < len(names):
-        bad = [names[i] for i, a in enumerate(arrays) if a is None]
-        warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", stacklevel=2)
+
+def decoded_images(source: Source, names: list[str], labels: list[int], s: int, skip_bad: bool, where: str,
+                   cache_dir: str | Path | None = None) -> tuple[_Images, list[int]]:  # fmt: skip
+    """The images `names` of `source` decoded (see cache.py) with their labels, and the indices kept.
+
+    cache_dir None: decoded into memory. Else through the cache entry there; an entry of at most
+    IN_MEMORY_BYTES is read into memory (ImageTensors), a larger one stays on disk (DiskImages).
+    Unreadable files stop with an error naming the first, or with `skip_bad` are left out with a warning.
+    """
+    if cache_dir:
+        d = cached_decode(source, names, s, cache_dir)
+    else:
+        d = decode_in_memory(source, names, s)
+    keep = [i for i in range(len(names)) if i not in d.errors]
+    if d.errors:
+        first = min(d.errors)
+        if not skip_bad:
+            raise FastRetrainError(f"cannot read image {where}/{names[first]}: {d.errors[first]} (use --skip-bad-images "
+                                   "to skip)")  # fmt: skip
+        warnings.warn(f"skipped {len(d.errors)} unreadable image(s), e.g. {names[first]}", stacklevel=3)
     if not keep:
-        raise FastRetrainError(f"no readable images in {files.path}")
-    x = torch.from_numpy(np.stack([arrays[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
-    return x, keep
+        raise FastRetrainError(f"no readable images in {where}")
+    width = d.images.shape[-1]
+    hw = torch.from_numpy(d.hw)
+    if bool((hw[keep] == torch.tensor([s, width])).all()):
+        hw = None  # every image fills the canvas upright: the plain (square) store
+    y, idx = torch.tensor(labels, dtype=torch.long), torch.tensor(keep, dtype=torch.long)
+    images = d.images
+    if isinstance(images, FileImages) and images.count * images.record <= IN_MEMORY_BYTES:
+        images = np.fromfile(images.path, np.uint8).reshape(images.shape)
+    if isinstance(images, FileImages):
+        return DiskImages(images, idx, y[idx], hw[idx] if hw is not None else None), keep
+    x = torch.from_numpy(images)
+    if len(keep) < len(names):
+        x = x[idx]
+    return ImageTensors(x, y[idx], hw[idx] if hw is not None else None), keep
 
 
 def stratified_split(y: torch.Tensor, frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,12 +504,13 @@ def stratified_split(y: torch.Tensor, frac: float, seed: int) -> tuple[torch.Ten
 
 
 def from_folder(path: str | Path, image_size: int, test_fraction: float = 0.2, split_seed: int = 0,
-                skip_bad: bool = False, val_fraction: float = 0.0) -> DataBundle:  # fmt: skip
+                skip_bad: bool = False, val_fraction: float = 0.0, cache_dir: str | Path | None = None) -> DataBundle:  # fmt: skip
     """Image folder or .zip: `train/` + `test/` or `val/` class subfolders (that folder is the test set; with
     both, `val/` is the validation split), or
     class subfolders (a `train/` folder alone too) with `test_fraction` of each class held out as test,
     drawn with `split_seed`. The test set's id digests its file names (below the dataset's top folder) and
     classes, so a folder and its zip give the same id. `val_fraction` > 0 carves validation from training.
+    cache_dir: where decoded images are cached (None: decode into memory, see `decoded_images`).
     """
     path = Path(path)
     files = _Files(path)
@@ -351,43 +522,157 @@ def from_folder(path: str | Path, image_size: int, test_fraction: float = 0.2, s
         prefix += top[0] + "/"  # a zip that wraps everything in one folder
         top = files.dirs(prefix)
     s = store_size(image_size)
-    if "train" in top:
-        # the held-out folder is the test set: `test/`, else `val/` (ImageNet's convention); with both,
-        # `val/` is the validation split
-        split = next((d for d in ("test", "val") if d in top), None)
-        names, labels, classes = _class_files(files, f"{prefix}train/", None)
-        if split is None:
-            bundle = _split_bundle(files, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix)
-            return carve_validation(bundle, val_fraction, split_seed)
-        tnames, tlabels, _ = _class_files(files, f"{prefix}{split}/", classes)
-        xtr, keep = _decode_all(files, names, s, skip_bad)
-        xte, tkeep = _decode_all(files, tnames, s, skip_bad)
-        ytr, yte = torch.tensor(labels)[keep], torch.tensor(tlabels)[tkeep]
-        test_id = _names_id(files, [tnames[i] for i in tkeep], tlabels, classes, prefix, tkeep)
-        bundle = DataBundle(ImageTensors(xtr, ytr), ImageTensors(xte, yte), classes, path.name, test_set_id=test_id)
-        if split == "test" and "val" in top:
-            vnames, vlabels, _ = _class_files(files, f"{prefix}val/", classes)
-            xva, vkeep = _decode_all(files, vnames, s, skip_bad)
-            bundle.val = ImageTensors(xva, torch.tensor(vlabels)[vkeep])
-        return carve_validation(bundle, val_fraction, split_seed)
-    names, labels, classes = _class_files(files, prefix, None)
-    bundle = _split_bundle(files, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix)
+    if "train" not in top:
+        names, labels, classes = _class_files(files, prefix, None)
+        return _split_bundle(files.source, names, labels, classes, s, test_fraction, split_seed, skip_bad, path,
+                             prefix, cache_dir, val_fraction)  # fmt: skip
+    # the held-out folder is the test set: `test/`, else `val/` (ImageNet's convention); with both, `val/` is
+    # the validation split
+    split = next((d for d in ("test", "val") if d in top), None)
+    names, labels, classes = _class_files(files, f"{prefix}train/", None)
+    if split is None:
+        return _split_bundle(files.source, names, labels, classes, s, test_fraction, split_seed, skip_bad, path,
+                             prefix, cache_dir, val_fraction)  # fmt: skip
+    parts = {"train": (names, labels), split: _class_files(files, f"{prefix}{split}/", classes)[:2]}
+    if split == "test" and "val" in top:
+        parts["val"] = _class_files(files, f"{prefix}val/", classes)[:2]
+    return _parts_bundle(files.source, parts, classes, s, skip_bad, str(path), path.name, prefix, cache_dir,
+                         val_fraction, split_seed, split)  # fmt: skip
+
+
+def _parts_bundle(source, parts: dict, classes, s, skip_bad, where, name, prefix, cache_dir, val_fraction, split_seed,
+                  test_part: str = "test") -> DataBundle:  # fmt: skip
+    """A bundle from given splits {part: (names, labels)}: `test_part` is the test set, "val" (if any) validation."""
+    order = list(parts)
+    names = [n for p in order for n in parts[p][0]]
+    labels = [c for p in order for c in parts[p][1]]
+    images, keep = decoded_images(source, names, labels, s, skip_bad, where, cache_dir)
+    starts = np.cumsum([0] + [len(parts[p][0]) for p in order])
+    keep_t = torch.tensor(keep)
+    views = {}
+    for p, a, b in zip(order, starts[:-1], starts[1:]):
+        views[p] = images.subset(((keep_t >= a) & (keep_t < b)).nonzero().flatten())
+    test_names = [names[i] for i in keep if starts[order.index(test_part)] <= i < starts[order.index(test_part) + 1]]
+    test_id = _names_id(test_names, views[test_part].y.tolist(), classes, prefix)
+    val = views.get("val") if test_part != "val" else None
+    bundle = DataBundle(views["train"], views[test_part], classes, name, val=val, test_set_id=test_id)
     return carve_validation(bundle, val_fraction, split_seed)
 
 
-def _names_id(files, names, labels, classes, prefix, keep=None) -> str:
+def _names_id(names, labels, classes, prefix="") -> str:
     """Digest of test file names (the wrapping top folder of a zip removed) and their class names."""
-    labels = [labels[i] for i in keep] if keep is not None else labels
     return digest("files", *(f"{n[len(prefix):]}\t{classes[c]}" for n, c in zip(names, labels)))
 
 
-def _split_bundle(files, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix) -> DataBundle:
-    x, keep = _decode_all(files, names, s, skip_bad)
-    y = torch.tensor(labels)[keep]
-    tr, te = stratified_split(y, test_fraction, split_seed)
+def _split_bundle(source, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix, cache_dir,
+                  val_fraction) -> DataBundle:  # fmt: skip
+    """Decode `names`, hold out `test_fraction` of each class as test (drawn with split_seed), carve validation."""
+    images, keep = decoded_images(source, names, labels, s, skip_bad, str(path), cache_dir)
+    tr, te = stratified_split(images.y, test_fraction, split_seed)
     kept = [names[i] for i in keep]
-    test_id = _names_id(files, [kept[i] for i in te.tolist()], y[te].tolist(), classes, prefix)
-    return DataBundle(ImageTensors(x[tr], y[tr]), ImageTensors(x[te], y[te]), classes, path.name, test_set_id=test_id)
+    test_id = _names_id([kept[i] for i in te.tolist()], images.y[te].tolist(), classes, prefix)
+    bundle = DataBundle(images.subset(tr), images.subset(te), classes, Path(path).name, test_set_id=test_id)
+    return carve_validation(bundle, val_fraction, split_seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# a CSV/TSV list of files
+
+PATH_COLUMNS, LABEL_COLUMNS, SPLITS = ("path", "file", "filename", "image"), ("label", "class"), ("train", "val", "test")
+SPLIT_ALIASES = {"validation": "val", "valid": "val"}
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[int, str, str, str]], bool]:
+    """[(line, path, label, split)] of a CSV/TSV (header optional), and whether it has a split column."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FastRetrainError(f"cannot read {path}: {e}") from e
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    delim = "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
+    rows = [(i + 1, [c.strip() for c in r]) for i, r in enumerate(csv.reader(lines, delimiter=delim)) if any(c.strip() for c in r)]
+    if not rows:
+        raise FastRetrainError(f"{path} lists no images (expected rows of path,label[,split])")
+    head = [c.lower() for c in rows[0][1]]
+    if any(h in PATH_COLUMNS for h in head) and any(h in LABEL_COLUMNS for h in head):
+        unknown = [h for h in head if h not in PATH_COLUMNS + LABEL_COLUMNS + ("split",)]
+        if unknown:
+            raise FastRetrainError(f"{path}: unknown column {unknown[0]!r} in the header (columns: path, label, split)")
+        cols = (next(i for i, h in enumerate(head) if h in PATH_COLUMNS), next(i for i, h in enumerate(head) if h in LABEL_COLUMNS),
+                head.index("split") if "split" in head else None)  # fmt: skip
+        rows = rows[1:]
+    else:
+        cols = (0, 1, 2 if len(rows[0][1]) > 2 else None)
+    width = max(c for c in cols if c is not None) + 1
+    out = []
+    for line, r in rows:
+        if len(r) < width or not r[cols[0]] or not r[cols[1]]:
+            raise FastRetrainError(f"{path} line {line}: expected path,label[,split], got {','.join(r)!r}")
+        split = r[cols[2]].lower() if cols[2] is not None else "train"
+        split = SPLIT_ALIASES.get(split, split)
+        if split not in SPLITS:
+            raise FastRetrainError(f"{path} line {line}: unknown split {r[cols[2]]!r} (use train, val or test)")
+        out.append((line, r[cols[0]], r[cols[1]], split))
+    if not out:
+        raise FastRetrainError(f"{path} lists no images (expected rows of path,label[,split])")
+    return out, cols[2] is not None
+
+
+def from_csv(path: str | Path, image_size: int, test_fraction: float = 0.2, split_seed: int = 0, skip_bad: bool = False,
+             val_fraction: float = 0.0, cache_dir: str | Path | None = None) -> DataBundle:  # fmt: skip
+    """A CSV or TSV of `path,label[,split]` (paths relative to the file's folder; a header row naming the columns
+    is optional). Classes: the training rows' labels (sorted; numerically when all are integers). Rows with split
+    `test` are the test set, else `test_fraction` of each class of the training rows is held out (split_seed);
+    rows with split `val` are the validation split, else `val_fraction` is carved from training. Errors name the
+    line: a missing file, a label of a val/test row that no training row has, an unknown split, a file listed twice.
+    """
+    path = Path(path)
+    rows, _ = _csv_rows(path)
+    base = path.resolve().parent
+    seen: dict[str, int] = {}
+    for line, p, _, _ in rows:
+        if p in seen:
+            raise FastRetrainError(f"{path} line {line}: {p} is listed again (first on line {seen[p]})")
+        seen[p] = line
+    missing = [(line, p) for line, p, _, _ in rows if not (base / p).is_file()]
+    if missing:
+        what = f"{len(missing)} listed file(s) not found, e.g. line {missing[0][0]}: {missing[0][1]}"
+        if not skip_bad:
+            raise FastRetrainError(f"{path}: {what} (paths are relative to {base}; --skip-bad-images skips them)")
+        warnings.warn(f"{path}: skipped {what}", stacklevel=2)
+        gone = {p for _, p in missing}
+        rows = [r for r in rows if r[1] not in gone]
+    train_labels = sorted({lab for _, _, lab, sp in rows if sp == "train"})
+    if not train_labels:
+        raise FastRetrainError(f"{path} has no training rows (split train, or no split column)")
+    if all(re.fullmatch(r"-?\d+", lab) for lab in train_labels):
+        train_labels.sort(key=int)
+    index = {c: i for i, c in enumerate(train_labels)}
+    for line, _, lab, sp in rows:
+        if lab not in index:
+            raise FastRetrainError(f"{path} line {line}: unknown label {lab!r} of a {sp} image (no training row has "
+                                   f"it; labels: {', '.join(train_labels[:10])}{', ...' if len(index) > 10 else ''})")  # fmt: skip
+    s = store_size(image_size)
+    source = Source(str(base))
+    splits = {sp: ([p for _, p, _, q in rows if q == sp], [index[lab] for _, _, lab, q in rows if q == sp])
+              for sp in SPLITS if any(r[3] == sp for r in rows)}  # fmt: skip
+    if "test" not in splits:
+        bundle = _split_bundle(source, *splits["train"], train_labels, s, test_fraction, split_seed, skip_bad, path, "",
+                               cache_dir, 0.0)  # fmt: skip
+        if "val" in splits:
+            vnames, vlabels = splits["val"]
+            bundle.val = decoded_images(source, vnames, vlabels, s, skip_bad, str(base), cache_dir)[0]
+        bundle.name = path.stem
+        return carve_validation(bundle, val_fraction, split_seed)
+    return _parts_bundle(source, splits, train_labels, s, skip_bad, str(base), path.stem, "", cache_dir, val_fraction,
+                         split_seed)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# splits, subsets, class balance
 
 
 def _val_seed(split_seed: int) -> int:
@@ -406,8 +691,7 @@ def carve_validation(bundle: DataBundle, val_fraction: float, split_seed: int = 
     if not val_fraction or bundle.val is not None:
         return bundle
     tr, va = stratified_split(bundle.train.y, val_fraction, _val_seed(split_seed))
-    data = bundle.train
-    bundle.train, bundle.val = type(data)(data.x[tr], data.y[tr]), type(data)(data.x[va], data.y[va])
+    bundle.train, bundle.val = bundle.train.subset(tr), bundle.train.subset(va)
     return bundle
 
 
@@ -415,8 +699,41 @@ def subset_train(bundle: DataBundle, max_train: int | None, split_seed: int = 0)
     """Keep at most `max_train` training images, stratified, drawn from `split_seed` (not the run seed)."""
     if max_train is not None and max_train < len(bundle.train):
         keep, _ = stratified_split(bundle.train.y, 1 - max_train / len(bundle.train), split_seed)
-        bundle.train = type(bundle.train)(bundle.train.x[keep], bundle.train.y[keep])
+        bundle.train = bundle.train.subset(keep)
     return bundle
+
+
+def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Loss weight per class, N / (C · n_c) (scikit-learn's "balanced"): each class weighs the same in total."""
+    counts = torch.bincount(y.cpu(), minlength=num_classes).double()
+    return (len(y) / (num_classes * counts.clamp(min=1))).float()
+
+
+def balanced_indices(y: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
+    """`num` indices drawn with replacement, image i with probability 1 / (C · n_{y_i}): every class equally likely."""
+    counts = torch.bincount(y.cpu())
+    present = int((counts > 0).sum())
+    p = 1.0 / (present * counts[y.cpu()].double())
+    return torch.multinomial(p, num, replacement=True, generator=generator)
+
+
+def class_count_lines(bundle: DataBundle, limit: int = 30) -> list[str]:
+    """Per-class image counts of train/val/test, one line per class (up to `limit` classes, else a summary)."""
+    parts = [("train", bundle.train), ("val", bundle.val), ("test", bundle.test)]
+    parts = [(n, d) for n, d in parts if d is not None]
+    counts = {n: torch.bincount(d.y.cpu(), minlength=bundle.num_classes).tolist() for n, d in parts}
+    head = f"images per class ({'/'.join(n for n, _ in parts)}):"
+    tr = counts["train"]
+    ratio = max(tr) / max(min(tr), 1)
+    note = f"; training classes differ up to {ratio:.1f}x (--balance sampler|loss evens them out)" if ratio >= 2 else ""
+    if bundle.num_classes <= limit:
+        width = max(len(c) for c in bundle.classes)
+        return [head + note] + [f"  {c:<{width}}  " + "/".join(str(counts[n][i]) for n, _ in parts)
+                                for i, c in enumerate(bundle.classes)]  # fmt: skip
+    order = sorted(range(bundle.num_classes), key=lambda i: tr[i])
+    rare = ", ".join(f"{bundle.classes[i]} {tr[i]}" for i in order[:5])
+    stats = "; ".join(f"{n} min {min(v)} median {sorted(v)[len(v) // 2]} max {max(v)}" for n, v in counts.items())
+    return [f"{head} {bundle.num_classes} classes: {stats}{note}", f"  fewest training images: {rare}"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,13 +805,14 @@ def load_data(
     cache_dir: str | Path | None = "auto",
     val_fraction: float = 0.0,
 ) -> DataBundle:
-    """Load a dataset by name (see DATASETS) or path (folder, .zip, .npz with x_train/y_train/x_test/y_test).
+    """Load a dataset by name (see DATASETS) or path: folder, .zip, .csv/.tsv (`path,label[,split]`), or .npz
+    with x_train/y_train/x_test/y_test.
 
     Splits: the data's own test split, else `test_fraction` per class drawn with `split_seed`; then
     `max_train` (stratified, `split_seed`), then `val_fraction` of each class as validation (`split_seed`).
     A training run passes its config's values (validation 10 % by default); called directly, the default
-    `val_fraction=0` returns no validation split. Decoded folders/zips are cached as tensors in `cache_dir`
-    (default ~/.cache/fastretrain; None disables).
+    `val_fraction=0` returns no validation split. Decoded folders/zips/CSV lists are cached in `cache_dir`
+    ("auto": $FASTRETRAIN_CACHE, else ~/.cache/fastretrain; None: decoded into memory every time).
     """
     if spec in DATASETS:
         path, name = DATASETS[spec](data_root), spec
@@ -505,40 +823,15 @@ def load_data(
                 raise unknown_name("dataset", spec, DATASETS)
             raise FastRetrainError(f"data path not found: {spec}")
     classes = FASHION_CLASSES if name.startswith("fashion-mnist") else None
+    if cache_dir == "auto":
+        cache_dir = default_cache_dir()
     if path.is_dir() and (path / "train-images-idx3-ubyte.gz").is_file():
         bundle = _idx_bundle(path, image_size)
     elif path.suffix.lower() == ".npz":
         bundle = _npz(path, image_size, name, classes)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        bundle = from_csv(path, image_size, test_fraction, split_seed, skip_bad, cache_dir=cache_dir)
     else:
-        bundle = _cached(path, image_size, test_fraction, split_seed, skip_bad, cache_dir)
+        bundle = from_folder(path, image_size, test_fraction, split_seed, skip_bad, cache_dir=cache_dir)
     bundle.name = name
     return carve_validation(subset_train(bundle, max_train, split_seed), val_fraction, split_seed)
-
-
-def _cached(path: Path, image_size: int, test_fraction: float, split_seed: int, skip_bad: bool, cache_dir):
-    """from_folder (train/test only), memoised on disk as uint8 tensors keyed by the files' names, sizes and times."""
-    if cache_dir == "auto":
-        cache_dir = os.environ.get("FASTRETRAIN_CACHE", Path.home() / ".cache" / "fastretrain")
-    if not cache_dir:
-        return from_folder(path, image_size, test_fraction, split_seed, skip_bad)
-    files = [path] if path.is_file() else sorted(path.rglob("*"))
-    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    what = ("v2", str(path.resolve()), stats, image_size, test_fraction, split_seed, skip_bad)
-    file = Path(cache_dir) / f"data-{hashlib.sha1(repr(what).encode()).hexdigest()[:16]}.pt"
-    if file.is_file():
-        try:
-            d = torch.load(file, weights_only=True)
-            val = ImageTensors(d["xva"], d["yva"]) if "xva" in d else None
-            train, test = ImageTensors(d["xtr"], d["ytr"]), ImageTensors(d["xte"], d["yte"])
-            return DataBundle(train, test, d["classes"], d["name"], val=val, test_set_id=d["test_set_id"])
-        except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
-            pass
-    bundle = from_folder(path, image_size, test_fraction, split_seed, skip_bad)
-    from .checkpoint import atomic_torch_save
-
-    d = {"xtr": bundle.train.x, "ytr": bundle.train.y, "xte": bundle.test.x, "yte": bundle.test.y,
-         "classes": bundle.classes, "name": bundle.name, "test_set_id": bundle.test_set_id}  # fmt: skip
-    if bundle.val is not None:
-        d.update(xva=bundle.val.x, yva=bundle.val.y)
-    atomic_torch_save(d, file)
-    return bundle

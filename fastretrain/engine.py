@@ -55,10 +55,11 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .checkpoint import atomic_json, atomic_torch_save, load_checkpoint, save_weights
 from .config import TrainConfig
-from .data import DataBundle
+from .data import DataBundle, balanced_indices, class_weights
 from .errors import FastRetrainError, NonFiniteLossError
 from .models import normalization
 from .schedules import parse_schedule
+from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
 
 EVENTS = (
     "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
@@ -124,13 +125,19 @@ class Engine:
         self.strategies = sorted(strategies, key=lambda s: s.order)  # stable: equal orders keep their given order
         self.out = Path(out_dir) if out_dir else None  # the run folder (None: nothing written)
         cuda = self.device.type == "cuda"
-        self.amp = cuda if cfg.amp is None else cfg.amp  # bf16 autocast in the forward (see autocast())
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)  # autocast dtype of the forward, None: off (speed.py)
+        self.amp = self.amp_dtype is not None
+        self.scaler = grad_scaler(self.amp_dtype, self.device)  # float16: loss scaling (None otherwise)
+        options = compile_options(cfg.compile)  # --compile: the training forward through torch.compile
+        self._compiled = CompiledForward(**options) if options is not None else None
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.image_size = cfg.image_size  # input side in pixels of the batches prepared now
         self.norm = normalization(model)  # (mean, std) the inputs are normalised with
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # --balance loss: class weights N / (C n_c) from the training labels
+        weight = class_weights(data.train.y, data.num_classes).to(self.device) if cfg.balance == "loss" else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.schedule = parse_schedule(cfg.schedule, cfg.epochs)  # progress in epochs -> LR multiplier
         self.lr_scale: dict[str, float] = {}  # parameter name -> LR multiplier (then rebuild_optimizer())
         self.optimizer: torch.optim.Optimizer | None = None
@@ -225,7 +232,10 @@ class Engine:
         """
         data = self.train_data if data is None else data
         n = len(data)
-        if train:
+        if train and self.cfg.balance == "sampler":  # class-balanced draw, as many per rank as the sampler gives
+            per_rank = math.ceil(n / dist.world())
+            idx = balanced_indices(data.y, per_rank * dist.world(), self.rng("balance"))[dist.rank() :: dist.world()]
+        elif train:
             sampler = DistributedSampler(data, dist.world(), dist.rank(), shuffle=True, seed=self.cfg.seed)
             sampler.set_epoch(self.epoch)
             idx = torch.tensor(list(sampler))
@@ -238,6 +248,8 @@ class Engine:
         if train and len(chunks) > 1 and len(chunks[-1]) == 1:
             chunks.pop()
         gen = self.rng("augment", per_rank=True) if train else None
+        if hasattr(data, "read_ahead"):  # disk-backed images: read the next batches while this one trains
+            data.read_ahead(chunks)
         for chunk in chunks:
             x, y = data.prepare(chunk, train, self.image_size, self.norm, gen, self.device)
             if self.channels_last and x.ndim == 4:
@@ -262,8 +274,9 @@ class Engine:
             self._untimed += time.perf_counter() - t
 
     def autocast(self):
-        if self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """The forward's autocast context (--amp: bf16, or fp16 with the engine's GradScaler), else a no-op."""
+        if self.amp_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     @torch.no_grad()
@@ -378,14 +391,21 @@ class Engine:
         self._call("before_batch")
         self._set_lr()
         with self.autocast():
-            self.logits = self._forward(self.x)
+            self.logits = self._forward(self.x) if self._compiled is None else self._compiled(self._forward, self.x)
             self.loss = self.loss_fn(self.logits.float(), self.y)
         self._call("after_loss")
         self._check_finite()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss.backward()
-        self._call("before_step")
-        self.optimizer.step()
+        if self.scaler is None:
+            self.loss.backward()
+            self._call("before_step")
+            self.optimizer.step()
+        else:  # float16: scaled backward; hooks see the unscaled gradients; an overflowing step is skipped
+            self.scaler.scale(self.loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._call("before_step")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self._call("after_step")
 
     def _end_epoch(self) -> None:
@@ -501,6 +521,7 @@ class Engine:
             "best_epoch": self.best_epoch,
             "best_key": list(self.best_key) if self.best_key is not None else None,
             "wall_seconds": self.wall_seconds,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,  # --amp fp16: the loss scale
         }
 
     def _restore(self, ck: dict[str, Any]) -> None:
@@ -530,6 +551,8 @@ class Engine:
         self.start_epoch, self.history = ck["epoch"], list(ck["history"])
         self.best_epoch, self.wall_seconds = ck.get("best_epoch"), ck["wall_seconds"]
         self.best_key = tuple(ck["best_key"]) if ck.get("best_key") is not None else None
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         if dist.is_main():
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
             print(f"resumed {where} after epoch {self.start_epoch}")

@@ -169,7 +169,7 @@ def _remap(images, data_classes: list[str], classes: list[str], what: str):
         raise FastRetrainError(f"{what} has classes the run does not know: {', '.join(unknown[:5])} "
                                f"(the run's: {', '.join(classes[:10])})")  # fmt: skip
     table = torch.tensor([index[c] for c in data_classes])
-    return type(images)(images.x, table[images.y])
+    return images.with_labels(table[images.y])
 
 
 def _legacy_predictor(run: Path, cfg, classes: list[str], which: str, device):

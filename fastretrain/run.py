@@ -11,7 +11,7 @@ import torch
 from . import distributed as dist
 from .artifacts import RunFiles, starting_weights
 from .config import TrainConfig
-from .data import DataBundle, load_data
+from .data import DataBundle, class_count_lines, load_data
 from .engine import Engine, Strategy
 from .errors import FastRetrainError
 from .methods import METHODS, build_strategies, recipe_fields
@@ -128,11 +128,13 @@ def build_engine(
     if data is None:
         data = load_data(cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images,
                          cfg.data_root, cfg.max_train, val_fraction=cfg.val_fraction)  # fmt: skip
+    if cfg.progress and dist.is_main():
+        print(f"data: {data.name}, {data.num_classes} classes; " + "\n".join(class_count_lines(data)))
     model = module
     if model is None:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         model = create_model(cfg.model, data.num_classes, pretrained=cfg.use_pretrained(), weights=cfg.weights,
-                             **model_kwargs(cfg))
+                             pretrained_file=cfg.pretrained_file, **model_kwargs(cfg))
     out = Path(cfg.out) if cfg.out else None
     if out and dist.is_main():
         if out.exists() and (out / "metrics.jsonl").exists() and not cfg.resume and (out / "checkpoint.pt").exists():

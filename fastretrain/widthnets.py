@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import FastRetrainError
-from .models import BasicBlock, _Classifier, register_model
+from .models import BasicBlock, Classifier, register_model
 
 
 class CompositionError(FastRetrainError):
@@ -35,7 +35,7 @@ def scale_width(base: int, width: float) -> int:
     return max(1, int(round(base * width)))
 
 
-class WidthNet(_Classifier):
+class WidthNet(Classifier):
     """Base of the models here: `config` (constructor kwargs) and the keys of it that are widths."""
 
     WIDTH_KEYS: tuple[str, ...] = ()

@@ -29,7 +29,8 @@ def test_train_val_folders_with_mixed_modes_and_sizes(tmp_path):
     _tree(tmp_path / "d")
     b = load_data(str(tmp_path / "d"), image_size=16, cache_dir=None)
     assert b.classes == ["cat", "dog"]
-    assert b.train.x.shape == (8, 3, 18, 18) and b.train.x.dtype == torch.uint8
+    # stored short side 18 = 16 / 0.875; the widest photos (25x12) are capped at 1.5 x 18 = 27 columns
+    assert b.train.x.shape == (8, 3, 18, 27) and b.train.x.dtype == torch.uint8
     assert len(b.test) == 8 and b.train.y.tolist() == [0] * 4 + [1] * 4
 
 
@@ -90,7 +91,8 @@ def test_bad_inputs(tmp_path):
 def test_arrays_grey_nhwc_nchw_float():
     grey = np.random.default_rng(0).integers(0, 255, (6, 10, 12), dtype=np.uint8)
     b = from_arrays(grey, [0, 1] * 3, grey, [0, 1] * 3, 16)
-    assert b.train.x.shape == (6, 3, 18, 18) and torch.equal(b.train.x[:, 0], b.train.x[:, 2])
+    # 10x12 arrays keep their aspect: short side 18, long side round(12 * 18 / 10) = 22
+    assert b.train.x.shape == (6, 3, 18, 22) and torch.equal(b.train.x[:, 0], b.train.x[:, 2])
     nhwc = np.random.default_rng(1).random((4, 9, 9, 3)).astype(np.float32)
     b2 = from_arrays(nhwc, [0, 1, 0, 1], nhwc.transpose(0, 3, 1, 2), [0, 1, 0, 1], 16)
     assert torch.equal(b2.train.x, b2.test.x)

@@ -172,7 +172,7 @@ class KernelRescale(Strategy):
             data = engine.train_data
             g = torch.Generator().manual_seed(engine.cfg.seed * 7919 + 17)  # the same slice every epoch
             idx = torch.randperm(len(data), generator=g)[: min(self.monitor_images, len(data))].sort().values
-            self._slice = ImageTensors(data.x[idx], data.y[idx])
+            self._slice = data.subset(idx)  # a view: disk-backed data is not read here
         return self._slice
 
     def after_epoch(self, engine) -> None:
@@ -217,7 +217,7 @@ class KernelRescale(Strategy):
         if self.bn_images > 0:
             data = engine.train_data
             idx = torch.randperm(len(data), generator=engine.rng("kernel-rescale/bn"))[: min(self.bn_images, len(data))]
-            subset = ImageTensors(data.x[idx.sort().values], data.y[idx.sort().values])
+            subset = data.subset(idx.sort().values)
             # every rank sees the same images, so the statistics agree without communication
             with engine.autocast():
                 recompute_batchnorm(engine.model, engine.batches(subset, train=False, shard=False))
