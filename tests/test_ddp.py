@@ -46,3 +46,31 @@ def test_torchrun_cli(tmp_path):
     assert res.stdout.count("done: test acc") == 1  # only rank 0 reports
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 2
+
+
+def _decompose_cfg(out: str) -> TrainConfig:
+    opts = {"decompose": {"subnets": 2, "sub_epochs": 1, "parallel": "sequential", "threads": 1}}
+    return TrainConfig(model="vgg-small", width=0.25, epochs=2, image_size=16, batch_size=8, lr=0.05, device="cpu",
+                       progress=False, out=out, method="decompose", options=opts)
+
+
+def _worker_decompose(rank, out):
+    from fastretrain import build_engine
+
+    build_engine(_decompose_cfg(out), tiny_bundle()).fit()
+
+
+def test_decompose_trains_one_subnetwork_per_rank_as_if_alone(tmp_path):
+    """In a 2-process group, rank r trains sub-network r with an engine of its own under single_process() (world 1:
+    every training image, no DDP): the same weights as one process training them one after another."""
+    from fastretrain import build_engine
+
+    run_processes(_worker_decompose, 2, args=(str(tmp_path / "ranks"),))
+    build_engine(_decompose_cfg(str(tmp_path / "one")), tiny_bundle()).fit()
+    for j in range(2):
+        got, want = (torch.load(tmp_path / d / "subnets" / f"subnet{j}" / "checkpoint.pt", weights_only=True)
+                     for d in ("ranks", "one"))
+        assert got["model"].keys() == want["model"].keys()
+        assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"]), j
+        assert json.loads((tmp_path / "ranks" / "subnets" / f"subnet{j}" / "summary.json").read_text())["world_size"] == 1
+    assert json.loads((tmp_path / "ranks" / "summary.json").read_text())["world_size"] == 2  # the global phase: DDP
