@@ -1,6 +1,6 @@
 """Decomposition and composition of a CNN along its width (Gu, Zhang, Liu, Cai, "Decomposition and
 composition of deep convolutional neural networks and training acceleration via sub-network transfer
-learning", ETNA 56, 2022; METHODS.md §4).
+learning", ETNA 56, 2022; docs/decompose.md).
 
 `decompose` builds K sub-networks of the same depth as a global network, every hidden width divided by
 K. `compose` puts K (trained) sub-networks back into one global network whose hidden feature maps are
