@@ -235,13 +235,12 @@ class Decompose(Strategy):
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed_from(cfg.seed, "shards")))
         spawned = self.parallel == "processes" and dist.world() == 1
         threads = self.threads or max(1, torch.get_num_threads() // (K if spawned else 1))
-        no_images = type(train)(train.x[:0], train.y[:0])  # the sub-networks' engines evaluate nothing
+        no_images = train.subset(torch.arange(0))  # the sub-networks' engines evaluate nothing
         jobs = []
         for j in range(K):
             data = train
             if self.shards == "disjoint":
-                shard = perm[j::K].sort().values
-                data = type(train)(train.x[shard], train.y[shard])
+                data = train.subset(perm[j::K].sort().values)
             device = engine.device
             if device.type == "cuda" and dist.world() == 1:
                 device = torch.device("cuda", j % torch.cuda.device_count())
