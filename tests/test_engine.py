@@ -1,13 +1,20 @@
 """Engine: event order, composition, control exceptions, optimizer rebuild, resume exactness, NaN guard."""
+import ast
+import contextlib
 import dataclasses
 import json
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
+import fastretrain
 from fastretrain import SkipBatch, StopFit, Strategy, build_engine, train
-from fastretrain.engine import EVENTS
-from fastretrain.errors import NonFiniteLossError
+from fastretrain.engine import EVENTS, check_hooks
+from fastretrain.errors import FastRetrainError, NonFiniteLossError
+from fastretrain.methods import load_all
 from fastretrain.testing import assert_same_run
 
 
@@ -165,3 +172,98 @@ def test_save_weights_off_keeps_only_metrics(cfg, bundle, tmp_path):
     cfg.save_weights, cfg.save_checkpoint = False, False
     train(cfg, bundle=bundle)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "metrics.jsonl", "summary.json"]
+
+
+# ---------------------------------------------------------------- typo-proof hooks, untimed setup, public surface
+@pytest.mark.parametrize("typo,closest", [("after_stp", "after_step"), ("before_epoc", "before_epoch"),
+                                          ("after_evaluation", "after_eval"), ("before_fitting", "before_fit")])
+def test_misspelt_hook_is_refused_naming_the_closest_event(cfg, bundle, typo, closest):
+    bad = type("Typo", (Strategy,), {typo: lambda self, engine: None})
+    with pytest.raises(FastRetrainError, match=rf"Typo\.{typo} is not an engine event \(did you mean {closest}\?\)"):
+        build_engine(cfg, bundle, strategies=[bad()])
+
+
+def test_events_private_helpers_and_attributes_pass_the_hook_check(cfg, bundle):
+    class Fine(Strategy):
+        after_step_count = 0  # a public attribute, not a method
+
+        def _before_anything(self, engine):  # private helper
+            pass
+
+        def after_step(self, engine):
+            self.after_step_count += 1
+
+    cfg.out, cfg.epochs = None, 1
+    engine = build_engine(cfg, bundle, strategies=[Fine()])
+    engine.fit()
+    assert engine.strategies[0].after_step_count == engine.num_batches()
+
+
+def _before_fit_seconds(cfg, bundle, untimed: bool) -> float:
+    """wall_seconds minus the epochs' training time: what before_fit added to the clock."""
+    class Setup(Strategy):
+        def before_fit(self, engine):
+            with engine.untimed() if untimed else contextlib.nullcontext():
+                time.sleep(0.5)
+
+    cfg.out, cfg.epochs = None, 1
+    engine = build_engine(cfg, bundle, strategies=[Setup()])
+    summary = engine.fit()
+    return summary["wall_seconds"] - sum(h["epoch_seconds"] for h in engine.history)
+
+
+def test_untimed_in_before_fit_is_off_the_clock(cfg, bundle):
+    assert _before_fit_seconds(cfg, bundle, untimed=False) >= 0.5  # setup work is training time
+    assert _before_fit_seconds(cfg, bundle, untimed=True) < 0.5  # unless the strategy says it is not
+
+
+def _strategy_sources():
+    root = Path(fastretrain.__file__).parent
+    paths = sorted((root / "strategies").glob("*.py")) + [root / "artifacts.py"]  # RunFiles is a strategy too
+    return [(p, ast.parse(p.read_text())) for p in paths]
+
+
+def test_strategies_use_only_the_declared_public_engine_surface(cfg, bundle):
+    """No `engine._x` or getattr(engine, "_x"), no hand edits of wall_seconds, and every engine attribute a
+    strategy reads exists once the engine is built (declared in Engine.__init__, or a method)."""
+    cfg.out = None
+    engine = build_engine(cfg, bundle)
+    used = set()
+    for path, tree in _strategy_sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "engine":
+                assert not node.attr.startswith("_"), f"{path.name}:{node.lineno} reaches into engine.{node.attr}"
+                used.add(node.attr)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" and node.args:
+                target = node.args[0]
+                if isinstance(target, ast.Name) and target.id == "engine":
+                    raise AssertionError(f"{path.name}:{node.lineno}: getattr(engine, ...)")
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(getattr(t, "attr", None) == "wall_seconds" for t in targets):
+                raise AssertionError(f"{path.name}:{node.lineno} changes wall_seconds by hand (use engine.untimed())")
+    assert {"y", "net", "model", "cfg", "log", "rng"} <= used  # the scan sees what strategies really use
+    missing = sorted(a for a in used if not hasattr(engine, a))
+    assert not missing, f"engine attributes strategies use but Engine.__init__ does not declare: {missing}"
+
+
+def test_no_private_names_imported_across_modules():
+    root = Path(fastretrain.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__" and (node.module or "").find("torch") < 0:
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{path.relative_to(root)}:{node.lineno} imports {private} from {node.module}"
+
+
+def test_load_all_registers_every_strategy_module_and_the_package_imports_nothing_itself():
+    root = Path(fastretrain.__file__).parent / "strategies"
+    init = ast.parse((root / "__init__.py").read_text())
+    assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]  # no side-effect imports
+    methods = load_all()
+    modules = {p.stem for p in root.glob("*.py") if p.stem != "__init__"}
+    assert all(f"fastretrain.strategies.{m}" in sys.modules for m in modules)
+    registered = {m.strategy.__module__.rsplit(".", 1)[-1] for m in methods.values() if m.strategy is not None}
+    assert registered == modules - {"fast_retrain"}  # fast-retrain is made of parts, it has no class of its own
+    for m in methods.values():
+        if m.strategy is not None:
+            check_hooks(m.strategy())  # the built-in strategies' hooks are all events
