@@ -86,3 +86,110 @@ def test_weight_file_roundtrip_skips_a_head_of_another_size(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FastRetrainError, match="cannot read weights file"):
         load_weights(dst, tmp_path / "junk.pt")
+
+
+# ------------------------------------------------------------------------------------------------ local weights
+
+
+def _hf_cache_file(cache, repo, filename, commit="0" * 40):
+    """Where huggingface_hub keeps `filename` of model repo `repo` (its cache layout: refs/main -> a snapshot)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    path = folder / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def offline_caches(tmp_path, monkeypatch):
+    """Empty Hugging Face and torch hub caches of this test's own (nothing on the machine is found)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and should anything try the network, it fails at once
+    return tmp_path
+
+
+def test_timm_weights_from_the_hugging_face_cache(offline_caches):
+    import timm
+    from safetensors.torch import save_file
+
+    from fastretrain.models import find_pretrained, pretrained_available
+
+    assert not pretrained_available("test_resnet")
+    torch.manual_seed(1)
+    src = timm.create_model("test_resnet", num_classes=1000)  # stands in for the published weights
+    path = _hf_cache_file(offline_caches / "hf", "timm/test_resnet.r160_in1k", "model.safetensors")
+    save_file(src.state_dict(), str(path))
+    assert pretrained_available("test_resnet") and find_pretrained("test_resnet").path == path
+    model = create_model("test_resnet", 4, pretrained=True)
+    own, ref = model.state_dict(), src.state_dict()
+    body = [k for k in ref if not k.startswith("fc.")]
+    assert body and all(torch.equal(own[k], ref[k]) for k in body)
+    assert classifier(model).out_features == 4  # a new head
+    assert create_model("test_resnet", 1000, pretrained=True).state_dict()["fc.weight"].equal(ref["fc.weight"])
+
+
+def test_timm_weights_from_the_torch_hub_cache_and_a_given_file(offline_caches):
+    import timm
+
+    from fastretrain.models import find_pretrained
+
+    url = timm.models.get_pretrained_cfg("lcnet_050").url  # timm's older weights: a release URL, torch hub's cache
+    torch.manual_seed(4)
+    lc = timm.create_model("lcnet_050", num_classes=1000)
+    hub = offline_caches / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    hub.parent.mkdir(parents=True)
+    torch.save(lc.state_dict(), hub)
+    assert find_pretrained("lcnet_050").kind == "torch-hub"
+    assert torch.equal(create_model("lcnet_050", 2, pretrained=True).conv_stem.weight, lc.conv_stem.weight)
+    torch.manual_seed(2)
+    src = timm.create_model("test_efficientnet", num_classes=1000)
+    f = offline_caches / "mine.pth"
+    torch.save({"state_dict": src.state_dict()}, f)  # a wrapped checkpoint: timm's loader unwraps it
+    model = create_model("test_efficientnet", 3, pretrained_file=f)
+    assert torch.equal(model.conv_stem.weight, src.conv_stem.weight) and classifier(model).out_features == 3
+    assert find_pretrained("test_efficientnet", f).kind == "file"
+    with pytest.raises(FastRetrainError, match="pretrained weights file not found"):
+        create_model("test_efficientnet", 3, pretrained_file=offline_caches / "nope.pth")
+
+
+def test_torchvision_weights_from_a_local_file(offline_caches):
+    import torchvision
+
+    from fastretrain.models import pretrained_available, pretrained_missing
+
+    name = "tv:shufflenet_v2_x0_5"
+    assert not pretrained_available(name)
+    url = torchvision.models.get_model_weights("shufflenet_v2_x0_5").DEFAULT.url
+    assert f"{url.rsplit('/', 1)[1]} not found" in pretrained_missing(name)
+    torch.manual_seed(3)
+    src = torchvision.models.get_model("shufflenet_v2_x0_5", weights=None)
+    hub = offline_caches / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    hub.parent.mkdir(parents=True)
+    torch.save(src.state_dict(), hub)
+    assert pretrained_available(name)
+    model = create_model(name, 5, pretrained=True)
+    assert torch.equal(model.conv1[0].weight, src.conv1[0].weight) and model.fc.out_features == 5
+    other = offline_caches / "other.pth"  # any file, given explicitly
+    torch.save(src.state_dict(), other)
+    assert torch.equal(create_model(name, 5, pretrained_file=other).conv1[0].weight, src.conv1[0].weight)
+    bad = offline_caches / "bad.pth"
+    torch.save({"nothing": torch.zeros(1)}, bad)
+    with pytest.raises(FastRetrainError, match=f"cannot load {bad} into {name}"):
+        create_model(name, 5, pretrained_file=bad)
+
+
+def test_pretrained_default_and_offline_errors_in_the_config(offline_caches):
+    from fastretrain import TrainConfig
+
+    assert not TrainConfig(model="test_resnet").use_pretrained()
+    with pytest.raises(FastRetrainError, match="no local pretrained weights for 'test_resnet' .*Hugging Face cache"):
+        TrainConfig(model="test_resnet", pretrained=True).validate()
+    import timm
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("test_resnet").state_dict(),
+              str(_hf_cache_file(offline_caches / "hf", "timm/test_resnet.r160_in1k", "model.safetensors")))  # fmt: skip
+    assert TrainConfig(model="test_resnet").use_pretrained()  # on by default once the weights are there
+    TrainConfig(model="test_resnet", pretrained=True).validate()
