@@ -53,7 +53,7 @@ from ..data import ImageTensors
 from ..engine import Strategy
 from ..errors import FastRetrainError
 from ..kernels import ConvGeometry, downscale_kernels, follow_loaded_shapes, large_convs, upscale_kernels
-from ..methods import register_method
+from ..methods import check_options, register_method
 
 
 MONITORS = ("auto", "val-loss", "train-loss", "train-slice")
@@ -101,6 +101,15 @@ class KernelRescale(Strategy):
     up_mode: str = "bilinear"  # kernel resampling when going up: bilinear or area
 
     def __post_init__(self):
+        modes = ("area", "bilinear")
+        check_options("kernel-rescale", [
+            (self.scale > 1, f"scale must be > 1, got {self.scale}"),
+            (self.min_kernel >= 2, f"min_kernel must be >= 2, got {self.min_kernel}"),
+            (0 <= self.max_fraction < 1, f"max_fraction must be in [0, 1), got {self.max_fraction}"),
+            (self.switch_epoch is None or self.switch_epoch >= 0, f"switch_epoch must be >= 0, got {self.switch_epoch}"),
+            (self.monitor in MONITORS, f"monitor must be {', '.join(MONITORS)}; got {self.monitor!r}"),
+            (self.down_mode in modes and self.up_mode in modes, "down_mode and up_mode must be area or bilinear"),
+        ])
         self.phase = 1
         self.pending = False  # switch at the start of the next epoch
         self.best = float("inf")
@@ -114,20 +123,12 @@ class KernelRescale(Strategy):
 
     # ------------------------------------------------------------------ setup
     def _check(self, engine) -> None:
-        bad = [
-            (self.scale > 1, f"kernel-rescale.scale must be > 1, got {self.scale}"),
-            (self.min_kernel >= 2, f"kernel-rescale.min_kernel must be >= 2, got {self.min_kernel}"),
-            (0 <= self.max_fraction < 1, f"kernel-rescale.max_fraction must be in [0, 1), got {self.max_fraction}"),
-            (self.switch_epoch is None or self.switch_epoch >= 0, f"kernel-rescale.switch_epoch must be >= 0, got {self.switch_epoch}"),
-            (self.monitor in MONITORS, f"kernel-rescale.monitor must be {', '.join(MONITORS)}; got {self.monitor!r}"),
-            (self.monitor != "val-loss" or engine.val_data is not None,
-             "kernel-rescale.monitor=val-loss needs a validation split (--val-fraction > 0)"),
-            (self.down_mode in ("area", "bilinear") and self.up_mode in ("area", "bilinear"), "kernel-rescale modes must be area or bilinear"),
-            (round(engine.cfg.image_size / self.scale) >= 8, f"image size {engine.cfg.image_size} / scale {self.scale} is below 8 px"),
-        ]  # fmt: skip
-        for ok, msg in bad:
-            if not ok:
-                raise FastRetrainError(msg)
+        """The checks that need the run (its validation split, its image size); the options alone are checked
+        when the strategy is built."""
+        if self.monitor == "val-loss" and engine.val_data is None:
+            raise FastRetrainError("kernel-rescale.monitor=val-loss needs a validation split (--val-fraction > 0)")
+        if round(engine.cfg.image_size / self.scale) < 8:
+            raise FastRetrainError(f"image size {engine.cfg.image_size} / scale {self.scale} is below 8 px")
 
     @property
     def max_phase1_epochs(self) -> int:
