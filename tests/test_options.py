@@ -19,6 +19,8 @@ BAD = [
     ("mp-refine", "mp-refine.lam=0", "mp-refine.lam must be > 0"),
     ("fast-retrain", "mp-refine.solver=lu", "mp-refine.solver must be direct or recursive"),
     ("freeze-unfreeze", "freeze-unfreeze.groups=1", "freeze-unfreeze.groups must be >= 2"),
+    ("kernel-rescale", "kernel-rescale.monitor=test-loss", "kernel-rescale.monitor must be"),
+    ("kernel-rescale", "kernel-rescale.scale=1", "kernel-rescale.scale must be > 1"),
 ]
 
 

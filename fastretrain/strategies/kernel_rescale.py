@@ -106,7 +106,8 @@ class KernelRescale(Strategy):
             (self.scale > 1, f"scale must be > 1, got {self.scale}"),
             (self.min_kernel >= 2, f"min_kernel must be >= 2, got {self.min_kernel}"),
             (0 <= self.max_fraction < 1, f"max_fraction must be in [0, 1), got {self.max_fraction}"),
-            (self.switch_epoch is None or self.switch_epoch >= 0, f"switch_epoch must be >= 0, got {self.switch_epoch}"),
+            (self.switch_epoch is None or self.switch_epoch >= 0,
+             f"switch_epoch must be >= 0, got {self.switch_epoch}"),
             (self.monitor in MONITORS, f"monitor must be {', '.join(MONITORS)}; got {self.monitor!r}"),
             (self.down_mode in modes and self.up_mode in modes, "down_mode and up_mode must be area or bilinear"),
         ])
