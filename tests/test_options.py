@@ -42,3 +42,17 @@ def test_check_options_names_the_method_and_the_first_failing_check():
     check_options("m", [(True, "a fine")])
     with pytest.raises(FastRetrainError, match=r"^m\.b must be 2$"):
         check_options("m", [(True, "a fine"), (False, "b must be 2"), (False, "c never reached")])
+
+
+def test_every_strategy_with_options_checks_them_when_built():
+    import dataclasses
+    import inspect
+
+    from fastretrain.methods import load_all
+
+    for name, method in load_all().items():
+        cls = method.strategy
+        if cls is None or not dataclasses.is_dataclass(cls) or not dataclasses.fields(cls):
+            continue
+        post = getattr(cls, "__post_init__", None)
+        assert post is not None and "check_options(" in inspect.getsource(post), f"{name}: options not checked"
