@@ -68,8 +68,35 @@ RESNET20 = {"model": "resnet20", "data": "cifar10-subset", "image_size": 32, "ep
             "batch_size": 64, "lr": 0.05, **NO_FILES}
 SCRATCH = ["sgdm", "decompose", "kernel-rescale"]
 
+# Suite v2 (issue 14): natural images and real resolutions (>= 96 px), 8 epochs (fast-retrain's own schedule; RIFLE's
+# last reset at 3/4 leaves 2 epochs to re-converge), 3 paired seeds, one recipe (SGD momentum 0.9, LR 0.01 cosine,
+# wd 1e-4, batch 32). Sizes from measured step costs (../shared/data/README.md: Lite0 trains 22 img/s at 128 px and
+# 34 at 96 px on the 2-core CPU, infers 83 / 151): about 5 min per SGDM cell on Flowers-5 at 128 px (540 train +
+# 60 val images, 864 test), 4-6 min at 96 px; see HOWTO in the report for the measured total.
+FR_AUTHORS = "fast-retrain[random-freeze.policy=uniform;mp-refine.init_head=False;mp-refine.until=None;mp-refine.C=4.0]"
+V2_CORE = ["sgdm", "linear-probe", "fast-retrain"]  # the issue-13 goal's three rows: run first (--methods)
+V2_METHODS = V2_CORE + [
+    "fast-retrain[random-freeze.policy=uniform]",  # ablation: the authors' uniform draw instead of the bottom block
+    "fast-retrain[mp-refine.init_head=False]",  # ablation: no ridge head before epoch 1
+    "fast-retrain[mp-refine.until=None]",  # ablation: refinement after every epoch
+    "random-freeze", "mp-refine", FR_AUTHORS,  # the parts alone; the authors' variant under this recipe
+    "freeze-unfreeze@fastai",  # fastai's fine_tune with its own recipe, as its own row
+    "rifle", "kernel-rescale", "fast-retrain,rifle"]
+V2_LITE1 = V2_CORE + ["mp-refine", "rifle"]
+V2_FLOWERS = {"data": "flowers5", "image_size": 128, "epochs": 8, "max_train": 600}
+V2_FASHION = {"data": "fashion-mnist-5k", "image_size": 96, "epochs": 8, "max_train": 1000}
+V2_CIFAR = {"data": "cifar10-subset", "image_size": 96, "epochs": 8, "max_train": 1000}
+
 # name -> list of (comparison id, base config, methods, seeds)
 SUITES = {
+    "cpu-v2": [
+        ("flowers5-128-lite0", {**LITE0, **V2_FLOWERS}, V2_METHODS, 3),
+        ("fashion-mnist-96-lite0", {**LITE0, **V2_FASHION}, V2_METHODS, 3),
+        ("cifar10-96-lite0", {**LITE0, **V2_CIFAR}, V2_METHODS, 3),
+        ("flowers5-128-lite1", {**LITE1, **V2_FLOWERS}, V2_LITE1, 3),
+        ("fashion-mnist-96-lite1", {**LITE1, **V2_FASHION}, V2_LITE1, 3),
+        ("cifar10-96-lite1", {**LITE1, **V2_CIFAR}, V2_LITE1, 3),
+    ],
     "cpu": [
         ("flowers5-lite0", {**LITE0, **FLOWERS}, FINE_TUNE, 3),
         ("fashion-mnist-5k-lite0", {**LITE0, **FASHION}, FINE_TUNE, 3),
@@ -91,7 +118,7 @@ SUITES = {
          SCRATCH, 3),
     ],
 }
-REPORT_SUITES = ("cpu", "gpu")  # suites whose committed results feed docs/BENCHMARKS.md (issue 14 adds its own)
+REPORT_SUITES = ("cpu-v2", "gpu", "cpu")  # suites whose committed results feed docs/BENCHMARKS.md (issue 14 adds its own)
 HEADLINE_PX = 96  # comparisons at >= this input size are the headline; smaller ones the appendix (METHODS.md §6)
 BASELINE = "sgdm"
 
@@ -806,6 +833,8 @@ def main(argv=None) -> None:
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="change every comparison's config, e.g. device=cpu epochs=1 (to check a suite cheaply)")
     ap.add_argument("--seeds", type=int, help="seeds per comparison (default: the suite's)")
+    ap.add_argument("--methods", nargs="*", help="run only these rows of each comparison now (e.g. the baselines and "
+                    "the method under test first, for every seed); the others' finished cells are still reported")
     ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes; rerun to continue")
     args = ap.parse_args(argv)
     from fastretrain.bench import compare
@@ -831,7 +860,8 @@ def main(argv=None) -> None:
         base, seeds = {**base, **over}, args.seeds or seeds
         late = deadline is not None and time.monotonic() > deadline
         if not args.render and not late:
-            compare(base, methods, list(range(seeds)), out_root / cid, baseline=BASELINE, title=cid, deadline=deadline)
+            run = [m for m in methods if not args.methods or m in args.methods]
+            compare(base, run, list(range(seeds)), out_root / cid, baseline=BASELINE, title=cid, deadline=deadline)
         elif late and not all(cell_done(out_root / cid, m, s) for s in range(seeds) for m in methods):
             print(f"== time budget reached: {cid} not continued (rerun to continue)", flush=True)
     if args.suite in REPORT_SUITES and not args.out:

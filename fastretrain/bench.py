@@ -74,15 +74,23 @@ def cell_done(out: str | Path, method: str, seed: int) -> bool:
 
 
 def cell_config(base: dict[str, Any], label: str, per_method: dict | None = None) -> dict[str, Any]:
-    """The config fields of the cells labelled `label`: a method spec, optionally with options of its own in
-    the `-o` syntax, e.g. `fast-retrain[random-freeze.policy=uniform;mp-refine.until=None]` (an ablation
-    variant in a suite's method list). Options in `base` reach only the methods the cell's spec runs."""
+    """The config fields of the cells labelled `label`: a method spec, optionally with a recipe preset of its own
+    after `@` and options of its own in the `-o` syntax, e.g.
+    `fast-retrain[random-freeze.policy=uniform;mp-refine.until=None]` (an ablation variant in a suite's method
+    list) or `freeze-unfreeze@fastai` (a method's own recipe as its own row: the preset's settings replace the
+    comparison's). Options in `base` reach only the methods the cell's spec runs."""
     from .cli import parse_options
-    from .methods import method_names
+    from .methods import method_names, recipe_fields
 
     spec, _, rest = label.partition("[")
+    spec, _, recipe = spec.partition("@")
     own = parse_options([o for o in rest.rstrip("]").split(";") if o]) if rest else {}
     fields = {**base, **(per_method or {}).get(label, {}), "method": spec}
+    if recipe:
+        for key in recipe_fields(recipe, spec):
+            if key != "options":
+                fields.pop(key, None)
+        fields["recipe"] = recipe
     names = set(method_names(spec))
     options = {m: dict(o) for m, o in (fields.get("options") or {}).items() if m in names}
     for m, o in own.items():
@@ -123,7 +131,8 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
                     print(f"   failed: {e}", flush=True)
                     failed.setdefault(method, str(e))
                     continue
-                atomic_json(env, cell / "environment.json")
+                # the 1-minute load average when the cell ended: on a shared machine, how disturbed its clock was
+                atomic_json({**env, "load_average_at_end": round(os.getloadavg()[0], 2)}, cell / "environment.json")
             records.append(load_record(cell, method, seed))
     return records
 

@@ -39,3 +39,23 @@ def test_a_comparison_runs_variant_cells(tmp_path, monkeypatch):
     lines = (bench.cell_dir(tmp_path, labels[2], 0) / "metrics.jsonl").read_text().splitlines()
     metrics = [json.loads(x) for x in lines]
     assert "init_head_seconds" not in metrics[0] and "refine_C" in metrics[0]
+
+
+def test_cell_label_may_name_its_own_recipe():
+    """`freeze-unfreeze@fastai`: the preset's optimisation settings replace the comparison's for that row only."""
+    from fastretrain.methods import RECIPES
+
+    base = {"model": "tiny-cnn", "lr": 0.01, "schedule": "cosine", "optimizer": "sgd", "weight_decay": 1e-4,
+            "epochs": 3}
+    cfg = bench.cell_config(base, "freeze-unfreeze@fastai")
+    assert cfg["method"] == "freeze-unfreeze" and cfg["recipe"] == "fastai"
+    for key in RECIPES["fastai"].fields:
+        assert key not in cfg or key == "options"  # the recipe, not the comparison, sets these
+    assert cfg["epochs"] == 3 and cfg["model"] == "tiny-cnn"  # what the recipe does not set stays
+    from fastretrain.run import make_config
+
+    made = make_config(**{**cfg, "out": None})
+    for key, value in RECIPES["fastai"].fields.items():
+        if key != "options":
+            assert getattr(made, key) == value
+    assert bench.cell_config(base, "sgdm")["lr"] == 0.01 and "recipe" not in bench.cell_config(base, "sgdm")
