@@ -522,6 +522,45 @@ def protocol_text() -> list[str]:
     ]
 
 
+# The product's own goal for fast-retrain (issue 13), checked on every headline comparison that ran it with SGDM:
+# reach the same seed's SGDM final test accuracy in at most GOAL_TIME of SGDM's time to it (median over seeds,
+# never reached = never), with a paired mean final test accuracy at most GOAL_TOL_PT below SGDM's.
+GOAL_METHOD, GOAL_TIME, GOAL_TOL_PT, PROBE = "fast-retrain", 0.5, 0.3, "linear-probe"
+
+
+def versus(d: list[float], a: str, b: str) -> str:
+    """Which of two methods is ahead on paired differences `d` (a − b, pt): beyond one paired std, or a tie."""
+    return _name(a) if gain(d) else _name(b) if gain([-x for x in d]) else "neither (within one paired std)"
+
+
+def goal_text(comps: list[dict]) -> list[str]:
+    """Issue 13's goal per headline comparison, with the linear probe beside it (where it is the better choice)."""
+    parts = [f"## Goal of `{GOAL_METHOD}`: SGDM's accuracy in half its time\n",
+             f"Rule (fixed in `benchmarks/run.py`): on each comparison at ≥ {HEADLINE_PX} px, `{GOAL_METHOD}` reaches "
+             f"the same seed's SGDM final test accuracy in at most {GOAL_TIME:g}× SGDM's own time to it (median over "
+             "seeds, a seed that never reaches it counts as never) and ends with a paired mean final test accuracy at "
+             f"most {GOAL_TOL_PT} pt below SGDM's. The linear probe is shown beside it: where it is ahead, it is the "
+             "better choice.\n"]
+    met, rows = 0, []
+    for comp in [c for c in comps if tier(c) == "headline"]:
+        p = paired(comp["records"], GOAL_METHOD, BASELINE)
+        if p is None:
+            continue
+        d = p["d_final_test_acc"]
+        ok = faster(p, GOAL_TIME) and no_loss(d, GOAL_TOL_PT)
+        met += ok
+        q = paired(comp["records"], GOAL_METHOD, PROBE)
+        probe = "—" if q is None else f"{pm(_d(comp, q))} pt, ahead: {versus(_d(comp, q), GOAL_METHOD, PROBE)}"
+        rows.append(f"| `{comp['id']}` | {p['n']} | {reach_text(p)} | {pm(d)} | {pm(p['wall_ratio'], '{:.2f}')}× | "
+                    f"{probe} | **{'met' if ok else 'not met'}** |")
+    if not rows:
+        return parts + [f"No headline comparison has both `{GOAL_METHOD}` and SGDM yet.\n"]
+    parts += [f"| comparison | seeds | time to SGDM's final acc (median ratio) | final acc − SGDM (pt) | training time "
+              f"/ SGDM's | test acc − `{PROBE}` (pt) | goal |", "|---|---|---|---|---|---|---|", *rows,
+              "", f"Goal met in {met} of {len(rows)} headline comparisons.\n"]
+    return parts
+
+
 def claims_text(comps: list[dict]) -> list[str]:
     measured = claims(comps)
     parts = ["## Claims of the source papers, checked\n"]
@@ -622,6 +661,7 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
              *protocol_text(), "## Status\n"]
     for s in suites:
         parts += [f"Suite `{s}`:\n", *status(s, roots[s], seeds), ""]
+    parts += goal_text(comps)
     parts += claims_text(comps)
     head, appendix = [c for c in comps if tier(c) == "headline"], [c for c in comps if tier(c) == "appendix"]
     parts.append(f"## Headline: realistic input sizes (≥ {HEADLINE_PX} px)\n")

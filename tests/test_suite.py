@@ -96,6 +96,26 @@ def test_fast_retrain_rules():
     assert verdicts("fast", SGDM + fast + mp_fast)[1] == "not reproduced"
 
 
+def test_goal_rule_half_the_time_and_at_most_a_third_of_a_point_below():
+    """Issue 13's goal on a headline comparison: median time ratio <= 0.5 and final acc >= SGDM - 0.3 pt."""
+    probe = flat("linear-probe", 0.78, 20)
+    fast = cells("fast-retrain", [0.798, 0.797, 0.799], [60] * 3, [[(0.80, 50), (0.798, 60)]] * 3)
+    text = "\n".join(suite.goal_text([comp(SGDM + fast + probe, size=128)]))
+    assert "0.50× (3 of 3 reached)" in text and "-0.20 ± 0.10" in text and "**met**" in text
+    assert "ahead: `fast-retrain`" in text and "Goal met in 1 of 1" in text
+    # 0.4 pt below SGDM is outside the tolerance, however fast
+    lower = cells("fast-retrain", [0.796] * 3, [60] * 3, [[(0.80, 10), (0.796, 60)]] * 3)
+    assert "**not met**" in "\n".join(suite.goal_text([comp(SGDM + lower + probe, size=128)]))
+    # 0.6x is too slow; a seed that never reaches SGDM's final counts as never
+    slow = cells("fast-retrain", [0.80] * 3, [60] * 3, [[(0.80, 60)]] * 3)
+    assert "**not met**" in "\n".join(suite.goal_text([comp(SGDM + slow, size=128)]))
+    never = cells("fast-retrain", [0.81, 0.79, 0.79], [60] * 3, [[(0.81, 10)], [(0.79, 60)], [(0.79, 60)]])
+    text = "\n".join(suite.goal_text([comp(SGDM + never, size=128)]))
+    assert "never (1 of 3 reached)" in text and "**not met**" in text
+    # only headline comparisons (>= 96 px) count
+    assert "No headline comparison" in "\n".join(suite.goal_text([comp(SGDM + fast, size=32)]))
+
+
 def test_rifle_rule_needs_half_a_point_over_every_trick():
     tricks = flat("dropout", 0.80, 100) + flat("cyclic-lr", 0.79, 100)
     assert verdicts("rifle", SGDM + tricks + flat("rifle", 0.806, 100)) == ["reproduced"]  # +0.6 / +1.6 pt
