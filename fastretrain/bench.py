@@ -52,6 +52,8 @@ def environment() -> dict[str, Any]:
         commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except OSError:
         commit, dirty = "", ""
+    if not commit:  # a copy without git history (the GPU machine): the commit recorded where it was copied from
+        commit, dirty = os.environ.get("FASTRETRAIN_COMMIT", ""), ""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     return {"command": command, "commit": commit + ("+dirty" if dirty else ""),
