@@ -28,7 +28,7 @@ import torch
 
 from . import distributed as dist
 from .checkpoint import atomic_json
-from .data import CROP_PCT, store_size
+from .data import CROP_PCT, FeatureTensors, store_size
 from .engine import CHECKPOINT, Strategy
 from .errors import FastRetrainError
 
@@ -166,7 +166,8 @@ class RunFiles(Strategy):
         if self.custom_model:
             spec["custom_model"] = True  # load_model refuses it with a clear message
         atomic_json(spec, engine.out / MODEL_JSON)
-        write_samples(engine.data.test, engine.out / SAMPLES)
+        if not isinstance(engine.data.test, FeatureTensors):  # images only: export checks parity on them
+            write_samples(engine.data.test, engine.out / SAMPLES)
         self._tb = _tensorboard(engine.out / "tensorboard")
 
     def after_eval(self, engine) -> None:
