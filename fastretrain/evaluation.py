@@ -135,7 +135,12 @@ def plot_confusion(cm, classes: list[str], path: Path, title: str = "") -> None:
     c = len(classes)
     frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
     side = min(4 + 0.45 * c, 30)
-    fig = Figure(figsize=(side + 1.5, side))
+    label = 0.09 * max(len(n) for n in classes) + 0.6  # inches the class names and axis label take
+    width, height = side + label + 1.6, side + label
+    # fixed margins from the label lengths (one draw; tight_layout would lay the figure out twice): the colour
+    # bar and its label take the 1.6 inches on the right
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=label / width, bottom=label / height, right=1 - 0.9 / width, top=1 - 0.5 / height)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     im = ax.imshow(frac.numpy(), cmap="Blues", vmin=0, vmax=1)
@@ -151,7 +156,6 @@ def plot_confusion(cm, classes: list[str], path: Path, title: str = "") -> None:
             for j in range(c):
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                         color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
