@@ -681,7 +681,9 @@ def throughput_text() -> list[str]:
              "epoch equal the engine's bit for bit, tested), and images/s of each method's extra work on the same "
              "images: the ridge head's feature pass and solve, a refinement's feature pass and solve, the linear "
              "probe's feature caching (run over training, validation and test images), the kernel-rescale switch "
-             "(over its batch-norm images). Medians of interleaved repeats, measured by "
+             "(over its batch-norm images). The ridge solves are a fixed cost per call (an eigendecomposition of the "
+             "features' covariance), so the images/s of the head and the refinement grow with the number of images. "
+             "Medians of interleaved repeats, measured by "
              "`benchmarks/engine_overhead.py`; the per-method training images/s of each comparison are in its table "
              "(they include the method's extra work).\n"]
     if not paths:
