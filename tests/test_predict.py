@@ -196,3 +196,14 @@ def test_a_model_given_in_python_is_not_rebuilt(tmp_path, bundle):
     fr.build_engine(cfg, bundle, module=fr.create_model("tiny-resnet", 3)).fit()
     with pytest.raises(fr.FastRetrainError, match="trained a model given in Python"):
         fr.load_model(tmp_path / "r")
+
+
+def test_eval_of_a_run_folder_without_model_json(run, capsys, tmp_path):
+    """Run folders written before model bundles: eval rebuilds the model from config.json and the data's classes."""
+    folder, _, summary, _ = run
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    (old / "model.json").unlink()
+    assert main(["eval", "--run", str(old), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6) and res["test_set_id"] == summary["test_set_id"]
