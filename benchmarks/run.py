@@ -4,7 +4,8 @@ protocol of ../shared/METHODS.md §6, rendered to docs/BENCHMARKS.md with the so
     python benchmarks/run.py --suite cpu            # runs (resumably: finished cells are reused), then renders
     python benchmarks/run.py --render               # only re-render docs/BENCHMARKS.md and the README's result
                                                     # tables from the committed results (what the test checks)
-    python benchmarks/run.py --suite gpu            # on a GPU machine; carry gpu_data/ (see --help)
+    BUDGET=7 bash benchmarks/gpu_run.sh             # the GPU suite in stages on a GPU machine, gpu_data/ carried
+                                                    # (benchmarks/gpu_run.py; docs/BENCHMARKS.md "How to reproduce")
 
 A suite is a list of comparisons (dataset × backbone × methods × seeds); each comparison is one
 `fastretrain.bench.compare` call writing benchmarks/results/suite-<name>/<comparison>/ (one folder and one
@@ -15,7 +16,9 @@ The report (docs/BENCHMARKS.md) is fed by every suite in REPORT_SUITES whose res
 >= HEADLINE_PX go to its headline, smaller ones to the small-input appendix. Every number in it, and in the
 README's result tables (between `<!-- results:NAME -->` markers), is computed here from committed result files;
 tests/test_suite.py re-renders both and fails if the committed text differs. Verdicts follow the fixed rules of
-`claims` and `overall` (their constants are below, and the report states them).
+`claims` and `overall`, the "which method when" table the rules of `most_accurate`, `soonest`, `cheapest` and
+`avoid` (their constants are below, and the report states them). Once a GPU run's files are committed, the render
+also writes docs/BENCHMARKS-gpu.md (`gpu_page`).
 """
 from __future__ import annotations
 
