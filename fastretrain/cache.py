@@ -133,6 +133,7 @@ class Source:
 
     path: str
     is_zip: bool = False
+    key: str = ""  # what names the cache entry when not the path (a CSV list: its own path, not its folder's)
 
     def open(self, name: str):
         """A binary file object for `name` (a zip member is read whole: ZipFile is not thread-safe)."""
@@ -338,7 +339,8 @@ def decode_in_memory(source: Source, names: list[str], s: int) -> Decoded:
 
 
 def _entry_paths(cache_dir: Path, source: Source, s: int) -> tuple[Path, Path, Path]:
-    key = hashlib.sha1(repr((FORMAT, str(Path(source.path).resolve()), s, MAX_ASPECT)).encode()).hexdigest()[:16]
+    what = source.key or str(Path(source.path).resolve())
+    key = hashlib.sha1(repr((FORMAT, what, s, MAX_ASPECT)).encode()).hexdigest()[:16]
     base = cache_dir / f"images-{key}"
     return base.with_suffix(".u8"), base.with_suffix(".json"), base.with_suffix(".lock")
 

@@ -165,6 +165,10 @@ class FeatureTensors:
     def subset(self, idx) -> "FeatureTensors":
         return FeatureTensors(self.x[idx], self.y[idx])
 
+    def central(self, idx) -> torch.Tensor:
+        """The inputs as they are (the image sets' central squares have no meaning here)."""
+        return self.x[idx]
+
     def with_labels(self, y: torch.Tensor) -> "FeatureTensors":
         return FeatureTensors(self.x, y)
 
@@ -524,55 +528,55 @@ def from_folder(path: str | Path, image_size: int, test_fraction: float = 0.2, s
     s = store_size(image_size)
     if "train" not in top:
         names, labels, classes = _class_files(files, prefix, None)
-        return _split_bundle(files.source, names, labels, classes, s, test_fraction, split_seed, skip_bad, path,
-                             prefix, cache_dir, val_fraction)  # fmt: skip
-    # the held-out folder is the test set: `test/`, else `val/` (ImageNet's convention); with both, `val/` is
-    # the validation split
-    split = next((d for d in ("test", "val") if d in top), None)
-    names, labels, classes = _class_files(files, f"{prefix}train/", None)
-    if split is None:
-        return _split_bundle(files.source, names, labels, classes, s, test_fraction, split_seed, skip_bad, path,
-                             prefix, cache_dir, val_fraction)  # fmt: skip
-    parts = {"train": (names, labels), split: _class_files(files, f"{prefix}{split}/", classes)[:2]}
-    if split == "test" and "val" in top:
-        parts["val"] = _class_files(files, f"{prefix}val/", classes)[:2]
+        parts, test_part = {"train": (names, labels)}, "test"
+    else:
+        # the held-out folder is the test set: `test/`, else `val/` (ImageNet's convention); with both, `val/`
+        # is the validation split; with neither, test_fraction of `train/` is
+        test_part = next((d for d in ("test", "val") if d in top), "test")
+        names, labels, classes = _class_files(files, f"{prefix}train/", None)
+        parts = {"train": (names, labels)}
+        for d in ("test", "val"):
+            if d in top:
+                parts[d] = _class_files(files, f"{prefix}{d}/", classes)[:2]
     return _parts_bundle(files.source, parts, classes, s, skip_bad, str(path), path.name, prefix, cache_dir,
-                         val_fraction, split_seed, split)  # fmt: skip
+                         test_part, test_fraction, split_seed, val_fraction)  # fmt: skip
 
 
-def _parts_bundle(source, parts: dict, classes, s, skip_bad, where, name, prefix, cache_dir, val_fraction, split_seed,
-                  test_part: str = "test") -> DataBundle:  # fmt: skip
-    """A bundle from given splits {part: (names, labels)}: `test_part` is the test set, "val" (if any) validation."""
+def _parts_bundle(source, parts: dict, classes, s, skip_bad, where, name, prefix, cache_dir, test_part, test_fraction,
+                  split_seed, val_fraction) -> DataBundle:  # fmt: skip
+    """A bundle from the named parts {part: (names, labels)} of one source, decoded together (one cache entry).
+
+    `test_part` is the test set; when there is no such part, `test_fraction` of each class of "train" is held
+    out as test (drawn with `split_seed`). "val" is the validation split when it is not the test part; else
+    `val_fraction` of training is carved out (`carve_validation`).
+    """
     order = list(parts)
     names = [n for p in order for n in parts[p][0]]
     labels = [c for p in order for c in parts[p][1]]
     images, keep = decoded_images(source, names, labels, s, skip_bad, where, cache_dir)
-    starts = np.cumsum([0] + [len(parts[p][0]) for p in order])
+    starts = dict(zip(order, np.cumsum([0] + [len(parts[p][0]) for p in order]).tolist()))
+    ends = {p: starts[p] + len(parts[p][0]) for p in order}
     keep_t = torch.tensor(keep)
-    views = {}
-    for p, a, b in zip(order, starts[:-1], starts[1:]):
-        views[p] = images.subset(((keep_t >= a) & (keep_t < b)).nonzero().flatten())
-    test_names = [names[i] for i in keep if starts[order.index(test_part)] <= i < starts[order.index(test_part) + 1]]
-    test_id = _names_id(test_names, views[test_part].y.tolist(), classes, prefix)
+    views, kept_names = {}, {}
+    for p in order:
+        rows = ((keep_t >= starts[p]) & (keep_t < ends[p])).nonzero().flatten()
+        views[p], kept_names[p] = images.subset(rows), [names[keep[i]] for i in rows.tolist()]
+    train = views["train"]
+    if test_part in views:
+        test, test_names = views[test_part], kept_names[test_part]
+    else:
+        tr, te = stratified_split(train.y, test_fraction, split_seed)
+        test, test_names = train.subset(te), [kept_names["train"][i] for i in te.tolist()]
+        train = train.subset(tr)
+    test_id = _names_id(test_names, test.y.tolist(), classes, prefix)
     val = views.get("val") if test_part != "val" else None
-    bundle = DataBundle(views["train"], views[test_part], classes, name, val=val, test_set_id=test_id)
+    bundle = DataBundle(train, test, classes, name, val=val, test_set_id=test_id)
     return carve_validation(bundle, val_fraction, split_seed)
 
 
 def _names_id(names, labels, classes, prefix="") -> str:
     """Digest of test file names (the wrapping top folder of a zip removed) and their class names."""
     return digest("files", *(f"{n[len(prefix):]}\t{classes[c]}" for n, c in zip(names, labels)))
-
-
-def _split_bundle(source, names, labels, classes, s, test_fraction, split_seed, skip_bad, path, prefix, cache_dir,
-                  val_fraction) -> DataBundle:  # fmt: skip
-    """Decode `names`, hold out `test_fraction` of each class as test (drawn with split_seed), carve validation."""
-    images, keep = decoded_images(source, names, labels, s, skip_bad, str(path), cache_dir)
-    tr, te = stratified_split(images.y, test_fraction, split_seed)
-    kept = [names[i] for i in keep]
-    test_id = _names_id([kept[i] for i in te.tolist()], images.y[te].tolist(), classes, prefix)
-    bundle = DataBundle(images.subset(tr), images.subset(te), classes, Path(path).name, test_set_id=test_id)
-    return carve_validation(bundle, val_fraction, split_seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -655,20 +659,11 @@ def from_csv(path: str | Path, image_size: int, test_fraction: float = 0.2, spli
         if lab not in index:
             raise FastRetrainError(f"{path} line {line}: unknown label {lab!r} of a {sp} image (no training row has "
                                    f"it; labels: {', '.join(train_labels[:10])}{', ...' if len(index) > 10 else ''})")  # fmt: skip
-    s = store_size(image_size)
-    source = Source(str(base))
+    source = Source(str(base), key=str(path.resolve()))  # one cache entry per list, not per folder
     splits = {sp: ([p for _, p, _, q in rows if q == sp], [index[lab] for _, _, lab, q in rows if q == sp])
               for sp in SPLITS if any(r[3] == sp for r in rows)}  # fmt: skip
-    if "test" not in splits:
-        bundle = _split_bundle(source, *splits["train"], train_labels, s, test_fraction, split_seed, skip_bad, path, "",
-                               cache_dir, 0.0)  # fmt: skip
-        if "val" in splits:
-            vnames, vlabels = splits["val"]
-            bundle.val = decoded_images(source, vnames, vlabels, s, skip_bad, str(base), cache_dir)[0]
-        bundle.name = path.stem
-        return carve_validation(bundle, val_fraction, split_seed)
-    return _parts_bundle(source, splits, train_labels, s, skip_bad, str(base), path.stem, "", cache_dir, val_fraction,
-                         split_seed)  # fmt: skip
+    return _parts_bundle(source, splits, train_labels, store_size(image_size), skip_bad, str(base), path.stem, "",
+                         cache_dir, "test", test_fraction, split_seed, val_fraction)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
