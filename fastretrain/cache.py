@@ -363,8 +363,11 @@ def _read_meta(meta_path: Path, data_path: Path, s: int) -> dict | None:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): concurrent builders still end atomic, just not once
+        yield
+        return
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -396,6 +399,10 @@ def cached_decode(source: Source, names: list[str], s: int, cache_dir: str | Pat
             stale.unlink(missing_ok=True)
         tmp = data_path.with_name(f"{data_path.name}.tmp-{os.getpid()}")
         reuse, copier = _reusable(old, data_path, names, fps, s, tmp)
+
+        todo = len(names) - len(reuse or {})
+        if todo >= PROCESS_MIN_IMAGES:  # minutes for a large collection: say what is happening
+            print(f"decoding {todo} images of {source.key or source.path} into the cache in {cache_dir}", flush=True)
 
         def make(width):
             with open(tmp, "wb") as f:

@@ -232,6 +232,18 @@ def test_csv_with_header_and_split_column(tmp_path):
     assert b.test_set_id == data_mod._names_id(["photos/6.png", "photos/7.png"], [1, 0], ["cat", "dog"])
 
 
+def test_csv_val_rows_and_one_cache_entry_per_list(tmp_path):
+    root = _csv_photos(tmp_path / "x")
+    rows = [f"photos/{i}.png,{i % 2},{'val' if i < 2 else 'train'}" for i in range(8)]
+    (root / "a.csv").write_text("\n".join(rows) + "\n")
+    (root / "b.csv").write_text("\n".join(r.replace(",val", ",train") for r in rows[:6]) + "\n")
+    a = load_data(str(root / "a.csv"), 14, test_fraction=0.34, val_fraction=0.5, cache_dir=tmp_path / "c")
+    assert len(a.val) == 2 and a.val.y.tolist() == [0, 1]  # the val rows, not carved from training
+    assert (len(a.train), len(a.test)) == (4, 2)  # test drawn from the 6 training rows
+    load_data(str(root / "b.csv"), 14, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 2  # two lists of one folder: two entries
+
+
 def test_tsv_without_header_draws_the_test_split(tmp_path):
     root = _csv_photos(tmp_path / "x")
     (root / "l.tsv").write_text("".join(f"photos/{i}.png\t{i % 2}\n" for i in range(8)))
