@@ -182,9 +182,9 @@ def cmd_loader(args) -> dict:
             med = {k: statistics.median(v) for k, v in runs.items()}
             results[model_name] = {"runs": runs, "median": med, "disk_over_step": med["loader_disk"] / med["step"],
                                    "disk_over_ram": med["loader_disk"] / med["loader_ram"]}  # fmt: skip
+            ratio = med["loader_disk"] / med["step"]
             print(f"{model_name} on {device}: loader {med['loader_disk']:.0f} img/s from disk, {med['loader_ram']:.0f} "
-                  f"from RAM; training step {med['step']:.0f} img/s; loader/step {med['loader_disk'] / med['step']:.2f}",
-                  flush=True)  # fmt: skip
+                  f"from RAM; training step {med['step']:.0f} img/s; loader/step {ratio:.2f}", flush=True)
     return results
 
 

@@ -229,7 +229,7 @@ def _chunks(n: int, parts: int) -> list[range]:
 
 
 def decode_canvas(source: Source, names: list[str], s: int, sink_factory, processes: int = 1,
-                  reuse: dict[int, int] | None = None, copier=None) -> tuple[np.ndarray, dict[int, str], int, int]:  # fmt: skip
+                  reuse: dict[int, int] | None = None, copier=None) -> tuple[np.ndarray, dict, int, int]:
     """Decode `names` into a canvas made by `sink_factory(width)`; return (hw (N, 2), {index: error}, width, decoded).
 
     processes > 1: a fork pool whose workers write into a file sink themselves; else threads in this process.
@@ -385,7 +385,8 @@ def default_processes() -> int:
     return max(1, min(8, cpus))
 
 
-def cached_decode(source: Source, names: list[str], s: int, cache_dir: str | Path, processes: int | None = None) -> Decoded:
+def cached_decode(source: Source, names: list[str], s: int, cache_dir: str | Path,
+                  processes: int | None = None) -> Decoded:
     """The decoded images of `names`, from the cache entry of `source` at size `s` (built or rebuilt as needed)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -419,8 +420,9 @@ def cached_decode(source: Source, names: list[str], s: int, cache_dir: str | Pat
             tmp.unlink(missing_ok=True)
             if copier is not None:
                 copier.close()
-        meta = {"format": FORMAT, "source": source.path, "s": s, "width": width, "names": names, "fingerprints": fps,
-                "hw": hw.tolist(), "errors": {str(k): v for k, v in errors.items()}, "data_id": _file_id(data_path)}  # fmt: skip
+        meta = {"format": FORMAT, "source": source.path, "s": s, "width": width, "names": names,
+                "fingerprints": fps, "hw": hw.tolist(), "errors": {str(k): v for k, v in errors.items()},
+                "data_id": _file_id(data_path)}
         tmp_meta = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, meta_path)

@@ -64,7 +64,8 @@ class _Images:
         """uint8 canvas rows (B, 3, S, L) of images `idx`, and their hw (B, 2) or None."""
         raise NotImplementedError
 
-    def prepare(self, idx, train: bool, size: int, norm, generator=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, idx, train: bool, size: int, norm, generator=None, device="cpu"):
+        """(normalised float (B, 3, size, size) on `device`, labels (B,)): see `prepare_images`."""
         x, hw = self.read(idx)
         x = x.to(device, non_blocking=True)
         return prepare_images(x, train, size, norm, generator, hw), self.y[idx].to(device, non_blocking=True)
@@ -352,7 +353,8 @@ def _to_nchw_uint8(x) -> torch.Tensor:
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
     if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
-        raise FastRetrainError(f"image array must be (N,H,W), (N,H,W,C) or (N,C,H,W) with C in 1/3/4; got {tuple(x.shape)}")
+        raise FastRetrainError("image array must be (N,H,W), (N,H,W,C) or (N,C,H,W) with C in 1/3/4; "
+                               f"got {tuple(x.shape)}")
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x[:, :3].contiguous()
@@ -473,8 +475,8 @@ def decoded_images(source: Source, names: list[str], labels: list[int], s: int, 
     if d.errors:
         first = min(d.errors)
         if not skip_bad:
-            raise FastRetrainError(f"cannot read image {where}/{names[first]}: {d.errors[first]} (use --skip-bad-images "
-                                   "to skip)")  # fmt: skip
+            raise FastRetrainError(f"cannot read image {where}/{names[first]}: {d.errors[first]} "
+                                   "(use --skip-bad-images to skip)")
         warnings.warn(f"skipped {len(d.errors)} unreadable image(s), e.g. {names[first]}", stacklevel=3)
     if not keep:
         raise FastRetrainError(f"no readable images in {where}")
@@ -508,7 +510,8 @@ def stratified_split(y: torch.Tensor, frac: float, seed: int) -> tuple[torch.Ten
 
 
 def from_folder(path: str | Path, image_size: int, test_fraction: float = 0.2, split_seed: int = 0,
-                skip_bad: bool = False, val_fraction: float = 0.0, cache_dir: str | Path | None = None) -> DataBundle:  # fmt: skip
+                skip_bad: bool = False, val_fraction: float = 0.0,
+                cache_dir: str | Path | None = None) -> DataBundle:  # fmt: skip
     """Image folder or .zip: `train/` + `test/` or `val/` class subfolders (that folder is the test set; with
     both, `val/` is the validation split), or
     class subfolders (a `train/` folder alone too) with `test_fraction` of each class held out as test,
@@ -582,7 +585,8 @@ def _names_id(names, labels, classes, prefix="") -> str:
 # --------------------------------------------------------------------------------------------------
 # a CSV/TSV list of files
 
-PATH_COLUMNS, LABEL_COLUMNS, SPLITS = ("path", "file", "filename", "image"), ("label", "class"), ("train", "val", "test")
+PATH_COLUMNS, LABEL_COLUMNS = ("path", "file", "filename", "image"), ("label", "class")
+SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"validation": "val", "valid": "val"}
 
 
@@ -597,7 +601,8 @@ def _csv_rows(path: Path) -> tuple[list[tuple[int, str, str, str]], bool]:
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip()), "")
     delim = "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
-    rows = [(i + 1, [c.strip() for c in r]) for i, r in enumerate(csv.reader(lines, delimiter=delim)) if any(c.strip() for c in r)]
+    rows = [(i + 1, [c.strip() for c in r]) for i, r in enumerate(csv.reader(lines, delimiter=delim))]
+    rows = [(line, r) for line, r in rows if any(r)]
     if not rows:
         raise FastRetrainError(f"{path} lists no images (expected rows of path,label[,split])")
     head = [c.lower() for c in rows[0][1]]
@@ -605,8 +610,8 @@ def _csv_rows(path: Path) -> tuple[list[tuple[int, str, str, str]], bool]:
         unknown = [h for h in head if h not in PATH_COLUMNS + LABEL_COLUMNS + ("split",)]
         if unknown:
             raise FastRetrainError(f"{path}: unknown column {unknown[0]!r} in the header (columns: path, label, split)")
-        cols = (next(i for i, h in enumerate(head) if h in PATH_COLUMNS), next(i for i, h in enumerate(head) if h in LABEL_COLUMNS),
-                head.index("split") if "split" in head else None)  # fmt: skip
+        first_of = lambda names: next(i for i, h in enumerate(head) if h in names)  # noqa: E731
+        cols = (first_of(PATH_COLUMNS), first_of(LABEL_COLUMNS), head.index("split") if "split" in head else None)
         rows = rows[1:]
     else:
         cols = (0, 1, 2 if len(rows[0][1]) > 2 else None)
@@ -657,8 +662,9 @@ def from_csv(path: str | Path, image_size: int, test_fraction: float = 0.2, spli
     index = {c: i for i, c in enumerate(train_labels)}
     for line, _, lab, sp in rows:
         if lab not in index:
+            known = ", ".join(train_labels[:10]) + (", ..." if len(index) > 10 else "")
             raise FastRetrainError(f"{path} line {line}: unknown label {lab!r} of a {sp} image (no training row has "
-                                   f"it; labels: {', '.join(train_labels[:10])}{', ...' if len(index) > 10 else ''})")  # fmt: skip
+                                   f"it; labels: {known})")
     source = Source(str(base), key=str(path.resolve()))  # one cache entry per list, not per folder
     splits = {sp: ([p for _, p, _, q in rows if q == sp], [index[lab] for _, _, lab, q in rows if q == sp])
               for sp in SPLITS if any(r[3] == sp for r in rows)}  # fmt: skip
@@ -734,7 +740,8 @@ def class_count_lines(bundle: DataBundle, limit: int = 30) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # named datasets
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 
 def data_roots(data_root: str | None = None) -> list[Path]:
@@ -775,8 +782,9 @@ def _fashion_full(root) -> Path:
 
 
 def _idx_bundle(d: Path, image_size: int) -> DataBundle:
-    f = {k: _idx(d / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz") for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    return from_arrays(f["train-images"], f["train-labels"], f["t10k-images"], f["t10k-labels"], image_size, FASHION_CLASSES)
+    parts = ("train-images", "train-labels", "t10k-images", "t10k-labels")
+    f = {k: _idx(d / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz") for k in parts}
+    return from_arrays(*(f[k] for k in parts), image_size, FASHION_CLASSES)
 
 
 # name -> where its files are (given --data-root); see ../shared/data/README.md

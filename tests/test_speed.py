@@ -80,7 +80,7 @@ def test_engine_compile_trains_a_thawed_layer_aot_eager(cfg, bundle):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FASTRETRAIN_SLOW_TESTS"), reason="Inductor on CPU: set FASTRETRAIN_SLOW_TESTS=1")
+@pytest.mark.skipif(not os.environ.get("FASTRETRAIN_SLOW_TESTS"), reason="Inductor on a CPU: FASTRETRAIN_SLOW_TESTS=1")
 def test_engine_compile_trains_a_thawed_layer_inductor(cfg, bundle):
     _check_thawed_layers_train_as_in_eager(cfg, bundle, "on")
 
