@@ -723,18 +723,18 @@ def class_count_lines(bundle: DataBundle, limit: int = 30) -> list[str]:
     parts = [("train", bundle.train), ("val", bundle.val), ("test", bundle.test)]
     parts = [(n, d) for n, d in parts if d is not None]
     counts = {n: torch.bincount(d.y.cpu(), minlength=bundle.num_classes).tolist() for n, d in parts}
-    head = f"images per class ({'/'.join(n for n, _ in parts)}):"
     tr = counts["train"]
     ratio = max(tr) / max(min(tr), 1)
-    note = f"; training classes differ up to {ratio:.1f}x (--balance sampler|loss evens them out)" if ratio >= 2 else ""
+    note = f", training classes differ up to {ratio:.1f}x (--balance sampler|loss evens them out)" if ratio >= 2 else ""
+    head = f"images per class ({'/'.join(n for n, _ in parts)}){note}:"
     if bundle.num_classes <= limit:
         width = max(len(c) for c in bundle.classes)
-        return [head + note] + [f"  {c:<{width}}  " + "/".join(str(counts[n][i]) for n, _ in parts)
+        return [head] + [f"  {c:<{width}}  " + "/".join(str(counts[n][i]) for n, _ in parts)
                                 for i, c in enumerate(bundle.classes)]  # fmt: skip
     order = sorted(range(bundle.num_classes), key=lambda i: tr[i])
     rare = ", ".join(f"{bundle.classes[i]} {tr[i]}" for i in order[:5])
     stats = "; ".join(f"{n} min {min(v)} median {sorted(v)[len(v) // 2]} max {max(v)}" for n, v in counts.items())
-    return [f"{head} {bundle.num_classes} classes: {stats}{note}", f"  fewest training images: {rare}"]
+    return [f"{head} {stats}", f"  fewest training images: {rare}"]
 
 
 # --------------------------------------------------------------------------------------------------
