@@ -20,6 +20,46 @@ def test_linear_probe_runs_the_backbone_once_per_image(cfg, bundle):
     assert engine.history[-1]["train_loss"] < engine.history[0]["train_loss"]
 
 
+def test_linear_probe_caches_validation_and_test_features_off_the_clock(cfg, bundle, monkeypatch):
+    """Caching the training features is the method's cost; caching validation and test features stands for the
+    evaluation passes that are off the clock for every method, so they are excluded alike."""
+    import contextlib
+
+    from fastretrain.engine import Engine
+    from fastretrain.strategies.linear_probe import LinearProbe
+
+    depth, seen = [0], []
+    real_untimed, real_cache = Engine.untimed, LinearProbe._cache
+
+    @contextlib.contextmanager
+    def untimed(self):
+        depth[0] += 1
+        try:
+            with real_untimed(self):
+                yield
+        finally:
+            depth[0] -= 1
+
+    def cache(engine, data, head):
+        seen.append((data, depth[0] > 0))
+        return real_cache(engine, data, head)
+
+    monkeypatch.setattr(Engine, "untimed", untimed)
+    monkeypatch.setattr(LinearProbe, "_cache", staticmethod(cache))
+    from fastretrain.data import from_arrays
+    from fastretrain.testing import tiny_images
+
+    (xtr, ytr), (xte, yte) = tiny_images(16, 3, 12, 0), tiny_images(8, 3, 12, 1000)
+    with_val = from_arrays(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), 16, val_fraction=0.25)
+    cfg.method, cfg.out = "linear-probe", None
+    engine = build_engine(cfg, with_val)
+    train, val, test = engine.train_data, engine.val_data, engine.test_data
+    assert val is not None
+    engine.fit()
+    assert [(d is train, d is val, d is test, off) for d, off in seen] == [
+        (True, False, False, False), (False, True, False, True), (False, False, True, True)]
+
+
 def test_linear_probe_eval_matches_full_model(cfg, bundle):
     cfg.method, cfg.out = "linear-probe", None
     engine = build_engine(cfg, bundle)
