@@ -4,8 +4,8 @@ a JSON of every run, a markdown table of paired statistics and an accuracy-vs-wa
 Each cell (method, seed) is one ordinary run in OUT/<method>/seed<k>/; a cell whose summary.json exists is not
 rerun, so an interrupted benchmark resumes where it stopped.
 
-Statistics follow the comparison protocol (../shared/METHODS.md §6): seed k of a method is paired with seed k of
-the baseline. Per method we report the mean ± std over seeds of the paired accuracy difference (test accuracy at
+Statistics follow the comparison protocol (docs/BENCHMARKS.md, "How methods are compared"): seed k of a method
+is paired with seed k of the baseline. Per method we report the mean ± std over seeds of the paired accuracy difference (test accuracy at
 the validation-best epoch, `test_acc`, and at the last epoch, `final_test_acc`), and the time to reach the same
 seed's baseline final test accuracy: a seed that never reaches it counts as never (+inf), the ratio to the
 baseline's own time is summarised by its median over seeds with "k of n reached". Time is `wall_seconds` from
@@ -31,7 +31,7 @@ import numpy as np
 
 from .checkpoint import atomic_json
 
-# What defines a comparison's training recipe (METHODS.md §6: one recipe for every method unless a cell differs).
+# What defines a comparison's training recipe (docs/BENCHMARKS.md: one recipe for every method unless a cell differs).
 RECIPE_KEYS = ("recipe", "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs",
                "image_size")
 # Named data sets that have had a fixed test split from the start. Before the protocol, data without one (a folder

@@ -1,6 +1,6 @@
 """Data: image folders (plain or zipped), CSV/TSV file lists, in-memory arrays, and the bundled real datasets by name.
 
-Splits (METHODS.md §6, the comparison protocol): data that ships a test split keeps it; data without
+Splits (the comparison protocol, docs/BENCHMARKS.md): data that ships a test split keeps it; data without
 one (a folder of class folders, a `train/` folder alone) has `test_fraction` of each class held out as
 test, drawn with `split_seed`, never with the run's `--seed`, so every method and seed of a comparison is
 scored on the same images (`DataBundle.test_set_id` names them). `max_train` subsets the training images

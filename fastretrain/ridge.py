@@ -1,4 +1,4 @@
-"""Streaming ridge / Moore-Penrose solver for refining FC layers (METHODS.md §1b).
+"""Streaming ridge / Moore-Penrose solver for refining FC layers (docs/fast_retrain.md).
 
 The MP refinement of Zhang, Yang et al. ("Deep Networks with Fast Retraining", arXiv 2008.07387; Yang et
 al., TPAMI 2019) solves, for features H (N×d) and targets E (N×c),

@@ -1,6 +1,6 @@
 """Fast retraining (Zhang, Yang et al., "Deep Networks with Fast Retraining", arXiv 2008.07387; "Fast
 Transfer Learning Method Using Random Layer Freezing and Feature Refinement Strategy", IEEE
-T-Cybernetics 2024; METHODS.md §1c): every epoch a frozen-in-part SGD epoch (`random-freeze`), then, when
+T-Cybernetics 2024; docs/fast_retrain.md): every epoch a frozen-in-part SGD epoch (`random-freeze`), then, when
 due, an MP/ridge refinement of the FC head (`mp-refine`), then evaluation.
 
 Default (issue 13: freezing that cuts the backward pass, a fitted head from the start, refinement only

@@ -1,4 +1,4 @@
-"""Freeze-then-unfreeze: fastai's `Learner.fine_tune` (fastai 2.x, fastai/callback/schedule.py; METHODS.md §5).
+"""Freeze-then-unfreeze: fastai's `Learner.fine_tune` (fastai 2.x, fastai/callback/schedule.py; docs/fast_retrain.md).
 
 fastai runs, for `fine_tune(epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100)`:
 

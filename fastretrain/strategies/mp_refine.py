@@ -1,5 +1,5 @@
 """MP / ridge refinement of the FC layer(s) after SGD epochs (stage 2 of fast retraining; Zhang, Yang et al.,
-"Deep Networks with Fast Retraining", arXiv 2008.07387; Yang et al., TPAMI 2019; METHODS.md §1b), with a
+"Deep Networks with Fast Retraining", arXiv 2008.07387; Yang et al., TPAMI 2019; docs/fast_retrain.md), with a
 closed-form ridge head before the first epoch and a schedule that refines only while it pays (issue 13).
 Alone, `mp-refine` is "SGD + refinement" (≈ Yang 2019 with `init_head=False, until=None`).
 

@@ -1,5 +1,5 @@
 """Random layer freezing (stage 1 of fast retraining; Zhang, Yang et al., IEEE T-Cybernetics 2024;
-METHODS.md §1a), with a bottom-block policy that makes freezing cut the backward pass (issue 13).
+docs/fast_retrain.md), with a bottom-block policy that makes freezing cut the backward pass (issue 13).
 
 Every epoch e has a trainable ratio r(e) (default `[1, 1, .75, .75, .5, .5, .25, .25]`, stretched
 piecewise-constantly over the run's epochs). At the start of the epoch k ≈ N_conv·(1 − r) of the model's
