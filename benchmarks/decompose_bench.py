@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from fastretrain.bench import _ms, environment, load_record  # noqa: E402
+from fastretrain.bench import _ms, chosen_acc, environment, load_record  # noqa: E402
 from fastretrain.checkpoint import atomic_json  # noqa: E402
 
 PRESETS = {
@@ -53,12 +53,6 @@ PRESETS = {
         },
     },
 }  # fmt: skip
-
-
-def chosen_acc(summary: dict) -> float:
-    """Test accuracy at the epoch chosen on validation (`test_acc`); result files written before the
-    validation split carry `best_test_acc` (the highest test accuracy over epochs) instead."""
-    return summary["test_acc"] if "test_acc" in summary else summary["best_test_acc"]
 
 
 def k_device_history(rec: dict) -> list[dict]:

@@ -18,7 +18,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from fastretrain.bench import _ms, aggregate, environment, load_record, markdown_table, plot_curves  # noqa: E402
+from fastretrain.bench import _ms, aggregate, chosen_acc, environment, load_record, markdown_table, plot_curves  # noqa: E402
 from fastretrain.checkpoint import atomic_json  # noqa: E402
 
 PRESETS = {
@@ -38,12 +38,6 @@ PRESETS = {
                      "resize-only@2": {"switch_epoch": 2, "min_kernel": 99}},
     },
 }  # fmt: skip
-
-
-def chosen_acc(summary: dict) -> float:
-    """Test accuracy at the epoch chosen on validation (`test_acc`); result files written before the
-    validation split carry `best_test_acc` (the highest test accuracy over epochs) instead."""
-    return summary["test_acc"] if "test_acc" in summary else summary["best_test_acc"]
 
 
 def _delta(values: list[float]) -> str:

@@ -139,6 +139,12 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
     return records
 
 
+def chosen_acc(summary: dict) -> float:
+    """Test accuracy at the epoch chosen on validation (`test_acc`); result files written before the
+    validation split carry `best_test_acc` (the highest test accuracy over epochs) instead."""
+    return summary["test_acc"] if "test_acc" in summary else summary["best_test_acc"]
+
+
 def load_record(cell: Path, method: str, seed: int) -> dict:
     """One finished cell: its summary, per-epoch history and (when saved) resolved config."""
     summary = json.loads((cell / "summary.json").read_text())
