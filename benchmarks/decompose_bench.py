@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from fastretrain.bench import _ms, chosen_acc, environment, load_record  # noqa: E402
+from fastretrain.bench import chosen_acc, environment, load_record, mean_pm  # noqa: E402
 from fastretrain.checkpoint import atomic_json  # noqa: E402
 
 PRESETS = {
@@ -215,11 +215,11 @@ def report(preset: str, records: list[dict], parallel: dict, ratios: dict, out: 
         reached = [t for t in r["time_to_target"] if t is not None]
         rel = [x for x in r["ratio_to_same_seed_random_best"] if x is not None]
         lines.append("| " + " | ".join([
-            f"`{r['arm']}`", str(r["seeds"]), _ms(r["acc_at_composition"]) if r["acc_at_composition"] else "—",
-            _ms(r["best"]), _ms(r["final"]), _ms(r["wall_k_devices"], "{:.1f}"), _ms(r["wall_measured"], "{:.1f}"),
-            _ms(r["subnet_seconds_k_devices"], "{:.1f}") if r["subnet_seconds_k_devices"] else "—",
-            f"{_ms(reached, '{:.1f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
-            f"{_ms(rel, '{:.2f}')} ({len(rel)}/{len(r['ratio_to_same_seed_random_best'])} reached)" if rel else "never",
+            f"`{r['arm']}`", str(r["seeds"]), mean_pm(r["acc_at_composition"]) if r["acc_at_composition"] else "—",
+            mean_pm(r["best"]), mean_pm(r["final"]), mean_pm(r["wall_k_devices"], "{:.1f}"), mean_pm(r["wall_measured"], "{:.1f}"),
+            mean_pm(r["subnet_seconds_k_devices"], "{:.1f}") if r["subnet_seconds_k_devices"] else "—",
+            f"{mean_pm(reached, '{:.1f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
+            f"{mean_pm(rel, '{:.2f}')} ({len(rel)}/{len(r['ratio_to_same_seed_random_best'])} reached)" if rel else "never",
         ]) + " |")  # fmt: skip
     if parallel:
         lines += ["", "Sub-network phase measured for real on this machine (seed 0; K spawned processes, 1 thread each, "
@@ -238,9 +238,9 @@ def report(preset: str, records: list[dict], parallel: dict, ratios: dict, out: 
         reached = [t for t in r["cost_to_target"] if t is not None]
         ratios_ = [x for x in r["cost_ratio_to_same_seed_random_best"] if x is not None]
         lines.append("| " + " | ".join([
-            f"`{r['arm']}`", _ms(r["cost_at_composition"], "{:.2f}") if r["cost_at_composition"] else "—", _ms(r["cost_total"], "{:.2f}"),
-            f"{_ms(reached, '{:.2f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
-            f"{_ms(ratios_, '{:.2f}')} ({len(ratios_)}/{len(r['cost_ratio_to_same_seed_random_best'])} reached)" if ratios_ else "never",
+            f"`{r['arm']}`", mean_pm(r["cost_at_composition"], "{:.2f}") if r["cost_at_composition"] else "—", mean_pm(r["cost_total"], "{:.2f}"),
+            f"{mean_pm(reached, '{:.2f}')} ({len(reached)}/{r['seeds']})" if reached else f"never (0/{r['seeds']})",
+            f"{mean_pm(ratios_, '{:.2f}')} ({len(ratios_)}/{len(r['cost_ratio_to_same_seed_random_best'])} reached)" if ratios_ else "never",
         ]) + " |")  # fmt: skip
     lines += ["", "![accuracy vs time](accuracy_vs_time.png)", "", "![accuracy vs cost](accuracy_vs_cost.png)", ""]
     (out / "results.md").write_text("\n".join(lines))

@@ -18,7 +18,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from fastretrain.bench import _ms, aggregate, chosen_acc, environment, load_record, markdown_table, plot_curves  # noqa: E402
+from fastretrain.bench import (  # noqa: E402
+    aggregate, chosen_acc, environment, load_record, markdown_table, mean_pm, plot_curves)
 from fastretrain.checkpoint import atomic_json  # noqa: E402
 
 PRESETS = {
@@ -96,8 +97,8 @@ def run(preset: str, seeds: list[int], out: Path, runs: Path, overrides: dict, v
         summary[label] = {"phase1_epochs": p1, "saved": saved, "delta_best_pt": dbest, "delta_final_pt": dfinal,
                           "epoch_time_ratio": ratio, "switch_seconds": switch,
                           "saved_from_epoch_times": est}  # fmt: skip
-        lines.append(f"| `{label}` | {p1} | {_ms([100 * s for s in saved], '{:.1f}')} % | {_delta(dbest)} | {_delta(dfinal)} "
-                     f"| {_ms(ratio, '{:.2f}')} | {_ms(switch, '{:.1f}')} | {_ms([100 * x for x in est], '{:.1f}')} % |")  # fmt: skip
+        lines.append(f"| `{label}` | {p1} | {mean_pm([100 * s for s in saved], '{:.1f}')} % | {_delta(dbest)} | {_delta(dfinal)} "
+                     f"| {mean_pm(ratio, '{:.2f}')} | {mean_pm(switch, '{:.1f}')} | {mean_pm([100 * x for x in est], '{:.1f}')} % |")  # fmt: skip
     env = environment()
     title = f"{base['model']}{' (pretrained)' if base.get('pretrained') else ' (scratch)'} on {base['data']}, {base['image_size']} px, {base['epochs']} epochs"
     plot_curves(records, out / "accuracy_vs_time.png", title)

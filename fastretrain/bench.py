@@ -245,14 +245,28 @@ def pm(values: list[float] | None, fmt: str = "{:+.2f}") -> str:
     return mean if math.isnan(s) else f"{mean} ± {fmt.format(s).lstrip('+')}"
 
 
-def _ms(values: list[float], fmt: str = "{:.4f}") -> str:
+def mean_pm(values: list[float], fmt: str = "{:.4f}") -> str:
+    """`mean ± std` of the values that are numbers (None and NaN dropped), "—" when none are."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     return pm(values, fmt) if values else "—"
 
 
+def curve(history: list[dict]) -> list[tuple[float, float]]:
+    """(training wall time, test accuracy) points of a run: one per epoch, at its end, preceded by the ridge
+    head's own point when the run fitted one before epoch 1 (mp-refine.init_head logs `init_head_test_acc`;
+    its time is the training time before epoch 1 plus `init_head_seconds`)."""
+    points = [(h["wall_seconds"], h["test_acc"]) for h in history]
+    first = history[0] if history else {}
+    if first.get("init_head_test_acc") is not None:
+        ready = first["wall_seconds"] - first["epoch_seconds"] + first["init_head_seconds"]
+        points.insert(0, (ready, first["init_head_test_acc"]))
+    return points
+
+
 def time_to(history: list[dict], target: float) -> float | None:
-    """Training wall time at the end of the first epoch whose test accuracy reaches `target` (None: never)."""
-    return next((h["wall_seconds"] for h in history if h["test_acc"] >= target - 1e-12), None)
+    """Training wall time of the first point of the run's `curve` whose test accuracy reaches `target` (None:
+    never)."""
+    return next((t for t, acc in curve(history) if acc >= target - 1e-12), None)
 
 
 def median_ratio(ratios: list[float | None]) -> float:
@@ -331,15 +345,15 @@ def markdown_table(rows: list[dict], baseline: str | None = None, extra_keys=())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"`{r['method']}`", str(r["seeds"])]
-        cells += ([_ms(r["test_acc"] or [])] if with_test else []) + [_ms(r["final_test_acc"])]
+        cells += ([mean_pm(r["test_acc"] or [])] if with_test else []) + [mean_pm(r["final_test_acc"])]
         if paired_rows:
             p = r["paired"]
             if r["method"] == baseline or p is None:
                 cells += (["—"] if with_test else []) + ["—", "—"]
             else:
                 cells += ([pm(p["d_test_acc"])] if with_test else []) + [pm(p["d_final_test_acc"]), reach_text(p)]
-        cells += [_ms(r["wall_seconds"], "{:.1f}"), _ms(r["images_per_second"], "{:.0f}")]
-        cells += [_ms(r[k], "{:.2f}") for k in extra_keys]
+        cells += [mean_pm(r["wall_seconds"], "{:.1f}"), mean_pm(r["images_per_second"], "{:.0f}")]
+        cells += [mean_pm(r[k], "{:.2f}") for k in extra_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -358,12 +372,12 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
     colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
     markers = "os^vDP*Xph<>"
     for i, m in enumerate(methods):
-        hs = [r["history"] for r in records if r["method"] == m]
+        hs = [curve(r["history"]) for r in records if r["method"] == m]
         n = min(len(h) for h in hs)
         if n == 0:
             continue
-        t = np.median([[e["wall_seconds"] for e in h[:n]] for h in hs], 0)
-        acc = np.array([[e["test_acc"] for e in h[:n]] for h in hs])
+        t = np.median([[p[0] for p in h[-n:]] for h in hs], 0)  # aligned at the end: the last epochs match
+        acc = np.array([[p[1] for p in h[-n:]] for h in hs])
         color = colors[i % len(colors)]
         ax.plot(t, acc.mean(0), marker=markers[i % len(markers)], ms=4, color=color, label=m,
                 linestyle="--" if "," in m else "-", lw=1.3)

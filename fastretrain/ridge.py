@@ -260,6 +260,45 @@ def solve(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> RidgeSolu
     return RidgeSolution(None, math.nan, message=msg)
 
 
+def solve_on_validation(stats: RidgeStats, score, grid=GCV_GRID) -> RidgeSolution:
+    """Solve (A + I/C) X = B for every C of `grid` from one eigendecomposition of A and keep the C whose
+    solution `score(X)` ranks highest (a tuple or number, e.g. (validation accuracy, −validation loss)); ties go
+    to the smaller C (the stronger ridge). The GCV alternative chooses C from the training statistics alone and
+    is unreliable when d ≥ n (near interpolation its RSS is a difference of nearly equal sums).
+
+    Returns a RidgeSolution whose `gcv` field holds the scores' first components, C ascending; `X` is None
+    (with a message) when the statistics are not finite or A cannot be decomposed even with jitter.
+    """
+    settle(stats)
+    if stats.n == 0:
+        return RidgeSolution(None, math.nan, message=f"no finite rows to fit ({stats.dropped} dropped)")
+    A, B = stats.A, stats.B
+    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+        return RidgeSolution(None, math.nan, message="accumulated statistics are not finite")
+    eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
+    scale = float(A.diagonal().mean().clamp_min(1e-12))
+    for jitter in (0.0, *(j * scale for j in JITTERS)):
+        try:
+            evals, Q = torch.linalg.eigh(A + jitter * eye if jitter else A)
+        except (torch.linalg.LinAlgError, RuntimeError):
+            continue
+        if torch.isfinite(evals).all() and torch.isfinite(Q).all():
+            break
+    else:
+        return RidgeSolution(None, math.nan, message="eigendecomposition failed even with jitter")
+    Z, lam = Q.T @ B, evals.clamp_min(0)
+    best, firsts = None, []
+    for C in sorted(grid):
+        X = Q @ (Z / (lam + 1.0 / C)[:, None])
+        key = score(X)
+        firsts.append(key[0] if isinstance(key, tuple) else key)
+        if torch.isfinite(X).all() and (best is None or key > best[0]):
+            best = (key, X, float(C))
+    if best is None:
+        return RidgeSolution(None, math.nan, message="no grid value of C gives a finite solution")
+    return RidgeSolution(best[1], best[2], jitter, "" if not jitter else f"solved with jitter {jitter:.3g}", firsts)
+
+
 def solve_or_warn(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID, what: str = "ridge solve") -> RidgeSolution:
     """`solve`, warning (RuntimeWarning) when rows were dropped, jitter was needed, or the solve gave up."""
     if stats.dropped:

@@ -12,6 +12,7 @@ from fastretrain.bench import (
     aggregate,
     compare,
     comparison_recipe,
+    curve,
     markdown_table,
     median_ratio,
     paired,
@@ -38,6 +39,14 @@ def test_time_to():
     hist = [{"test_acc": 0.5, "wall_seconds": 1.0}, {"test_acc": 0.8, "wall_seconds": 2.0},
             {"test_acc": 0.9, "wall_seconds": 3.0}]
     assert time_to(hist, 0.8) == 2.0 and time_to(hist, 0.95) is None
+
+
+def test_time_to_counts_the_ridge_head_point_before_epoch_1():
+    # epoch 1 took 4 s of a 5 s clock (1 s of set-up before it); the head was ready 1.5 s into epoch 1
+    hist = [{"test_acc": 0.6, "wall_seconds": 5.0, "epoch_seconds": 4.0, "init_head_seconds": 1.5,
+             "init_head_test_acc": 0.85}, {"test_acc": 0.9, "wall_seconds": 8.0}]
+    assert curve(hist) == [(2.5, 0.85), (5.0, 0.6), (8.0, 0.9)]
+    assert time_to(hist, 0.8) == 2.5 and time_to(hist, 0.86) == 8.0
 
 
 def test_paired_statistics_by_hand():

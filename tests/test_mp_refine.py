@@ -287,6 +287,48 @@ def test_ridge_head_is_the_closed_form_linear_probe_in_float64(C):
         assert ridge.solve(s, "gcv").C == used
 
 
+def test_ridge_head_C_chosen_on_validation_is_the_brute_force_best_probe():
+    H, y = features(n=150, spread=1.2, seed=3)
+    H = H.double() + 3.0
+    model = linear().double()
+    e = feature_engine(model, H[:90], y[:90])
+    e.val_data = FeatureTensors(H[90:], y[90:])
+    info = MPRefine(batch_size=16).fit_head(e)  # default C="val"
+
+    def key(C):  # (validation accuracy, −mean squared error to the ±1 targets) of the closed-form probe
+        W, b = probe_reference(H[:90], y[:90], C)
+        out = H[90:] @ W.T + b
+        return float((out.argmax(1) == y[90:]).double().mean()), -float(((out - targets(y[90:], 3)) ** 2).mean())
+
+    keys = [key(C) for C in sorted(ridge.GCV_GRID)]
+    best = sorted(ridge.GCV_GRID)[max(range(len(keys)), key=keys.__getitem__)]  # first maximum: the smaller C
+    assert info["init_head_C"] == best
+    W, b = probe_reference(H[:90], y[:90], best)
+    assert rel(model[0].weight, W) <= REL and rel(model[0].bias, b) <= REL
+
+
+def test_refinement_C_chosen_on_validation_by_the_refined_layer():
+    H, y = features(n=150, spread=1.0, seed=4)
+    model = linear().double()
+    e = feature_engine(model, H[:90].double(), y[:90])
+    e.val_data = FeatureTensors(H[90:].double(), y[90:])
+    W0, b0 = model[0].weight.detach().clone(), model[0].bias.detach().clone()
+    info = MPRefine(lam=0.5).refine(e)
+    Hd = H[:90].double()
+    E = targets(y[:90], 3) - (Hd @ W0.T + b0)
+
+    def refined(C):  # W + λΔW with ΔWᵀ = (HᵀH + I/C)⁻¹HᵀE, bias untouched
+        return W0 + 0.5 * torch.linalg.solve(Hd.T @ Hd + torch.eye(8, dtype=torch.float64) / C, Hd.T @ E).T
+
+    def key(C):
+        out = H[90:].double() @ refined(C).T + b0
+        return float((out.argmax(1) == y[90:]).double().mean()), -float(((out - targets(y[90:], 3)) ** 2).mean())
+
+    keys = [key(C) for C in sorted(ridge.GCV_GRID)]
+    best = sorted(ridge.GCV_GRID)[max(range(len(keys)), key=keys.__getitem__)]
+    assert info["refine_C"] == best and rel(model[0].weight, refined(best)) <= REL
+
+
 class AfterInit(Strategy):
     order = 60  # before_epoch after mp-refine's (50): the head as the initialisation wrote it
 
@@ -313,6 +355,9 @@ def test_ridge_head_in_a_fit_on_images_is_training_time():
     assert rel(snap.model.fc.weight, W) <= REL and rel(snap.model.fc.bias, b) <= REL  # float32 weights
     h = e.history[0]
     assert h["init_head_C"] == 4.0 and 0 < h["init_head_seconds"] < h["epoch_seconds"] <= h["wall_seconds"]
+    # the ridge head's own point: the accuracy of the model as it stood before the first SGD step
+    _, acc = e.evaluate(e.test_data, module=snap.model.to(e.device))
+    assert h["init_head_test_acc"] == acc
 
 
 def test_ridge_head_option_off_leaves_the_head():

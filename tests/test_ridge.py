@@ -247,3 +247,24 @@ def test_linear_probe_has_an_unpenalised_bias():
     mean_h, mean_e = H.mean(0), E.mean(0)
     X = ridge.closed_form(H - mean_h, E - mean_e, sol.C)
     assert sol.C in ridge.GCV_GRID and rel(sol.X, X) <= REL and rel(b, mean_e - mean_h @ X) <= REL
+
+
+def test_solve_on_validation_keeps_the_best_scoring_grid_solution():
+    H, E = problem()
+    Hv, Ev = problem(n=40, seed=1)
+    s = stream(H, E, 16)
+    score = lambda X: -float(((Hv @ X - Ev) ** 2).sum())  # noqa: E731
+    sol = ridge.solve_on_validation(s, score)
+    brute = [score(ridge.solve(s, C).X) for C in ridge.GCV_GRID]  # one Cholesky solve per C: the reference
+    best = ridge.GCV_GRID[max(range(len(brute)), key=brute.__getitem__)]
+    assert sol.C == best and rel(sol.X, ridge.solve(s, best).X) <= 1e-8
+    assert max(abs(a - b) / abs(b) for a, b in zip(sol.gcv, brute)) <= 1e-8  # every C scored, C ascending
+
+
+def test_solve_on_validation_ties_go_to_the_strongest_ridge_and_bad_input_gives_no_solution():
+    H, E = problem()
+    assert ridge.solve_on_validation(stream(H, E, 16), lambda X: 1.0).C == min(ridge.GCV_GRID)
+    bad = stream(H, E, 16)
+    bad.A[0, 0] = math.nan
+    sol = ridge.solve_on_validation(bad, lambda X: 1.0)
+    assert not sol.ok and "not finite" in sol.message
