@@ -18,7 +18,7 @@ import fastretrain as fr
 from fastretrain import ridge
 from fastretrain.data import DataBundle, FeatureTensors
 from fastretrain.engine import Strategy
-from fastretrain.strategies.mp_refine import MPRefine, targets
+from fastretrain.strategies.mp_refine import SCALE_GRID, MPRefine, targets
 from fastretrain.strategies.random_freeze import RandomFreeze
 
 REL = 1e-6
@@ -304,7 +304,16 @@ def test_ridge_head_C_chosen_on_validation_is_the_brute_force_best_probe():
     best = sorted(ridge.GCV_GRID)[max(range(len(keys)), key=keys.__getitem__)]  # first maximum: the smaller C
     assert info["init_head_C"] == best
     W, b = probe_reference(H[:90], y[:90], best)
-    assert rel(model[0].weight, W) <= REL and rel(model[0].bias, b) <= REL
+    # the logits are then scaled by the factor of the grid with the lowest validation cross-entropy
+    ce = [float(nn.functional.cross_entropy(s * (H[90:] @ W.T + b), y[90:])) for s in SCALE_GRID]
+    s = SCALE_GRID[min(range(len(ce)), key=ce.__getitem__)]
+    assert info["init_head_scale"] == s and s > 1  # ±1 targets give logits too flat for cross-entropy
+    assert rel(model[0].weight, s * W) <= REL and rel(model[0].bias, s * b) <= REL
+    model1 = linear().double()
+    MPRefine(batch_size=16, init_scale=1).fit_head(feature_engine(model1, H[:90], y[:90]))  # no val split: GCV
+    W1, b1 = probe_reference(H[:90], y[:90], MPRefine(C="gcv", batch_size=16).fit_head(
+        feature_engine(linear().double(), H[:90], y[:90]))["init_head_C"])
+    assert rel(model1[0].weight, W1) <= REL and rel(model1[0].bias, b1) <= REL  # init_scale=1: the plain probe
 
 
 def test_refinement_C_chosen_on_validation_by_the_refined_layer():

@@ -24,6 +24,12 @@ layers. GCV is unreliable when features outnumber images (d ≥ n): on Lite0's 1
 Fashion-MNIST images it chose C = 1e4, a near-interpolating head at 0.687 test accuracy, where C chosen on
 validation (1e-3) gives 0.84.
 
+The ridge head's logit scale (`init_scale`): a ridge fit to ±1 targets gives logits of order 1, right in
+argmax but flat for cross-entropy, so the first SGD steps see large gradients on correctly classified images
+and pull the pretrained features (and the head) away. With "val" (default) the fitted W, b are multiplied by
+the factor of `SCALE_GRID` with the lowest validation cross-entropy (1 without a validation split); a number
+fixes it (1: the plain probe).
+
 When it runs (`init_head`, `until`, `every`, `min_gain`):
 - `init_head` (default on): before the first SGD epoch, one feature pass over the pretrained backbone (eval
   mode, eval transform) and the ridge linear probe [W b] = argmin ‖HWᵀ + 1bᵀ − T‖² + ‖W‖²/C (bias not
@@ -66,6 +72,7 @@ from ..methods import check_options, register_method
 from ..models import FeatureTap, final_linears
 
 CHOOSERS = ("val", "gcv")  # how C is chosen when it is not fixed
+SCALE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)  # ridge-head logit scales to choose from
 FEATURE_BATCH = 256  # images per batch of the feature passes: no autograd, so far larger than a training batch
 
 
@@ -109,6 +116,32 @@ def input_scale(modules: list[nn.Module]) -> torch.Tensor | None:
 
 
 @dataclass
+class _Validation:
+    """Validation inputs H (n, d) float64 of an FC layer, labels y, ±1 (or 0/1) targets T."""
+
+    H: torch.Tensor
+    y: torch.Tensor
+    T: torch.Tensor
+    layer: nn.Linear
+
+    def out(self, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        bias = b if b is not None else (self.layer.bias.double() if self.layer.bias is not None else 0.0)
+        return self.H @ W.T + bias
+
+    def __call__(self, W: torch.Tensor, b: torch.Tensor | None) -> tuple[float, float]:
+        """(accuracy, −mean squared error to the targets) of the layer with weights W (out, in), bias b (None: the
+        layer's own): the key C is chosen by."""
+        out = self.out(W, b)
+        return float((out.argmax(1) == self.y).double().mean()), -float(((out - self.T) ** 2).mean())
+
+    def scale(self, W: torch.Tensor, b: torch.Tensor | None, grid=SCALE_GRID) -> float:
+        """The factor s of `grid` whose logits s·(HWᵀ + b) have the lowest cross-entropy (ties: the smaller s)."""
+        out = self.out(W, b)
+        losses = [float(nn.functional.cross_entropy(s * out, self.y)) for s in grid]
+        return float(grid[min(range(len(grid)), key=losses.__getitem__)])
+
+
+@dataclass
 class MPRefine(Strategy):
     order = 50  # refine after other strategies' end-of-epoch work
     lam: float = 0.5  # MP learning rate λ: W ← W + λ·ΔW
@@ -120,6 +153,7 @@ class MPRefine(Strategy):
     solver: str = "direct"  # "direct": streaming A, B + one solve; "recursive": the papers' batch recursion (fixed C)
     layers: int | None = None  # refine the last `layers` FC layers (default: the whole trailing FC head)
     init_head: bool = True  # ridge linear probe into the last FC layer before epoch 1
+    init_scale: float | str = "val"  # ridge head's logits × s, s chosen for the lowest validation cross-entropy
     until: int | None = 2  # refine only after epochs 1 … until (None: every epoch)
     every: int = 1  # refine after every `every`-th epoch
     min_gain: float | None = None  # stop refining once a refinement raises validation accuracy by less
@@ -132,6 +166,8 @@ class MPRefine(Strategy):
                 self.C = float(self.C)
             except ValueError:
                 pass
+        if isinstance(self.init_scale, int):
+            self.init_scale = float(self.init_scale)
         fixed_c = self.C not in CHOOSERS and isinstance(self.C, (int, float)) and math.isfinite(self.C)
         checks = [
             (self.lam > 0, f"lam must be > 0, got {self.lam}"),
@@ -143,6 +179,8 @@ class MPRefine(Strategy):
             (self.solver in ("direct", "recursive"), f"solver must be direct or recursive, got {self.solver!r}"),
             (self.solver == "direct" or (fixed_c and self.features == "pass" and self.form == "residual"),
              "solver=recursive needs a fixed finite C (e.g. -o mp-refine.C=4), features=pass and form=residual"),
+            (self.init_scale == "val" or (isinstance(self.init_scale, float) and 0 < self.init_scale < math.inf),
+             f"init_scale must be 'val' or a number > 0, got {self.init_scale!r}"),
             (self.every >= 1, f"every must be >= 1, got {self.every}"),
             (self.until is None or self.until >= 0, f"until must be >= 0 or None, got {self.until}"),
             (self.min_gain is None or math.isfinite(self.min_gain), f"min_gain must be a number, got {self.min_gain}"),
@@ -259,31 +297,35 @@ class MPRefine(Strategy):
             ridge.accumulate(aug, Hx, targets(y, c, self.target), sync=False)
         ridge.all_reduce(aug)
         grid = tuple(self.grid or ridge.GCV_GRID)
-        val = self._val_features(engine, name, layer)
+        val = self._val_features(engine, name, layer, self.C == "val" or self.init_scale == "val")
+        choose = val if self.C == "val" else None
         if layer.bias is None:  # no bias to fit: the plain ridge on H (drop the column of ones)
             d = layer.in_features
             plain = ridge.RidgeStats(aug.A[:d, :d], aug.B[:d], aug.ee, aug.n, aug.dropped)
-            if val is None:
+            if choose is None:
                 sol = ridge.solve(plain, self._c(), grid)
             else:
-                sol = ridge.solve_on_validation(plain, lambda X: val(X.T, None), grid)
+                sol = ridge.solve_on_validation(plain, lambda X: choose(X.T, X.new_zeros(c)), grid)
             b = None
-        elif val is None:
+        elif choose is None:
             sol, b = ridge.linear_probe(aug, self._c(), grid)
         else:
             stats, hbar, tbar = ridge.centred(aug)
-            sol = ridge.solve_on_validation(stats, lambda X: val(X.T, tbar - hbar @ X), grid)
+            sol = ridge.solve_on_validation(stats, lambda X: choose(X.T, tbar - hbar @ X), grid)
             b = tbar - hbar @ sol.X if sol.ok else None
         if not sol.ok:
             warnings.warn(f"mp-refine: ridge head of {name} skipped: {sol.message}", RuntimeWarning, stacklevel=2)
             return {"init_head_skipped": sol.message}
-        layer.weight.copy_(sol.X.T.to(layer.weight.dtype))
+        W = sol.X.T
+        scale = float(self.init_scale) if self.init_scale != "val" else (
+            val.scale(W, b if b is not None else W.new_zeros(c)) if val is not None else 1.0)
+        layer.weight.copy_((scale * W).to(layer.weight.dtype))
         if b is not None:
-            layer.bias.copy_(b.to(layer.bias.dtype))
+            layer.bias.copy_((scale * b).to(layer.bias.dtype))
         for p in layer.parameters():
             if dist.world() > 1:  # every rank solved the same all-reduced problem; make it bitwise so
                 torch.distributed.broadcast(p.data, 0)
-        return {"init_head_C": sol.C}
+        return {"init_head_C": sol.C, "init_head_scale": scale}
 
     # ------------------------------------------------------------------ the refinement
     @torch.no_grad()
@@ -306,24 +348,16 @@ class MPRefine(Strategy):
         return "gcv" if self.C == "val" else self.C
 
     @torch.no_grad()
-    def _val_features(self, engine, name: str, layer: nn.Linear):
-        """With C="val" and a validation split: score(W, b) -> (validation accuracy, −mean squared error to the
-        targets) of the layer `layer` with weights W (out, in) and bias b (None: the layer's own), from one
-        forward pass over the validation images (every rank sees all of them); None otherwise.
+    def _val_features(self, engine, name: str, layer: nn.Linear, needed: bool | None = None):
+        """With a validation split and C="val" (or `needed`): the validation images' inputs of `layer`, from one
+        forward pass (every rank sees all of them), as a `_Validation`; None otherwise.
 
         The pass is part of the method's work, so it is training time like the feature pass itself."""
-        if self.C != "val" or engine.val_data is None:
+        if not (self.C == "val" if needed is None else needed) or engine.val_data is None:
             return None
         feats = [(Hs[0], y) for Hs, y in self._forward_features(engine, [(name, layer)], engine.val_data, shard=False)]
         H, y = torch.cat([h for h, _ in feats]), torch.cat([y for _, y in feats])
-        T = targets(y, layer.out_features, self.target)
-
-        def score(W: torch.Tensor, b: torch.Tensor | None) -> tuple[float, float]:
-            bias = b if b is not None else (layer.bias.double() if layer.bias is not None else 0.0)
-            out = H @ W.T + bias
-            return float((out.argmax(1) == y).double().mean()), -float(((out - T) ** 2).mean())
-
-        return score
+        return _Validation(H, y, targets(y, layer.out_features, self.target), layer)
 
     def _forward_features(self, engine, layers, data=None, shard: bool = True):
         """Yield (inputs of each layer as (b, d_k) float64, labels) over the training images (or `data`), the
