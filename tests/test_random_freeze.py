@@ -229,6 +229,36 @@ def test_bn_eval_option_keeps_running_stats_of_frozen_neighbours():
     assert not torch.equal(before[bn], dict(e.model.named_buffers())[bn])
 
 
+class EvaluateEveryBatch(Strategy):
+    """Evaluates on the test data after every step (as a strategy's feature pass would: the model goes to eval
+    mode and back to train mode) and records whether any BN layer was in train mode at the next forward."""
+
+    def __init__(self):
+        self.bn_training = []
+
+    def before_step(self, engine):
+        self.bn_training.append(any(m.training for m in engine.model.modules() if isinstance(m, nn.BatchNorm2d)))
+
+    def after_step(self, engine):
+        engine.evaluate(engine.test_data)
+
+
+def test_frozen_bn_statistics_stay_the_pretrained_ones_while_weights_and_affine_train():
+    probe = EvaluateEveryBatch()
+    e = engine([1.0], 2, seed=1, extra=[probe], policy="bottom", bn_stats="frozen")
+    before = {n: b.clone() for n, b in e.model.named_buffers() if "running" in n}
+    params = {n: p.detach().clone() for n, p in e.model.named_parameters()}
+    e.fit()
+    after = dict(e.model.named_buffers())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # statistics never updated
+    assert probe.bn_training and not any(probe.bn_training)  # eval mode at every step, evaluations in between
+    moved = [n for n, p in e.model.named_parameters() if not torch.equal(params[n], p.detach())]
+    assert "features.1.weight" in moved and "features.0.weight" in moved  # BN affine and convs still train
+    plain = engine([1.0], 1, seed=1, policy="bottom")
+    plain.fit()
+    assert any(not torch.equal(before[n], b) for n, b in plain.model.named_buffers() if n in before)
+
+
 class StopAfter(Strategy):
     def __init__(self, n):
         self.n = n
