@@ -83,6 +83,7 @@ V2_METHODS = V2_CORE + [
     "fast-retrain[random-freeze.policy=uniform]",  # ablation: the authors' uniform draw instead of the bottom block
     "fast-retrain[mp-refine.init_head=False]",  # ablation: no ridge head before epoch 1
     "fast-retrain[mp-refine.until=None]",  # ablation: refinement after every epoch
+    "fast-retrain[mp-refine.until=0]",  # ablation: the ridge head, no refinement after any epoch
     "random-freeze", "mp-refine", FR_AUTHORS,  # the parts alone; the authors' variant under this recipe
     "freeze-unfreeze@fastai",  # fastai's fine_tune with its own recipe, as its own row
     "rifle", "kernel-rescale", "fast-retrain,rifle"]

@@ -293,7 +293,7 @@ def test_ridge_head_C_chosen_on_validation_is_the_brute_force_best_probe():
     model = linear().double()
     e = feature_engine(model, H[:90], y[:90])
     e.val_data = FeatureTensors(H[90:], y[90:])
-    info = MPRefine(batch_size=16).fit_head(e)  # default C="val"
+    info = MPRefine(batch_size=16, init_scale="val").fit_head(e)  # C="val" is the default
 
     def key(C):  # (validation accuracy, −mean squared error to the ±1 targets) of the closed-form probe
         W, b = probe_reference(H[:90], y[:90], C)
