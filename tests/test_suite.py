@@ -199,9 +199,9 @@ def test_render_routes_headline_and_appendix(tmp_path, monkeypatch):
     assert "### big" in head.split("## Headline")[1] and "### small" in appendix
     for title, *_ in suite.PAPERS.values():
         assert f"### {title}" in text
-    assert "- Headline (≥ 96 px), `big` (legacy protocol: final acc):" in text
+    assert f"- Headline (≥ {suite.HEADLINE_PX} px), `big` (legacy protocol: final acc):" in text
     assert "- Overall, small-input appendix: **reproduced** (reproduced in 1 of 1)" in text
-    assert "- Headline (≥ 96 px): no comparison has run yet" in text  # e.g. decomposition
+    assert f"- Headline (≥ {suite.HEADLINE_PX} px): no comparison has run yet" in text  # e.g. decomposition
     assert "](res/small/accuracy_vs_time.png)" in text and "Recipe (every method):" in text
     assert "## How to reproduce" not in text  # only the standard report carries the how-to
 
