@@ -859,6 +859,36 @@ def goal_text(comps: list[dict]) -> list[str]:
     return parts
 
 
+# The ingredients of fast-retrain (issue 13), each row against SGDM on the same seeds: what each part contributes.
+ABLATION = ["fast-retrain", "fast-retrain[random-freeze.policy=uniform]", "fast-retrain[mp-refine.init_head=False]",
+            "fast-retrain[mp-refine.until=None]", "fast-retrain[mp-refine.until=0]", "random-freeze", "mp-refine",
+            FR_AUTHORS, PROBE]
+ABLATION_WHAT = {"fast-retrain": "the default", "fast-retrain[random-freeze.policy=uniform]": "uniform draw, not the "
+                 "bottom block", "fast-retrain[mp-refine.init_head=False]": "no ridge head before epoch 1",
+                 "fast-retrain[mp-refine.until=None]": "refinement after every epoch",
+                 "fast-retrain[mp-refine.until=0]": "the ridge head, no refinement", "random-freeze": "freezing only",
+                 "mp-refine": "ridge head + refinement, no freezing", FR_AUTHORS: "the authors' variant",
+                 PROBE: "the linear probe"}
+
+
+def ablation_text(comps: list[dict]) -> list[str]:
+    """Per headline comparison, fast-retrain's variants and parts against SGDM (paired by seed)."""
+    parts = []
+    for comp in [c for c in comps if tier(c) == "headline"]:
+        rows = []
+        for m in ABLATION:
+            p = paired(comp["records"], m, BASELINE)
+            if p is not None:
+                rows.append(f"| `{m}` | {ABLATION_WHAT[m]} | {p['n']} | {pm(_d(comp, p))} | "
+                            f"{pm(p['d_final_test_acc'])} | {reach_text(p)} | {pm(p['wall_ratio'], '{:.2f}')}× |")
+        if len(rows) > 1:
+            parts += [f"**{comp['id']}** ({describe(comp)}):", "",
+                      f"| row | what changes | seeds | Δ {_acc_name(comp)} vs SGDM (pt) | Δ final acc vs SGDM (pt) | "
+                      "time to SGDM's final acc (median ratio) | training time / SGDM's |", "|---|---|---|---|---|---|---|",
+                      *rows, ""]
+    return parts or ["No headline comparison has more than one of these rows yet.", ""]
+
+
 def claims_text(comps: list[dict]) -> list[str]:
     measured = claims(comps)
     parts = ["## Claims of the source papers, checked\n"]
@@ -972,6 +1002,9 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
     for s in suites:
         parts += [f"Suite `{s}`:\n", *status(s, roots[s], seeds), ""]
     parts += goal_text(comps)
+    parts += [f"### What each ingredient of `{GOAL_METHOD}` contributes\n",
+              "Each row against SGDM on the same seeds (`fast-retrain[...]` rows change one option of the default; "
+              "docs/fast_retrain.md explains them):\n", *ablation_text(comps)]
     parts += claims_text(comps)
     head, appendix = [c for c in comps if tier(c) == "headline"], [c for c in comps if tier(c) == "appendix"]
     parts.append(f"## Headline: realistic input sizes (≥ {HEADLINE_PX} px)\n")
@@ -1058,7 +1091,16 @@ def demo_block() -> str:
 
 
 def readme_blocks(comps: list[dict]) -> dict[str, str]:
-    return {"methods": methods_block(), "demo": demo_block(), "which": which_block(comps)}
+    return {"methods": methods_block(), "demo": demo_block(), "which": which_block(comps),
+            "goal": "\n".join(goal_text(comps)[1:]).strip()}
+
+
+FAST_RETRAIN_DOC = ROOT / "docs" / "fast_retrain.md"
+
+
+def fast_retrain_blocks(comps: list[dict]) -> dict[str, str]:
+    """docs/fast_retrain.md's measured tables: issue 13's goal and the ablation, from the committed suite results."""
+    return {"goal": "\n".join(goal_text(comps)[1:]).strip(), "ablation": "\n".join(ablation_text(comps)).strip()}
 
 
 def fill_blocks(text: str, blocks: dict[str, str]) -> str:
@@ -1066,7 +1108,7 @@ def fill_blocks(text: str, blocks: dict[str, str]) -> str:
     for name, body in blocks.items():
         pattern = re.compile(rf"(<!-- results:{name} -->\n)(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- results:{name} --> ... <!-- /results:{name} --> block")
+            raise SystemExit(f"no <!-- results:{name} --> ... <!-- /results:{name} --> block to fill")
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
@@ -1087,7 +1129,8 @@ def report_texts(seeds: int | None = None) -> tuple[dict[Path, str], list[dict],
     suites, comps, roots = report_comparisons(seeds)
     doc, readme = ROOT / "docs" / "BENCHMARKS.md", ROOT / "README.md"
     texts = {doc: render_text(comps, doc, roots, REPORT_COMMAND, seeds),
-             readme: fill_blocks(readme.read_text(), readme_blocks(comps))}
+             readme: fill_blocks(readme.read_text(), readme_blocks(comps)),
+             FAST_RETRAIN_DOC: fill_blocks(FAST_RETRAIN_DOC.read_text(), fast_retrain_blocks(comps))}
     gpu = gpu_page(comps)
     if gpu is not None:  # docs/BENCHMARKS-gpu.md exists once a GPU run's results are committed
         texts[GPU_DOC] = gpu
