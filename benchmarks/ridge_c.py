@@ -6,7 +6,8 @@ bias, ±1 targets) and its train / validation / test accuracy, the C that GCV ch
 "gcv")`) and the one mp-refine's default chooses on validation (`C="val"`), beside a logistic-regression probe
 (L-BFGS, standardised features, fixed L2 1e-3) as a reference. Writes ridge_c.json and ridge_c.md.
 
-    OMP_NUM_THREADS=1 FASTRETRAIN_DATA=../shared/data python benchmarks/ridge_c.py flowers5-128-lite0 fashion-mnist-96-lite0
+    OMP_NUM_THREADS=1 FASTRETRAIN_DATA=../shared/data python benchmarks/ridge_c.py \
+        flowers5-128-lite0 fashion-mnist-96-lite0 cifar10-96-lite0 fashion-mnist-64-lite0
 """
 from __future__ import annotations
 

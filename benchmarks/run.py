@@ -884,7 +884,8 @@ def ablation_text(comps: list[dict]) -> list[str]:
         if len(rows) > 1:
             parts += [f"**{comp['id']}** ({describe(comp)}):", "",
                       f"| row | what changes | seeds | Δ {_acc_name(comp)} vs SGDM (pt) | Δ final acc vs SGDM (pt) | "
-                      "time to SGDM's final acc (median ratio) | training time / SGDM's |", "|---|---|---|---|---|---|---|",
+                      "time to SGDM's final acc (median ratio) | training time / SGDM's |",
+                      "|---|---|---|---|---|---|---|",
                       *rows, ""]
     return parts or ["No headline comparison has more than one of these rows yet.", ""]
 

@@ -51,9 +51,10 @@ Logged per epoch: `refine_seconds` (wall time of the refinement, also inside `wa
 mode it includes the per-batch accumulation), `test_acc_before_refine` and, with a validation split,
 `val_acc_before_refine` (evaluated off the clock, for reporting only; with `min_gain` the latter is the
 schedule's own timed measurement), `refine_C` (the C used for the last layer), `refine_skipped` when a guard fired,
-`refine_val_gain` with `min_gain`; in epoch 1 with `init_head`: `init_head_seconds`, `init_head_C`, and the ridge head's own accuracy
-before any SGD step, `init_head_val_acc` / `init_head_test_acc` (evaluated off the clock; `bench.curve` puts this
-point on the accuracy-time curve at the time the head was ready; it is never chosen as the best epoch).
+`refine_val_gain` with `min_gain`; in epoch 1 with `init_head`: `init_head_seconds`, `init_head_C`,
+`init_head_scale`, and the ridge head's own accuracy before any SGD step, `init_head_val_acc` /
+`init_head_test_acc` (evaluated off the clock; `bench.curve` puts this point on the accuracy-time curve at
+the time the head was ready; it is never chosen as the best epoch).
 """
 from __future__ import annotations
 
@@ -488,6 +489,6 @@ class MPRefine(Strategy):
 
 
 HELP = ("ridge linear-probe head before epoch 1, then after SGD epochs 1-2 a refinement of the FC layer(s) by a "
-        "streaming ridge (Moore-Penrose) solve on all training features, C chosen on validation, step lam=0.5 (Yang 2019: "
-        "-o mp-refine.init_head=False -o mp-refine.until=None)")
+        "streaming ridge (Moore-Penrose) solve on all training features, C chosen on validation, step lam=0.5 "
+        "(Yang 2019: -o mp-refine.init_head=False -o mp-refine.until=None)")
 register_method("mp-refine", MPRefine, help=HELP)
