@@ -5,11 +5,11 @@ Each cell (method, seed) is one ordinary run in OUT/<method>/seed<k>/; a cell wh
 rerun, so an interrupted benchmark resumes where it stopped.
 
 Statistics follow the comparison protocol (docs/BENCHMARKS.md, "How methods are compared"): seed k of a method
-is paired with seed k of the baseline. Per method we report the mean ± std over seeds of the paired accuracy difference (test accuracy at
-the validation-best epoch, `test_acc`, and at the last epoch, `final_test_acc`), and the time to reach the same
-seed's baseline final test accuracy: a seed that never reaches it counts as never (+inf), the ratio to the
-baseline's own time is summarised by its median over seeds with "k of n reached". Time is `wall_seconds` from
-metrics.jsonl: training time including every strategy's extra work, evaluation excluded.
+is paired with seed k of the baseline. Per method we report the mean ± std over seeds of the paired accuracy
+difference (test accuracy at the validation-best epoch, `test_acc`, and at the last epoch, `final_test_acc`),
+and the time to reach the same seed's baseline final test accuracy: a seed that never reaches it counts as never
+(+inf), the ratio to the baseline's own time is summarised by its median over seeds with "k of n reached". Time
+is `wall_seconds` from metrics.jsonl: training time including every strategy's extra work, evaluation excluded.
 
 Results written before the protocol (no `test_set_id` in summary.json; "best" chosen on test; no validation)
 are read too: they are reported with `final_test_acc` only and marked as legacy, and where the test split was

@@ -197,12 +197,23 @@ class RidgeSolution:
         return self.X is not None
 
 
-def _eig_solve(A, B, ee_trace, n, C, grid):
+def _eig_solve(A, B, ee_trace, n, C, grid, score=None):
     evals, Q = torch.linalg.eigh(A)
     if not (torch.isfinite(evals).all() and torch.isfinite(Q).all()):
         raise torch.linalg.LinAlgError("eigendecomposition not finite")
     Z = Q.T @ B  # (d, c)
     scores = []
+    if score is not None:  # every grid point's solution, kept by its score; ties go to the smaller C
+        lam, best = evals.clamp_min(0), None
+        for c in sorted(grid):
+            X = Q @ (Z / (lam + 1.0 / c)[:, None])
+            key = score(X)
+            scores.append(key[0] if isinstance(key, tuple) else key)
+            if torch.isfinite(X).all() and (best is None or key > best[0]):
+                best = (key, X, float(c))
+        if best is None:
+            raise torch.linalg.LinAlgError("no grid value of C gives a finite solution")
+        return best[1], best[2], scores
     if C == "gcv":
         s = gcv_scores(evals, Z, ee_trace, n, grid)
         scores = s.tolist()
@@ -218,12 +229,14 @@ def _eig_solve(A, B, ee_trace, n, C, grid):
     return Q @ (inv[:, None] * Z), C, scores
 
 
-def solve(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> RidgeSolution:
+def solve(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID, score=None) -> RidgeSolution:
     """Solve (A + I/C) X = B for the accumulated statistics.
 
     Args:
         C: a ridge strength (> 0; inf = plain least squares) solved by Cholesky, or "gcv" to choose it
             from `grid` by generalised cross-validation (one eigendecomposition of A).
+        score: instead of C, keep the grid point whose solution ranks highest by `score(X)` (see
+            `solve_on_validation`); the `gcv` field of the result then holds the scores, C ascending.
     Returns a RidgeSolution; `X` is None (with a message) when A/B are not finite, nothing was
     accumulated, or the factorisation failed even with jitter. The result never contains NaN.
     """
@@ -243,8 +256,8 @@ def solve(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> RidgeSolu
     for jitter in (0.0, *(j * scale for j in JITTERS)):
         Aj = A + jitter * eye if jitter else A
         try:
-            if C == "gcv" or math.isinf(C):
-                X, used, scores = _eig_solve(Aj, B, ee_trace, stats.n, C, grid)
+            if score is not None or C == "gcv" or math.isinf(C):
+                X, used, scores = _eig_solve(Aj, B, ee_trace, stats.n, C, grid, score)
             else:
                 L, info = torch.linalg.cholesky_ex(Aj + eye / C)
                 if int(info) != 0:
@@ -266,45 +279,19 @@ def solve_on_validation(stats: RidgeStats, score, grid=GCV_GRID) -> RidgeSolutio
     to the smaller C (the stronger ridge). The GCV alternative chooses C from the training statistics alone and
     is unreliable when d ≥ n (near interpolation its RSS is a difference of nearly equal sums).
 
-    Returns a RidgeSolution whose `gcv` field holds the scores' first components, C ascending; `X` is None
-    (with a message) when the statistics are not finite or A cannot be decomposed even with jitter.
+    `solve(stats, grid=grid, score=score)`: the same guards, jitter and result; the solution's `gcv` field holds
+    the scores' first components, C ascending.
     """
-    settle(stats)
-    if stats.n == 0:
-        return RidgeSolution(None, math.nan, message=f"no finite rows to fit ({stats.dropped} dropped)")
-    A, B = stats.A, stats.B
-    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-        return RidgeSolution(None, math.nan, message="accumulated statistics are not finite")
-    eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
-    scale = float(A.diagonal().mean().clamp_min(1e-12))
-    for jitter in (0.0, *(j * scale for j in JITTERS)):
-        try:
-            evals, Q = torch.linalg.eigh(A + jitter * eye if jitter else A)
-        except (torch.linalg.LinAlgError, RuntimeError):
-            continue
-        if torch.isfinite(evals).all() and torch.isfinite(Q).all():
-            break
-    else:
-        return RidgeSolution(None, math.nan, message="eigendecomposition failed even with jitter")
-    Z, lam = Q.T @ B, evals.clamp_min(0)
-    best, firsts = None, []
-    for C in sorted(grid):
-        X = Q @ (Z / (lam + 1.0 / C)[:, None])
-        key = score(X)
-        firsts.append(key[0] if isinstance(key, tuple) else key)
-        if torch.isfinite(X).all() and (best is None or key > best[0]):
-            best = (key, X, float(C))
-    if best is None:
-        return RidgeSolution(None, math.nan, message="no grid value of C gives a finite solution")
-    return RidgeSolution(best[1], best[2], jitter, "" if not jitter else f"solved with jitter {jitter:.3g}", firsts)
+    return solve(stats, grid=grid, score=score)
 
 
-def solve_or_warn(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID, what: str = "ridge solve") -> RidgeSolution:
+def solve_or_warn(stats: RidgeStats, C: float | str = "gcv", grid=GCV_GRID, what: str = "ridge solve",
+                  score=None) -> RidgeSolution:
     """`solve`, warning (RuntimeWarning) when rows were dropped, jitter was needed, or the solve gave up."""
     if stats.dropped:
         msg = f"{what}: {stats.dropped} row(s) with non-finite features or targets were skipped"
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    sol = solve(stats, C, grid)
+    sol = solve(stats, C, grid, score)
     if not sol.ok:
         warnings.warn(f"{what} skipped: {sol.message}", RuntimeWarning, stacklevel=2)
     elif sol.jitter:
@@ -327,16 +314,19 @@ def centred(aug: RidgeStats) -> tuple[RidgeStats, torch.Tensor, torch.Tensor]:
     return RidgeStats(A, B, ee, aug.n, aug.dropped), hbar, tbar
 
 
-def linear_probe(aug: RidgeStats, C: float | str = "gcv", grid=GCV_GRID) -> tuple[RidgeSolution, torch.Tensor | None]:
+def linear_probe(aug: RidgeStats, C: float | str = "gcv", grid=GCV_GRID,
+                 score=None) -> tuple[RidgeSolution, torch.Tensor | None]:
     """The ridge linear probe [W b] = argmin ‖HWᵀ + 1bᵀ − T‖² + ‖W‖²/C (bias not penalised).
 
     Args:
         aug: statistics of Ĥ = [H 1] and the targets T (`accumulate(aug, [H 1], T)`).
+        score: instead of C, keep the grid point whose probe ranks highest by `score(X, b)` (`solve`).
     Returns (solution with X = Wᵀ (d, c) and the C used, b (c,)); b is None when the solve gave up.
     """
     stats, hbar, tbar = centred(aug)
-    sol = solve(stats, C, grid)
-    return sol, (tbar - hbar @ sol.X if sol.ok else None)
+    bias = lambda X: tbar - hbar @ X  # noqa: E731  (the unpenalised bias of the centred solution X)
+    sol = solve(stats, C, grid, None if score is None else lambda X: score(X, bias(X)))
+    return sol, (bias(sol.X) if sol.ok else None)
 
 
 def pullback_matrix(W: torch.Tensor, C: float) -> torch.Tensor:

@@ -301,27 +301,19 @@ class MPRefine(Strategy):
         ridge.all_reduce(aug)
         grid = tuple(self.grid or ridge.GCV_GRID)
         val = self._val_features(engine, name, layer, self.C == "val" or self.init_scale == "val")
-        choose = val if self.C == "val" else None
+        score = (lambda X, b: val(X.T, b)) if self.C == "val" and val is not None else None
         if layer.bias is None:  # no bias to fit: the plain ridge on H (drop the column of ones)
             d = layer.in_features
             plain = ridge.RidgeStats(aug.A[:d, :d], aug.B[:d], aug.ee, aug.n, aug.dropped)
-            if choose is None:
-                sol = ridge.solve(plain, self._c(), grid)
-            else:
-                sol = ridge.solve_on_validation(plain, lambda X: choose(X.T, X.new_zeros(c)), grid)
+            sol = ridge.solve(plain, self._c(), grid, score and (lambda X: score(X, None)))
             b = None
-        elif choose is None:
-            sol, b = ridge.linear_probe(aug, self._c(), grid)
         else:
-            stats, hbar, tbar = ridge.centred(aug)
-            sol = ridge.solve_on_validation(stats, lambda X: choose(X.T, tbar - hbar @ X), grid)
-            b = tbar - hbar @ sol.X if sol.ok else None
+            sol, b = ridge.linear_probe(aug, self._c(), grid, score)
         if not sol.ok:
             warnings.warn(f"mp-refine: ridge head of {name} skipped: {sol.message}", RuntimeWarning, stacklevel=2)
             return {"init_head_skipped": sol.message}
         W = sol.X.T
-        scale = float(self.init_scale) if self.init_scale != "val" else (
-            val.scale(W, b if b is not None else W.new_zeros(c)) if val is not None else 1.0)
+        scale = float(self.init_scale) if self.init_scale != "val" else (val.scale(W, b) if val is not None else 1.0)
         layer.weight.copy_((scale * W).to(layer.weight.dtype))
         if b is not None:
             layer.bias.copy_((scale * b).to(layer.bias.dtype))
@@ -351,12 +343,12 @@ class MPRefine(Strategy):
         return "gcv" if self.C == "val" else self.C
 
     @torch.no_grad()
-    def _val_features(self, engine, name: str, layer: nn.Linear, needed: bool | None = None):
-        """With a validation split and C="val" (or `needed`): the validation images' inputs of `layer`, from one
+    def _val_features(self, engine, name: str, layer: nn.Linear, needed: bool):
+        """When `needed` and there is a validation split: the validation images' inputs of `layer`, from one
         forward pass (every rank sees all of them), as a `_Validation`; None otherwise.
 
         The pass is part of the method's work, so it is training time like the feature pass itself."""
-        if not (self.C == "val" if needed is None else needed) or engine.val_data is None:
+        if not needed or engine.val_data is None:
             return None
         feats = [(Hs[0], y) for Hs, y in self._forward_features(engine, [(name, layer)], engine.val_data, shard=False)]
         H, y = torch.cat([h for h, _ in feats]), torch.cat([y for _, y in feats])
@@ -421,7 +413,7 @@ class MPRefine(Strategy):
         """
         info: dict[str, Any] = {}
         mods = between(engine.model, layers)
-        val = self._val_features(engine, *layers[-1]) if len(layers) == 1 and betas is None else None
+        val = self._val_features(engine, *layers[-1], self.C == "val") if len(layers) == 1 and betas is None else None
         R = None  # e_k = E_L R_kᵀ (error at layer k's output); None = identity (the last layer)
         for k in range(len(layers) - 1, -1, -1):
             name, layer = layers[k]
@@ -439,14 +431,13 @@ class MPRefine(Strategy):
             if betas is not None:
                 X = betas[k] if R is None else betas[k] @ R.T
                 sol = ridge.RidgeSolution(X, float(self.C), message="recursive solution not finite")
-            elif val is not None:  # one layer, C chosen on validation by the refined layer's accuracy
-                new_w = (lambda X: (1 - self.lam) * W.double() + self.lam * X.T) if self.form == "replace" else (
-                    lambda X: W.double() + self.lam * X.T)
-                sol = ridge.solve_on_validation(s, lambda X: val(new_w(X), None), tuple(self.grid or ridge.GCV_GRID))
-                if not sol.ok:
-                    warnings.warn(f"mp-refine of {name} skipped: {sol.message}", RuntimeWarning, stacklevel=2)
             else:
-                sol = ridge.solve_or_warn(s, self._c(), tuple(self.grid or ridge.GCV_GRID), what=f"mp-refine of {name}")
+                score = None
+                if val is not None:  # one layer: C chosen on validation by the refined layer's accuracy
+                    keep = 1 - self.lam if self.form == "replace" else 1.0
+                    score = lambda X: val(keep * W.double() + self.lam * X.T, None)  # noqa: E731
+                sol = ridge.solve_or_warn(s, self._c(), tuple(self.grid or ridge.GCV_GRID), f"mp-refine of {name}",
+                                          score)
             if k == len(layers) - 1:
                 info["refine_C"] = sol.C
             if not sol.ok or not torch.isfinite(sol.X).all():

@@ -24,9 +24,10 @@ turns grad mode off, one on the lowest trainable conv turns it back on, a forwar
 graph is recorded and no activations are kept for it. Running statistics still update in train mode.
 Every BN layer above the prefix and the FC head always train. With `bn_stats="frozen"` every BN layer
 normalises with its pretrained running statistics throughout (eval mode, set before every batch; its affine
-parameters still train where they are not frozen): measured on Fashion-MNIST at 96 px (Lite0), re-estimating
-the statistics on the target images alone turns a 0.841 ridge head into a 0.325 one, which is what
-epoch 1 of SGD did to the ridge head before this option. With the uniform draw the prefix is
+parameters still train where they are not frozen). Why it exists: on Fashion-MNIST at 96 px (Lite0),
+re-estimating the statistics on the target images alone turns a 0.841 ridge head into a 0.325 one, which is
+most of what epoch 1 of SGD does to the ridge head; why it is off: at LR 0.01 training with frozen statistics
+collapsed to chance in a pilot (benchmarks/results/fast_retrain/pilots/). With the uniform draw the prefix is
 usually empty (the first k convs are all frozen with probability ≈ (1 − r)^k): the saving is then only
 the frozen layers' weight gradients (measured: benchmarks/results/fast_retrain/step_cost).
 """
