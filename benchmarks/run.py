@@ -87,7 +87,7 @@ V2_METHODS = V2_CORE + [
     "random-freeze", "mp-refine", FR_AUTHORS,  # the parts alone; the authors' variant under this recipe
     "freeze-unfreeze@fastai",  # fastai's fine_tune with its own recipe, as its own row
     "rifle", "kernel-rescale", "fast-retrain,rifle"]
-V2_LITE1 = V2_CORE + ["mp-refine", "rifle"]
+V2_LITE1 = V2_CORE + ["fast-retrain[mp-refine.until=0]", "mp-refine", "rifle"]  # until=0: does the refinement pay on Lite1?
 V2_FLOWERS = {"data": "flowers5", "image_size": 128, "epochs": 8, "max_train": 600}
 V2_FASHION = {"data": "fashion-mnist-5k", "image_size": 96, "epochs": 8, "max_train": 1000}
 V2_CIFAR = {"data": "cifar10-subset", "image_size": 96, "epochs": 8, "max_train": 1000}
@@ -95,7 +95,8 @@ V2_CIFAR = {"data": "cifar10-subset", "image_size": 96, "epochs": 8, "max_train"
 # the probe matched or beat SGDM on all three comparisons above, so Fashion-MNIST runs again with 4x the images
 # at 64 px (4,000: 3,600 train + 400 val; ~0.45x the pixels, so an SGDM cell is ~2x the 96 px one, ~8 min).
 V2_FASHION64 = {"data": "fashion-mnist-5k", "image_size": 64, "epochs": 8, "max_train": 4000}
-V2_FASHION64_METHODS = V2_CORE + ["fast-retrain[mp-refine.until=0]"]
+V2_FASHION64_METHODS = V2_CORE + ["fast-retrain[mp-refine.until=0]", "fast-retrain[random-freeze.policy=uniform]",
+                                   "fast-retrain[mp-refine.init_head=False]"]  # the ablation, in regime (b)
 
 # GPU suite (issue 14): 224 px, the cpu-v2 recipe (SGD momentum 0.9, LR 0.01 cosine, wd 1e-4, batch 32, 8 epochs),
 # validation split, 3 paired seeds; one device command of <= 8 minutes (benchmarks/gpu_run.sh, gpu_data/ carried).
