@@ -369,6 +369,45 @@ def test_ridge_head_in_a_fit_on_images_is_training_time():
     assert h["init_head_test_acc"] == acc
 
 
+def test_ridge_head_on_target_bn_statistics():
+    """head_bn="target": BN layers run on batch statistics in the head's pass, their running statistics become the
+    average over the pass's batches, and the head is the closed-form probe of those batch-normalised features."""
+    cfg = fr.make_config(method="mp-refine", model="tiny-cnn", epochs=1, image_size=12, batch_size=16, lr=0.05,
+                         progress=False, device="cpu", options={"mp-refine": {"C": 4.0, "head_bn": "target"}})
+    cfg.out = None
+    torch.manual_seed(0)
+    e = fr.build_engine(cfg, bundle=image_bundle(), strategies=[])
+    ref = copy.deepcopy(e.model)
+    strat = MPRefine(C=4.0, head_bn="target", batch_size=16)  # 48 images: 3 batches
+    pretrained = ref.features[0][1].running_mean.clone()
+    modes = [m.training for m in e.model.modules()]
+    strat.fit_head(e)
+    from fastretrain.models import pooled_features
+
+    ref.eval()
+    bn = ref.features[0][1]
+    bn.train()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    batches = list(e.batches(train=False, batch_size=16))
+    means, H = [], []
+    for x, _ in batches:
+        conv_out = ref.features[0][0](x)
+        means.append(conv_out.mean((0, 2, 3)))
+        with torch.no_grad():
+            H.append(pooled_features(ref, x).double())
+    y = torch.cat([y for _, y in batches])
+    got = e.model.features[0][1]
+    assert torch.allclose(got.running_mean, torch.stack(means).mean(0), atol=1e-6)  # the average, not momentum 0.1
+    assert not torch.allclose(got.running_mean, pretrained) and got.momentum == bn.momentum  # momentum restored
+    W, b = probe_reference(torch.cat(H), y, 4.0)
+    assert rel(e.model.fc.weight, W) <= 1e-5 and rel(e.model.fc.bias, b) <= 1e-5  # float32 model
+    assert [m.training for m in e.model.modules()] == modes  # the caller's modes are back
+    with pytest.raises(fr.FastRetrainError, match="head_bn"):
+        MPRefine(head_bn="imagenet")
+
+
 def test_ridge_head_option_off_leaves_the_head():
     snap = AfterInit()
     H, y = features()

@@ -31,6 +31,8 @@ the factor of `SCALE_GRID` with the lowest validation cross-entropy (1 without a
 fixes it. The default is 1 (the plain probe): in a pilot (Fashion-MNIST 96 px, Lite0, seed 0) the chosen
 scale (4) did not keep SGD from pulling the head down (0.841 before epoch 1, 0.497 after it, against 0.569
 unscaled); what does is the BN layers re-estimating their statistics on the new images (random-freeze.bn_stats).
+`head_bn="target"` fits the head on those statistics instead: its feature pass runs the BN layers in train mode
+(batch statistics) and leaves their running statistics at the average over the training images.
 
 When it runs (`init_head`, `until`, `every`, `min_gain`):
 - `init_head` (default on): before the first SGD epoch, one feature pass over the pretrained backbone (eval
@@ -77,6 +79,11 @@ from ..models import FeatureTap, final_linears
 CHOOSERS = ("val", "gcv")  # how C is chosen when it is not fixed
 SCALE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)  # ridge-head logit scales to choose from
 FEATURE_BATCH = 256  # images per batch of the feature passes: no autograd, so far larger than a training batch
+
+
+def batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers of `net` that keep running statistics."""
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 def targets(y: torch.Tensor, c: int, kind: str = "pm1") -> torch.Tensor:
@@ -157,6 +164,7 @@ class MPRefine(Strategy):
     layers: int | None = None  # refine the last `layers` FC layers (default: the whole trailing FC head)
     init_head: bool = True  # ridge linear probe into the last FC layer before epoch 1
     init_scale: float | str = 1.0  # ridge head's logits × s; "val": s chosen for the lowest validation cross-entropy
+    head_bn: str = "pretrained"  # "target": the head's feature pass re-estimates the BN statistics on the training images
     until: int | None = 2  # refine only after epochs 1 … until (None: every epoch)
     every: int = 1  # refine after every `every`-th epoch
     min_gain: float | None = None  # stop refining once a refinement raises validation accuracy by less
@@ -184,6 +192,7 @@ class MPRefine(Strategy):
              "solver=recursive needs a fixed finite C (e.g. -o mp-refine.C=4), features=pass and form=residual"),
             (self.init_scale == "val" or (isinstance(self.init_scale, float) and 0 < self.init_scale < math.inf),
              f"init_scale must be 'val' or a number > 0, got {self.init_scale!r}"),
+            (self.head_bn in ("pretrained", "target"), f"head_bn must be pretrained or target, got {self.head_bn!r}"),
             (self.every >= 1, f"every must be >= 1, got {self.every}"),
             (self.until is None or self.until >= 0, f"until must be >= 0 or None, got {self.until}"),
             (self.min_gain is None or math.isfinite(self.min_gain), f"min_gain must be a number, got {self.min_gain}"),
@@ -295,9 +304,21 @@ class MPRefine(Strategy):
         name, layer = final_linears(engine.model)[-1]
         c, dev = layer.out_features, layer.weight.device
         aug = ridge.RidgeStats.zeros(layer.in_features + 1, c, dev)
-        for (H,), y in self._forward_features(engine, [(name, layer)]):
-            Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
-            ridge.accumulate(aug, Hx, targets(y, c, self.target), sync=False)
+        norms = batch_norms(engine.net) if self.head_bn == "target" else []
+        saved = [(m, m.momentum) for m in norms]
+        for m in norms:  # a cumulative average over this pass's batches replaces the pretrained statistics
+            m.reset_running_stats()
+            m.momentum = None
+        try:
+            for (H,), y in self._forward_features(engine, [(name, layer)], bn_train=bool(norms)):
+                Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
+                ridge.accumulate(aug, Hx, targets(y, c, self.target), sync=False)
+        finally:
+            for m, momentum in saved:
+                m.momentum = momentum
+        for m in norms:  # each rank saw its shard: average the statistics so every rank holds the same
+            for buf in (m.running_mean, m.running_var):
+                buf.copy_(dist.all_reduce_sum(buf.clone()) / dist.world())
         ridge.all_reduce(aug)
         grid = tuple(self.grid or ridge.GCV_GRID)
         val = self._val_features(engine, name, layer, self.C == "val" or self.init_scale == "val")
@@ -354,14 +375,16 @@ class MPRefine(Strategy):
         H, y = torch.cat([h for h, _ in feats]), torch.cat([y for _, y in feats])
         return _Validation(H, y, targets(y, layer.out_features, self.target), layer)
 
-    def _forward_features(self, engine, layers, data=None, shard: bool = True):
+    def _forward_features(self, engine, layers, data=None, shard: bool = True, bn_train: bool = False):
         """Yield (inputs of each layer as (b, d_k) float64, labels) over the training images (or `data`), the
-        model in eval mode (eval transform); the forward runs in the engine's precision, only the features
-        become float64."""
+        model in eval mode (eval transform; with `bn_train` its BN layers in train mode: batch statistics, running
+        statistics updated); the forward runs in the engine's precision, only the features become float64."""
         net = engine.net  # the training forward (the model, or e.g. a head on cached features), never DDP-wrapped
         taps = [FeatureTap(m) for _, m in layers]
         was = net.training
         net.eval()
+        for m in batch_norms(net) if bn_train else []:
+            m.train()
         try:
             for x, y in engine.batches(data, train=False, shard=shard, batch_size=self.batch_size):
                 with engine.autocast():
