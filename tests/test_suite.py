@@ -116,6 +116,33 @@ def test_goal_rule_half_the_time_and_at_most_a_third_of_a_point_below():
     assert "No headline comparison" in "\n".join(suite.goal_text([comp(SGDM + fast, size=32)]))
 
 
+def test_ablation_goal_column_and_tally_against_the_default():
+    """Each ablation row carries the goal rule's verdict (n < 3 below the goal's seeds); a variant beats the default
+    only with more goals met, or as many and a higher mean final accuracy."""
+    fast = cells("fast-retrain", [0.80] * 3, [60] * 3, [[(0.80, 60)]] * 3)  # 0.6x: not met
+    quick = cells("fast-retrain[mp-refine.until=0]", [0.80] * 3, [60] * 3, [[(0.80, 10)]] * 3)  # 0.1x: met
+    two = cells("fast-retrain[mp-refine.init_head=False]", [0.80] * 2, [60] * 2, [[(0.80, 10)]] * 2)
+    text = "\n".join(suite.ablation_text([comp(SGDM + fast + quick + two, size=128)]))
+    assert "| 0.60× (3 of 3 reached) | 0.60 ± 0.00× | not met |" in text
+    assert "| 0.10× (3 of 3 reached) | 0.60 ± 0.00× | met |" in text and "| n < 3 |" in text
+    assert "| `fast-retrain[mp-refine.until=0]` | 1 | 1 | 0 | +0.00 | +0.00 | yes |" in text
+    assert "init_head=False]` | 1 |" not in text  # 2 seeds: not in the tally
+
+
+def test_timing_control_compares_the_same_work_in_two_cells():
+    """Epochs with nothing frozen do SGDM's work: their SGD seconds (head and refinement out) over SGDM's."""
+    base = [{"method": "sgdm", "seed": 0, "summary": {"data": "x", "final_test_acc": 0.8, "wall_seconds": 20, "images_per_second": 1.0},
+             "history": [{"epoch_seconds": 10, "test_acc": 0.8, "wall_seconds": 10}] * 2}]
+    hist = [{"epoch_seconds": 15, "init_head_seconds": 2, "refine_seconds": 1, "trainable_ratio": 1,
+             "test_acc": 0.8, "wall_seconds": 15},
+            {"epoch_seconds": 4, "trainable_ratio": 0.5, "frozen_layers": 3, "test_acc": 0.8, "wall_seconds": 19}]
+    fast = [{"method": "fast-retrain", "seed": 0, "summary": {"data": "x", "final_test_acc": 0.8, "images_per_second": 1.0,
+                                                             "wall_seconds": 19}, "history": hist}]
+    assert suite.timing_control([comp(base + fast, size=128)]) == [1.2]  # (15 - 2 - 1) / 10; epoch 2 is frozen
+    assert suite.timing_control([comp(base + fast, size=32)]) == []  # headline comparisons only
+    assert "1.20–1.20× SGDM's time" in "\n".join(suite.timing_control_text([comp(base + fast, size=128)]))
+
+
 def test_rifle_rule_needs_half_a_point_over_every_trick():
     tricks = flat("dropout", 0.80, 100) + flat("cyclic-lr", 0.79, 100)
     assert verdicts("rifle", SGDM + tricks + flat("rifle", 0.806, 100)) == ["reproduced"]  # +0.6 / +1.6 pt
