@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import textwrap
 import time
@@ -87,7 +88,8 @@ V2_METHODS = V2_CORE + [
     "random-freeze", "mp-refine", FR_AUTHORS,  # the parts alone; the authors' variant under this recipe
     "freeze-unfreeze@fastai",  # fastai's fine_tune with its own recipe, as its own row
     "rifle", "kernel-rescale", "fast-retrain,rifle"]
-V2_LITE1 = V2_CORE + ["fast-retrain[mp-refine.until=0]", "mp-refine", "rifle"]  # until=0: does the refinement pay on Lite1?
+# Lite1: the goal's rows, and until=0 (does the refinement pay on Lite1?)
+V2_LITE1 = V2_CORE + ["fast-retrain[mp-refine.until=0]", "mp-refine", "rifle"]
 V2_FLOWERS = {"data": "flowers5", "image_size": 128, "epochs": 8, "max_train": 600}
 V2_FASHION = {"data": "fashion-mnist-5k", "image_size": 96, "epochs": 8, "max_train": 1000}
 V2_CIFAR = {"data": "cifar10-subset", "image_size": 96, "epochs": 8, "max_train": 1000}
@@ -891,7 +893,7 @@ def timing_control_text(comps: list[dict]) -> list[str]:
     ratios = sorted(timing_control(comps))
     if not ratios:
         return []
-    mid = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+    mid = statistics.median(ratios)
     return [f"Timing noise: the same work (the SGD passes of the epochs where nothing is frozen) took {ratios[0]:.2f}–"
             f"{ratios[-1]:.2f}× SGDM's time in the {len(ratios)} `{GOAL_METHOD}*` cells (median {mid:.2f}×; "
             "`benchmarks/run.py` `timing_control`). Cells run at different times, two at a time, on a shared CPU: "
@@ -924,8 +926,8 @@ def ablation_text(comps: list[dict]) -> list[str]:
             if p is None:
                 continue
             verdict = "n < 3" if p["n"] < GOAL_SEEDS else "met" if goal_met(p) else "not met"
-            rows.append(f"| `{m}` | {ABLATION_WHAT[m]} | {p['n']} | {pm(_d(comp, p))} | "
-                        f"{pm(p['d_final_test_acc'])} | {reach_text(p)} | {pm(p['wall_ratio'], '{:.2f}')}× | {verdict} |")
+            rows.append(f"| `{m}` | {ABLATION_WHAT[m]} | {p['n']} | {pm(_d(comp, p))} | {pm(p['d_final_test_acc'])} | "
+                        f"{reach_text(p)} | {pm(p['wall_ratio'], '{:.2f}')}× | {verdict} |")
         if len(rows) > 1:
             parts += [f"**{comp['id']}** ({describe(comp)}):", "",
                       f"| row | what changes | seeds | Δ {_acc_name(comp)} vs SGDM (pt) | Δ final acc vs SGDM (pt) | "

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -422,6 +423,30 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     """(mean, std) the model expects on RGB in [0, 1]."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers of `model` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def reestimated_batchnorm(model: nn.Module) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
+    """Inside the block every batch-norm layer of `model` with running statistics starts from reset statistics,
+    runs in train mode and averages the batch statistics of the forwards in the block (momentum None); on exit
+    each layer's momentum and mode are restored and the new statistics kept. Yields those layers."""
+    bns = batch_norms(model)
+    saved = [(m, m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the mean over all batches
+        m.train()
+    try:
+        yield bns
+    finally:
+        for m, momentum, mode in saved:
+            m.momentum = momentum
+            m.train(mode)
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:

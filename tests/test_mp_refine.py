@@ -386,7 +386,6 @@ def test_ridge_head_on_target_bn_statistics():
 
     ref.eval()
     bn = ref.features[0][1]
-    bn.train()
     for m in ref.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.train()

@@ -137,13 +137,13 @@ def test_ablation_goal_column_and_tally_against_the_default():
 
 def test_timing_control_compares_the_same_work_in_two_cells():
     """Epochs with nothing frozen do SGDM's work: their SGD seconds (head and refinement out) over SGDM's."""
-    base = [{"method": "sgdm", "seed": 0, "summary": {"data": "x", "final_test_acc": 0.8, "wall_seconds": 20, "images_per_second": 1.0},
+    summary = {"data": "x", "final_test_acc": 0.8, "images_per_second": 1.0}
+    base = [{"method": "sgdm", "seed": 0, "summary": {**summary, "wall_seconds": 20},
              "history": [{"epoch_seconds": 10, "test_acc": 0.8, "wall_seconds": 10}] * 2}]
     hist = [{"epoch_seconds": 15, "init_head_seconds": 2, "refine_seconds": 1, "trainable_ratio": 1,
              "test_acc": 0.8, "wall_seconds": 15},
             {"epoch_seconds": 4, "trainable_ratio": 0.5, "frozen_layers": 3, "test_acc": 0.8, "wall_seconds": 19}]
-    fast = [{"method": "fast-retrain", "seed": 0, "summary": {"data": "x", "final_test_acc": 0.8, "images_per_second": 1.0,
-                                                             "wall_seconds": 19}, "history": hist}]
+    fast = [{"method": "fast-retrain", "seed": 0, "summary": {**summary, "wall_seconds": 19}, "history": hist}]
     assert suite.timing_control([comp(base + fast, size=128)]) == [1.2]  # (15 - 2 - 1) / 10; epoch 2 is frozen
     assert suite.timing_control([comp(base + fast, size=32)]) == []  # headline comparisons only
     assert "1.20–1.20× SGDM's time" in "\n".join(suite.timing_control_text([comp(base + fast, size=128)]))

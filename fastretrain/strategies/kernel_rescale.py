@@ -54,6 +54,7 @@ from ..engine import Strategy
 from ..errors import FastRetrainError
 from ..kernels import ConvGeometry, downscale_kernels, follow_loaded_shapes, large_convs, upscale_kernels
 from ..methods import check_options, register_method
+from ..models import reestimated_batchnorm
 
 
 MONITORS = ("auto", "val-loss", "train-loss", "train-slice")
@@ -63,23 +64,17 @@ MONITORS = ("auto", "val-loss", "train-loss", "train-slice")
 def recompute_batchnorm(model: nn.Module, batches) -> int:
     """Reset every batch-norm layer's running statistics and re-estimate them as the plain average over
     `batches` (train-mode forward, no grad, momentum=None). Returns the number of images seen."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
     was = model.training
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the mean over all batches
     model.train()
     seen = 0
     try:
-        for x, _ in batches:
-            model(x)
-            seen += len(x)
+        with reestimated_batchnorm(model) as bns:
+            if not bns:
+                return 0
+            for x, _ in batches:
+                model(x)
+                seen += len(x)
     finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
         model.train(was)
     return seen
 

@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,16 +75,11 @@ from .. import ridge
 from ..engine import Strategy
 from ..errors import FastRetrainError
 from ..methods import check_options, register_method
-from ..models import FeatureTap, final_linears
+from ..models import FeatureTap, final_linears, reestimated_batchnorm
 
 CHOOSERS = ("val", "gcv")  # how C is chosen when it is not fixed
 SCALE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)  # ridge-head logit scales to choose from
 FEATURE_BATCH = 256  # images per batch of the feature passes: no autograd, so far larger than a training batch
-
-
-def batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The batch-norm layers of `net` that keep running statistics."""
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 def targets(y: torch.Tensor, c: int, kind: str = "pm1") -> torch.Tensor:
@@ -164,7 +160,7 @@ class MPRefine(Strategy):
     layers: int | None = None  # refine the last `layers` FC layers (default: the whole trailing FC head)
     init_head: bool = True  # ridge linear probe into the last FC layer before epoch 1
     init_scale: float | str = 1.0  # ridge head's logits × s; "val": s chosen for the lowest validation cross-entropy
-    head_bn: str = "pretrained"  # "target": the head's feature pass re-estimates the BN statistics on the training images
+    head_bn: str = "pretrained"  # "target": the head's pass re-estimates the BN statistics on the training images
     until: int | None = 2  # refine only after epochs 1 … until (None: every epoch)
     every: int = 1  # refine after every `every`-th epoch
     min_gain: float | None = None  # stop refining once a refinement raises validation accuracy by less
@@ -304,21 +300,14 @@ class MPRefine(Strategy):
         name, layer = final_linears(engine.model)[-1]
         c, dev = layer.out_features, layer.weight.device
         aug = ridge.RidgeStats.zeros(layer.in_features + 1, c, dev)
-        norms = batch_norms(engine.net) if self.head_bn == "target" else []
-        saved = [(m, m.momentum) for m in norms]
-        for m in norms:  # a cumulative average over this pass's batches replaces the pretrained statistics
-            m.reset_running_stats()
-            m.momentum = None
-        try:
-            for (H,), y in self._forward_features(engine, [(name, layer)], bn_train=bool(norms)):
+        # head_bn="target": the average over this pass's batches replaces the pretrained statistics
+        with reestimated_batchnorm(engine.net) if self.head_bn == "target" else nullcontext([]) as norms:
+            for (H,), y in self._forward_features(engine, [(name, layer)], train_norms=norms):
                 Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
                 ridge.accumulate(aug, Hx, targets(y, c, self.target), sync=False)
-        finally:
-            for m, momentum in saved:
-                m.momentum = momentum
         for m in norms:  # each rank saw its shard: average the statistics so every rank holds the same
             for buf in (m.running_mean, m.running_var):
-                buf.copy_(dist.all_reduce_sum(buf.clone()) / dist.world())
+                dist.all_reduce_sum(buf).div_(dist.world())
         ridge.all_reduce(aug)
         grid = tuple(self.grid or ridge.GCV_GRID)
         val = self._val_features(engine, name, layer, self.C == "val" or self.init_scale == "val")
@@ -375,15 +364,15 @@ class MPRefine(Strategy):
         H, y = torch.cat([h for h, _ in feats]), torch.cat([y for _, y in feats])
         return _Validation(H, y, targets(y, layer.out_features, self.target), layer)
 
-    def _forward_features(self, engine, layers, data=None, shard: bool = True, bn_train: bool = False):
+    def _forward_features(self, engine, layers, data=None, shard: bool = True, train_norms=()):
         """Yield (inputs of each layer as (b, d_k) float64, labels) over the training images (or `data`), the
-        model in eval mode (eval transform; with `bn_train` its BN layers in train mode: batch statistics, running
-        statistics updated); the forward runs in the engine's precision, only the features become float64."""
+        model in eval mode (eval transform) except the BN layers `train_norms`, in train mode (batch statistics,
+        running statistics updated); the forward runs in the engine's precision, only the features become float64."""
         net = engine.net  # the training forward (the model, or e.g. a head on cached features), never DDP-wrapped
         taps = [FeatureTap(m) for _, m in layers]
         was = net.training
         net.eval()
-        for m in batch_norms(net) if bn_train else []:
+        for m in train_norms:
             m.train()
         try:
             for x, y in engine.batches(data, train=False, shard=shard, batch_size=self.batch_size):
