@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import atomic_json
+from .evidence import delivered
 
 # What defines a comparison's training recipe (docs/BENCHMARKS.md: one recipe for every method unless a cell differs).
 RECIPE_KEYS = ("recipe", "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs",
@@ -252,20 +253,14 @@ def mean_pm(values: list[float], fmt: str = "{:.4f}") -> str:
 
 
 def curve(history: list[dict]) -> list[tuple[float, float]]:
-    """(training wall time, test accuracy) points of a run: one per epoch, at its end, preceded by the ridge
-    head's own point when the run fitted one before epoch 1 (mp-refine.init_head logs `init_head_test_acc`;
-    its time is the training time before epoch 1 plus `init_head_seconds`)."""
-    points = [(h["wall_seconds"], h["test_acc"]) for h in history]
-    first = history[0] if history else {}
-    if first.get("init_head_test_acc") is not None:
-        ready = first["wall_seconds"] - first["epoch_seconds"] + first["init_head_seconds"]
-        points.insert(0, (ready, first["init_head_test_acc"]))
-    return points
+    """The run's delivered-model curve (protocol v3, `evidence.delivered`): (training wall time, test accuracy of the
+    validation-best model so far), one point per scored model, a head offered as epoch 0 included. The old
+    `init_head_test_acc` of runs written before the head could be returned is not a point: no run returned it."""
+    return delivered(history)
 
 
 def time_to(history: list[dict], target: float) -> float | None:
-    """Training wall time of the first point of the run's `curve` whose test accuracy reaches `target` (None:
-    never)."""
+    """Training wall time of the first point of the run's delivered `curve` that reaches `target` (None: never)."""
     return next((t for t, acc in curve(history) if acc >= target - 1e-12), None)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,18 @@ from .errors import FastRetrainError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BALANCE = ("none", "sampler", "loss")
+TEST_EVAL = ("every", "improved")
+_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """Seconds of a duration such as '90s', '10m', '1.5h' or 300 (None stays None); anything else is refused."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _UNITS or float(m.group(1)) * _UNITS[m.group(2)] <= 0:
+        raise FastRetrainError(f"--budget {text!r}: give a positive duration such as 90s, 10m or 1h")
+    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _f(default, help: str):
@@ -45,7 +58,10 @@ class TrainConfig:
     method: str = _f("sgdm", "training method(s), comma separated, e.g. fast-retrain,rifle (see `fastretrain methods`)")
     options: dict[str, dict[str, Any]] = _f({}, "per-method options {method: {field: value}}; CLI: -o method.field=value")
     # optimisation
-    epochs: int = _f(5, "training epochs")
+    epochs: int = _f(5, "training epochs (with --budget: only the first plan, which the measured step cost replaces)")
+    budget: str | None = _f(None, "training time budget, e.g. 90s, 10m, 1h (a bare number: seconds): the run measures its "
+                            "step cost, plans its epochs to fill the budget, anneals the LR schedule to it, stops "
+                            "within it and returns the validation-best model (docs/budget.md)")
     batch_size: int = _f(32, "images per batch, per process")
     lr: float = _f(0.01, "base learning rate (peak of the schedule)")
     optimizer: str = _f("sgd", "sgd (with momentum), adam or adamw")
@@ -70,6 +86,8 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar per epoch and a line per epoch")
     save_checkpoint: bool = _f(True, "write a checkpoint after every epoch")
     save_weights: bool = _f(True, "write model_best.safetensors and model_final.safetensors")
+    test_eval: str = _f("every", "when the test split is scored: every (after every epoch) or improved (only when "
+                        "validation prefers the new weights, i.e. when the delivered model changes, and at the end)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,10 +122,12 @@ class TrainConfig:
             (not (self.pretrained is False and self.pretrained_file), "--pretrained-file contradicts --no-pretrained"),
             (self.balance in BALANCE, f"--balance must be {', '.join(BALANCE)}; got {self.balance!r}"),
             (self.width is None or self.width > 0, f"--width must be > 0, got {self.width}"),
+            (self.test_eval in TEST_EVAL, f"--test-eval must be {' or '.join(TEST_EVAL)}, got {self.test_eval!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise FastRetrainError(msg)
+        parse_duration(self.budget)
         from .speed import check_amp, compile_options  # lazy: they import torch
 
         check_amp(self.amp)

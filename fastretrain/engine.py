@@ -31,6 +31,16 @@ public method; nothing else of the engine is meant for strategies. What they may
   from the clock with `with engine.untimed():` (in any hook, before_fit included).
 - what the training forward runs and on which data: `engine.set_net(module)`, `engine.train_data`,
   and what evaluation runs on: `engine.val_data`, `engine.test_data` (e.g. cached features).
+- a model before epoch 1 (a closed-form head): `engine.offer_model(info)` scores the current weights on
+  validation (off the clock) and logs them as epoch 0, eligible as the best epoch like any other.
+- time: `engine.elapsed()` is the training time so far; under a budget, `engine.epoch_end_reserve` is the
+  time a strategy expects its after_epoch work to take this epoch (the budget stop keeps it free).
+
+Budget (`cfg.budget`, docs/budget.md): the LR schedule's progress is elapsed training time over the budget, so it
+ends when the budget does; the epochs are planned from the measured step cost after the first steps and again
+after every epoch (`cfg.epochs` is only the first plan); when fewer than 4 epochs fit, an epoch is shortened to a
+quarter of the steps that fit, so validation scores at least 4 models; a step that would end past the budget (with
+the strategies' reserve) is not started. Under DDP the ranks plan from averaged timings and stop together.
 """
 from __future__ import annotations
 
@@ -54,7 +64,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .checkpoint import atomic_json, atomic_torch_save, load_checkpoint, save_weights
-from .config import TrainConfig
+from .config import TrainConfig, parse_duration
 from .data import DataBundle, balanced_indices, class_weights
 from .errors import FastRetrainError, NonFiniteLossError
 from .models import normalization
@@ -153,6 +163,14 @@ class Engine:
         self.history: list[dict[str, Any]] = []  # one log per finished epoch
         self.log: dict[str, Any] = {}  # this epoch's metrics line (strategies add keys)
         self.wall_seconds = 0.0  # training time so far (evaluations and untimed() work excluded)
+        self.cpu_seconds = 0.0  # this process's CPU time over the same spans (beside wall time: load shows here)
+        self.budget = parse_duration(cfg.budget)  # training seconds allowed (None: run cfg.epochs)
+        self.epoch_end_reserve = 0.0  # seconds a strategy expects its after_epoch work to take this epoch
+        self.max_batches: int | None = None  # under a budget that fits fewer than 4 epochs: batches per epoch
+        self._t0: float | None = None  # perf_counter at the start of the current epoch's clock (None: between)
+        self._c0 = 0.0
+        self._untimed_cpu = 0.0
+        self._now = 0.0  # under a budget: the training time all ranks agreed on before this step
         # the best epoch so far: 1-based epoch, its (val_acc, -val_loss) key (None without validation)
         self.best_epoch: int | None = None
         self.best_key: tuple[float, float] | None = None
@@ -179,6 +197,28 @@ class Engine:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._forward = DDP(module, device_ids=ids)
+
+    def elapsed(self) -> float:
+        """Training time so far, the current epoch's part included (evaluations and untimed() work excluded)."""
+        if self._t0 is None:
+            return self.wall_seconds
+        return self.wall_seconds + time.perf_counter() - self._t0 - self._untimed
+
+    def offer_model(self, info: dict[str, Any] | None = None) -> bool:
+        """Offer the current weights, before epoch 1, as a model the run can return (epoch 0): scored on validation
+        (and test) off the clock, logged as epoch 0 with `info`, and saved as model_best when validation prefers it.
+        Returns whether it became the best so far."""
+        now, cpu = self.elapsed(), self._cpu_elapsed()
+        log = {"epoch": 0, **(info or {}), "wall_seconds": now, "cpu_seconds": cpu}
+        with self.untimed():
+            if self.val_data is not None:
+                log["val_loss"], log["val_acc"] = self.evaluate(self.val_data)
+            improved = self._is_best(log, 0)
+            if self.test_data is not None and (improved or self.cfg.test_eval == "every"):
+                log["test_loss"], log["test_acc"] = self.evaluate(self.test_data)
+            self.history.append(log)
+            self._write(log, improved)
+        return improved
 
     def set_epochs(self, epochs: int) -> None:
         """Train for `epochs` epochs instead of cfg.epochs (call it in before_fit): the config and the LR
@@ -266,12 +306,18 @@ class Engine:
     def untimed(self):
         """Exclude the enclosed work (e.g. an extra evaluation) from the training clock."""
         self.sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.sync()
             self._untimed += time.perf_counter() - t
+            self._untimed_cpu += time.process_time() - c
+
+    def _cpu_elapsed(self) -> float:
+        if self._t0 is None:
+            return self.cpu_seconds
+        return self.cpu_seconds + time.process_time() - self._c0 - self._untimed_cpu
 
     def autocast(self):
         """The forward's autocast context (--amp: bf16, or fp16 with the engine's GradScaler), else a no-op."""
@@ -338,26 +384,38 @@ class Engine:
                                      f"stopped (try a lower --lr){where}")
 
     def _set_lr(self) -> None:
-        t = self.epoch + self.iter / max(self.num_batches(), 1)
+        if self.budget is not None:  # annealed to the budget: progress is training time over the budget
+            t = min(self._now / self.budget, 1.0) * self.cfg.epochs  # the ranks' agreed clock (_budget_stop)
+        else:
+            t = self.epoch + self.iter / max(self.num_batches(), 1)
         self.lr = self.cfg.lr * self.schedule(t)
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr * g["lr_scale"]
 
     def _train_epoch(self) -> None:
         self.log = {"epoch": self.epoch + 1}
-        self._untimed = 0.0
+        self._untimed = self._untimed_cpu = 0.0
+        self.epoch_end_reserve = 0.0
         self._seed_epoch()
         self.model.train()
         self.sync()
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
         shown = self.cfg.progress and dist.is_main() and sys.stderr.isatty()
-        bar = tqdm(total=self.num_batches(), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
+        total = min(self.num_batches(), self.max_batches or self.num_batches())
+        bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
                    leave=False, dynamic_ncols=True, disable=not shown)
         stop = False
         try:
             self._call("before_epoch")
+            loop0 = self.elapsed()  # the steps' own clock starts after before_epoch's work (a head, a switch)
             for self.iter, (self.x, self.y) in enumerate(self.batches(train=True)):
+                if self.max_batches is not None and self.iter >= self.max_batches:  # a shortened epoch (budget)
+                    break
+                if self.budget is not None and self._budget_stop(loop0):
+                    stop = True
+                    break
                 try:
                     self._train_batch()
                 except SkipBatch:
@@ -368,7 +426,9 @@ class Engine:
                 if self.iter % 10 == 0 and not bar.disable:
                     loss, correct, count = sums.tolist()
                     speed = count * dist.world() / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}", img_s=f"{speed:.0f}")
+                    left = {} if self.budget is None else {"left": f"{self.budget - self.elapsed():.0f}s"}
+                    bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}", img_s=f"{speed:.0f}",
+                                    **left)
             if self.device.type != "cpu" and self.loss is not None:
                 self._check_finite(force=True)
             self._sync_buffers()
@@ -379,13 +439,65 @@ class Engine:
             bar.close()
         self.sync()
         seconds = time.perf_counter() - t0 - self._untimed
+        cpu = time.process_time() - self._c0 - self._untimed_cpu
+        self._t0 = None
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
         self._trained_images = count
         self.wall_seconds += seconds
+        self.cpu_seconds += cpu
         self.log.update(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1), epoch_seconds=seconds,
-                        wall_seconds=self.wall_seconds, images_per_second=count / seconds, lr=self.lr)
+                        wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds,
+                        images_per_second=count / seconds, lr=self.lr)
         if stop:
             raise StopFit
+
+    # ---------------------------------------------------------------- the budget
+    def _agreed(self, *values: float) -> list[float]:
+        """`values` averaged over ranks (identical on every rank, so every rank plans and stops alike)."""
+        if dist.world() == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return (dist.all_reduce_sum(t) / dist.world()).tolist()
+
+    def _budget_stop(self, loop0: float) -> bool:
+        """Before batch `self.iter`: plan after the first steps, and whether the next step would end past the budget
+        (with the strategies' after_epoch reserve). The step cost is this epoch's mean so far."""
+        steps = self.iter
+        now, step = self._agreed(self.elapsed(), (self.elapsed() - loop0) / max(steps, 1))
+        self._now = now
+        if steps == 0:  # the first epoch always trains; a later one starts only if time is left after its setup
+            return bool(self.history) and now + self.epoch_end_reserve >= self.budget
+        if self.epoch == self.start_epoch and steps == min(4, self.num_batches() - 1):
+            self._plan(now, step, first=True)
+        return now + step + self.epoch_end_reserve > self.budget
+
+    def _plan(self, now: float, step: float, first: bool = False, epoch_cost: float | None = None) -> None:
+        """Set the planned epochs (and, when fewer than 4 would be scored, shorter epochs) from measured costs."""
+        left = max(self.budget - now, 0.0)
+        nb = self.num_batches()
+        if first:
+            done = self.iter  # steps of this (first) epoch done
+            fit = done + left / max(step, 1e-9)  # steps that fit in the whole run from here on
+            evaluations = len(self.history)  # models scored so far (a head offered as epoch 0 counts)
+            if fit < 4 * nb and self.val_data is not None:  # fewer than 4 epochs fit: shorter ones, >= 4 scores
+                self.max_batches = max(1, math.ceil(fit / max(4 - evaluations, 1)))
+            per = min(nb, self.max_batches or nb)
+            epochs = self.epoch + max(1, math.ceil(fit / per))
+        else:
+            epochs = self.epoch + 1 + math.ceil(left / max(epoch_cost, 1e-9))
+        if epochs != self.cfg.epochs:
+            self.set_epochs(max(epochs, self.epoch + 1))
+
+    def _budget_continues(self) -> bool:
+        """After an epoch under a budget: re-plan from that epoch's cost; whether another epoch starts (at least a
+        few steps' worth of time is left)."""
+        last = self.history[-1]
+        step = last["epoch_seconds"] / max(1, min(self.num_batches(), self.max_batches or self.num_batches()))
+        now, cost, step = self._agreed(self.wall_seconds, last["epoch_seconds"], step)
+        if self.budget - now < 2 * step:
+            return False
+        self._plan(now, step, epoch_cost=cost)
+        return True
 
     def _train_batch(self) -> None:
         self._call("before_batch")
@@ -413,7 +525,8 @@ class Engine:
         if self.val_data is not None:
             val_loss, val_acc = self.evaluate(self.val_data)
             self.log.update(val_loss=val_loss, val_acc=val_acc)
-        if self.test_data is not None:
+        every = self.cfg.test_eval == "every"
+        if self.test_data is not None and every:
             test_loss, test_acc = self.evaluate(self.test_data)
             self.log.update(test_loss=test_loss, test_acc=test_acc)
         self.best_eligible, stop = True, False
@@ -421,20 +534,28 @@ class Engine:
             self._call("after_eval")
         except StopFit:  # the epoch is recorded and saved first
             stop = True
+        if not self.best_eligible:
+            self.log["eligible"] = False
+        improved = self._is_best(self.log, self.epoch + 1)
+        if self.test_data is not None and not every and improved:  # the delivered model changed: score it
+            self.log["test_loss"], self.log["test_acc"] = self.evaluate(self.test_data)
         self.history.append(dict(self.log))
-        improved = self._is_best()
-        if dist.is_main():
-            if self.cfg.progress:
-                tqdm.write(self._epoch_line())
-            if self.out:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(self.log) + "\n")
-                if improved and self.cfg.save_weights:
-                    save_weights(self.model, self.out / "model_best.safetensors")
-                if self.cfg.save_checkpoint:
-                    atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
+        if dist.is_main() and self.cfg.progress:
+            tqdm.write(self._epoch_line())
+        self._write(self.log, improved, checkpoint=True)
         if stop:
             raise StopFit
+
+    def _write(self, log: dict[str, Any], improved: bool, checkpoint: bool = False) -> None:
+        """Append `log` to metrics.jsonl; save model_best when `improved`, and the checkpoint after an epoch."""
+        if not (self.out and dist.is_main()):
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(log) + "\n")
+        if improved and self.cfg.save_weights:
+            save_weights(self.model, self.out / "model_best.safetensors")
+        if checkpoint and self.cfg.save_checkpoint:
+            atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
 
     def _epoch_line(self) -> str:
         log = self.log
@@ -442,32 +563,36 @@ class Engine:
         return (f"epoch {self.epoch + 1}/{self.cfg.epochs}  {accs}{log['epoch_seconds']:.1f}s  "
                 f"{log['images_per_second']:.0f} img/s")
 
-    def _is_best(self) -> bool:
-        """Whether this epoch becomes the best: by (val_acc, -val_loss), strictly better; else the latest."""
+    def _is_best(self, log: dict[str, Any], epoch: int) -> bool:
+        """Whether `log` (of `epoch`, 0: a model offered before epoch 1) becomes the best: by (val_acc, -val_loss),
+        strictly better; without validation, the latest eligible epoch (epoch 0 only when there is no other)."""
         if not self.best_eligible:
             return False
-        key = (self.log["val_acc"], -self.log["val_loss"]) if "val_acc" in self.log else None
+        key = (log["val_acc"], -log["val_loss"]) if "val_acc" in log else None
         if key is not None and self.best_key is not None and not key > self.best_key:
             return False
-        self.best_epoch, self.best_key = self.epoch + 1, key
+        self.best_epoch, self.best_key = epoch, key
         return True
 
     def fit(self) -> dict[str, Any]:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
         if self.out and dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-        self._untimed = 0.0
-        t0 = time.perf_counter()
+        self._untimed = self._untimed_cpu = 0.0
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
         self._call("before_fit")  # setup work (e.g. feature caching) is training time too, but not untimed() work
-        self.wall_seconds += time.perf_counter() - t0 - self._untimed
+        self.wall_seconds += time.perf_counter() - self._t0 - self._untimed
+        self.cpu_seconds += time.process_time() - self._c0 - self._untimed_cpu
+        self._t0 = None
         if self.cfg.resume and self.out and (self.out / CHECKPOINT).is_file():
             self._restore(load_checkpoint(self.out / CHECKPOINT))
         elif self.out and dist.is_main():
             if self.cfg.resume:
                 print(f"note: no checkpoint in {self.out}; starting from scratch")
             (self.out / "metrics.jsonl").write_text("")
+        self.epoch = self.start_epoch
         try:
-            for self.epoch in range(self.start_epoch, self.cfg.epochs):
+            while self.epoch < self.cfg.epochs:
                 try:
                     self._train_epoch()
                 except StopFit:
@@ -475,23 +600,30 @@ class Engine:
                         self._end_epoch()
                     break
                 self._end_epoch()
+                if self.budget is not None and not self._budget_continues():
+                    break
+                self.epoch += 1
         except StopFit:  # raised in after_eval
             pass
         self._call("after_fit")
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
-        best = self.history[self.best_epoch - 1] if self.best_epoch else {}
+        epochs = [h for h in self.history if h["epoch"] > 0]
+        last = epochs[-1] if epochs else {}
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        if last and "test_acc" not in last and self.test_data is not None:  # test_eval=improved: score the final
+            last["test_loss"], last["test_acc"] = self.evaluate(self.test_data)
         cfg, data = self.cfg, self.data
-        speeds = [h["images_per_second"] for h in self.history]
+        speeds = [h["images_per_second"] for h in epochs]
         summary = {
             "method": cfg.method, "recipe": cfg.recipe, "model": cfg.model, "data": data.name,
-            "test_set_id": data.test_set_id, "epochs": len(self.history),
+            "test_set_id": data.test_set_id, "epochs": len(epochs),
             # chosen on validation (the last eligible epoch without it); test_acc is measured at that epoch
             "best_epoch": self.best_epoch, "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
             "final_val_acc": last.get("val_acc"), "final_test_acc": last.get("test_acc"),
-            "wall_seconds": self.wall_seconds, "images_per_second": float(np.mean(speeds)) if speeds else None,
+            "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds,
+            "budget_seconds": self.budget, "images_per_second": float(np.mean(speeds)) if speeds else None,
             "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0,
             "test_images": len(data.test), "num_classes": data.num_classes, "split_seed": cfg.split_seed,
             "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": cfg.seed,
@@ -521,6 +653,8 @@ class Engine:
             "best_epoch": self.best_epoch,
             "best_key": list(self.best_key) if self.best_key is not None else None,
             "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "max_batches": self.max_batches,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,  # --amp fp16: the loss scale
         }
 
@@ -550,6 +684,9 @@ class Engine:
         self.rebuild_optimizer()
         self.start_epoch, self.history = ck["epoch"], list(ck["history"])
         self.best_epoch, self.wall_seconds = ck.get("best_epoch"), ck["wall_seconds"]
+        self.cpu_seconds, self.max_batches = ck.get("cpu_seconds", 0.0), ck.get("max_batches")
+        if self.budget is not None and ck["config"].get("epochs") != self.cfg.epochs:  # the plan it had made
+            self.set_epochs(max(ck["config"]["epochs"], self.start_epoch + 1))
         self.best_key = tuple(ck["best_key"]) if ck.get("best_key") is not None else None
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])

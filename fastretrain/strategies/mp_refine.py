@@ -54,9 +54,10 @@ mode it includes the per-batch accumulation), `test_acc_before_refine` and, with
 `val_acc_before_refine` (evaluated off the clock, for reporting only; with `min_gain` the latter is the
 schedule's own timed measurement), `refine_C` (the C used for the last layer), `refine_skipped` when a guard fired,
 `refine_val_gain` with `min_gain`; in epoch 1 with `init_head`: `init_head_seconds`, `init_head_C`,
-`init_head_scale`, and the ridge head's own accuracy before any SGD step, `init_head_val_acc` /
-`init_head_test_acc` (evaluated off the clock; `bench.curve` puts this point on the accuracy-time curve at
-the time the head was ready; it is never chosen as the best epoch).
+`init_head_scale`. The ridge head is a model the run can return: it is offered to the engine as epoch 0
+(`engine.offer_model`: scored on validation off the clock, logged as its own metrics line at the time it was
+ready, saved as model_best when validation prefers it), so the run never returns a model that validation ranks
+below its own head.
 """
 from __future__ import annotations
 
@@ -200,6 +201,7 @@ class MPRefine(Strategy):
         self._online: ridge.RidgeStats | None = None
         self._tap: FeatureTap | None = None
         self._online_seconds = 0.0
+        self._pass_seconds = 0.0  # the last feature pass's cost (head or refinement): a budget's reserve
         self._warned = False
 
     # ------------------------------------------------------------------ which layers, when
@@ -242,12 +244,13 @@ class MPRefine(Strategy):
             t0 = time.perf_counter()
             info = self.fit_head(engine)
             engine.sync()
-            engine.log.update(info, init_head_seconds=time.perf_counter() - t0)
-            with engine.untimed():  # the ridge head's own point on the accuracy-time curve (reports only)
-                if engine.val_data is not None:
-                    engine.log["init_head_val_acc"] = engine.evaluate(engine.val_data)[1]
-                if engine.test_data is not None:
-                    engine.log["init_head_test_acc"] = engine.evaluate(engine.test_data)[1]
+            seconds = time.perf_counter() - t0
+            self._pass_seconds = self._pass_seconds or seconds
+            engine.log.update(info, init_head_seconds=seconds)
+            if "init_head_skipped" not in info:  # the head is a model the run can return: epoch 0 (scored off the clock)
+                engine.offer_model({"model": "ridge head", "init_head_seconds": seconds})
+        if self.due(engine.epoch) and self._pass_seconds:  # under a budget, keep time for the refinement's pass
+            engine.epoch_end_reserve = max(engine.epoch_end_reserve, self._pass_seconds)
 
     def after_loss(self, engine) -> None:
         if self._tap is None or not self.due(engine.epoch) or self._tap.value is None:
@@ -280,6 +283,7 @@ class MPRefine(Strategy):
                 self.stopped = engine.epoch + 1
         engine.sync()
         engine.log["refine_seconds"] = time.perf_counter() - t0 + self._online_seconds
+        self._pass_seconds = engine.log["refine_seconds"]
         engine.log.update(info)
 
     def after_fit(self, engine) -> None:
