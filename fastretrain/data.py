@@ -33,7 +33,7 @@ import warnings
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +42,14 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .cache import FileImages, Source, cached_decode, cap_side, decode_bytes, decode_in_memory, fit_pil, full_long_side
-from .errors import FastRetrainError, unknown_name
+from .errors import FastRetrainError, FastRetrainWarning, unknown_name
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CROP_PCT = 0.875  # eval crop covers this fraction of the stored square
 IN_MEMORY_BYTES = 64 << 20  # a cache entry up to this size is read into memory; larger ones are read per batch
 PACKAGE_DATA = Path(__file__).parent / "datasets"
+PLACEHOLDER_SIDE = 32  # px: an image with both sides below this, among larger photos, is taken for a placeholder
+SMALL_FILE = 8 << 10  # bytes: only files this small are opened to read their size (a 31x31 image is smaller)
 
 
 class _Images:
@@ -188,6 +190,7 @@ class DataBundle:
     name: str
     val: _Images | None = None
     test_set_id: str = ""
+    files: SplitFiles | None = field(default=None, repr=False)  # file sources: which file each image is
 
     def __post_init__(self):
         if not self.test_set_id:
@@ -197,6 +200,21 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+@dataclass
+class SplitFiles:
+    """The file of each image of a bundle's splits (folders, zips, CSV lists), in the splits' order: what the
+    checks for duplicate files and placeholders read (`odd_file_warnings`)."""
+
+    source: Source
+    names: dict[str, list[str]]  # split ("train", "val", "test") -> file names, one per image
+
+    def split(self, part: str, parts: dict[str, torch.Tensor]) -> None:
+        """Split the images of `part` as a subset does: {new part: indices into it}."""
+        old = self.names.pop(part)
+        for p, idx in parts.items():
+            self.names[p] = [old[i] for i in idx.tolist()]
 
 
 def digest(*parts) -> str:
@@ -383,6 +401,7 @@ def from_arrays(x_train, y_train, x_test, y_test, image_size: int, classes: list
     yte = _labels(y_test, n, "test labels")
     ytr = _labels(ytr, n, "training labels")
     classes = classes or [str(i) for i in range(n)]
+    _need_two_classes(classes, name, "training labels of at least two values")
     counts = torch.bincount(ytr, minlength=n)
     if (counts == 0).any():
         raise FastRetrainError(f"class {classes[int((counts == 0).nonzero()[0])]!r} has no training images")
@@ -430,9 +449,9 @@ class _Files:
                 raise FastRetrainError(f"not a readable zip file: {path}") from e
             self.source = Source(str(path), is_zip=True)
         else:
-            self.names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+            self.names = _walk(path)
             self.source = Source(str(path))
-        self.names = [n for n in self.names if not any(part.startswith((".", "__MACOSX")) for part in n.split("/"))]
+        self.names = [n for n in self.names if not any(_hidden(part) for part in n.split("/"))]
 
     def dirs(self, prefix: str) -> list[str]:
         """Immediate sub-folder names under prefix (which ends with '/' or is '')."""
@@ -440,8 +459,39 @@ class _Files:
         return sorted(subs)
 
 
+def _hidden(part: str) -> bool:
+    return part.startswith((".", "__MACOSX"))
+
+
+def _walk(root: Path) -> list[str]:
+    """Relative POSIX paths (sorted) of the files under `root`, following symlinked folders; a symlink that
+    leads back to a folder above it (a loop) is an error naming it."""
+    out = []
+    chains = {os.fspath(root): (os.path.realpath(root),)}  # folder -> real paths of it and the folders above it
+    for top, dirs, files in os.walk(root, followlinks=True):
+        chain = chains.pop(top)
+        dirs[:] = [d for d in dirs if not _hidden(d)]  # left out below anyway: no need to walk them
+        for d in dirs:
+            p = os.path.join(top, d)
+            real = os.path.realpath(p)
+            if real in chain:
+                raise FastRetrainError(f"symlink loop: {p} leads back to {real}, a folder above it; remove the link")
+            chains[p] = (*chain, real)
+        rel = Path(os.path.relpath(top, root)).as_posix()
+        out += [f if rel == "." else f"{rel}/{f}" for f in files if os.path.isfile(os.path.join(top, f))]
+    return sorted(out)
+
+
+def _need_two_classes(classes: list[str], where: str, what: str) -> None:
+    if len(classes) < 2:
+        found = f"only one class ({classes[0]!r})" if classes else "no class"
+        raise FastRetrainError(f"{where}: {found} found; a classifier needs at least 2 classes ({what})")
+
+
 def _class_files(files: _Files, prefix: str, classes: list[str] | None) -> tuple[list[str], list[int], list[str]]:
     found = files.dirs(prefix)
+    if classes is None and len(found) == 1:
+        _need_two_classes(found, f"{files.path}/{prefix}".rstrip("/"), "one folder of images each")
     classes = classes or found
     if not classes:
         raise FastRetrainError(f"no class folders found in {files.path}/{prefix}")
@@ -477,7 +527,8 @@ def decoded_images(source: Source, names: list[str], labels: list[int], s: int, 
         if not skip_bad:
             raise FastRetrainError(f"cannot read image {where}/{names[first]}: {d.errors[first]} "
                                    "(use --skip-bad-images to skip)")
-        warnings.warn(f"skipped {len(d.errors)} unreadable image(s), e.g. {names[first]}", stacklevel=3)
+        warnings.warn(f"{where}: skipped {len(d.errors)} unreadable image(s), e.g. {names[first]} ({d.errors[first]})",
+                      FastRetrainWarning, stacklevel=3)
     if not keep:
         raise FastRetrainError(f"no readable images in {where}")
     width = d.images.shape[-1]
@@ -565,16 +616,44 @@ def _parts_bundle(source, parts: dict, classes, s, skip_bad, where, name, prefix
         rows = ((keep_t >= starts[p]) & (keep_t < ends[p])).nonzero().flatten()
         views[p], kept_names[p] = images.subset(rows), [names[keep[i]] for i in rows.tolist()]
     train = views["train"]
+    _check_class_counts(train.y, classes, where, drawn_test=test_part not in views)
+    files = SplitFiles(source, {"train": kept_names["train"]})
     if test_part in views:
-        test, test_names = views[test_part], kept_names[test_part]
+        test, files.names["test"] = views[test_part], kept_names[test_part]
     else:
         tr, te = stratified_split(train.y, test_fraction, split_seed)
-        test, test_names = train.subset(te), [kept_names["train"][i] for i in te.tolist()]
-        train = train.subset(tr)
-    test_id = _names_id(test_names, test.y.tolist(), classes, prefix)
+        test, train = train.subset(te), train.subset(tr)
+        files.split("train", {"train": tr, "test": te})
+    if test_part != "val" and "val" in views:
+        files.names["val"] = kept_names["val"]
+    test_id = _names_id(files.names["test"], test.y.tolist(), classes, prefix)
     val = views.get("val") if test_part != "val" else None
-    bundle = DataBundle(train, test, classes, name, val=val, test_set_id=test_id)
+    bundle = DataBundle(train, test, classes, name, val=val, test_set_id=test_id, files=files)
     return carve_validation(bundle, val_fraction, split_seed)
+
+
+def _few(counts: list[int], classes: list[str], need: int, unit: str) -> str | None:
+    """Which classes have fewer than `need` images ("class 'a' has 1 image", up to 3 named), or None."""
+    few = [(classes[i], n) for i, n in enumerate(counts) if n < need]
+    if not few:
+        return None
+    if len(few) == 1:
+        c, n = few[0]
+        return f"class {c!r} has {n} {unit}{'' if n == 1 else 's'}"
+    shown = ", ".join(f"{c!r} ({n})" for c, n in few[:3]) + (f" and {len(few) - 3} more" if len(few) > 3 else "")
+    return f"{len(few)} classes have fewer than {need} {unit}s: {shown}"
+
+
+def _check_class_counts(y: torch.Tensor, classes: list[str], where: str, drawn_test: bool) -> None:
+    """Every class keeps training images, and test images when the test split is drawn from training."""
+    counts = torch.bincount(y.cpu(), minlength=len(classes)).tolist()
+    none = _few(counts, classes, 1, "readable training image")
+    if none:
+        raise FastRetrainError(f"{where}: {none}: every class needs training images")
+    few = _few(counts, classes, 2, "image") if drawn_test else None
+    if few:
+        raise FastRetrainError(f"{where}: {few}: holding out a test split of each class (--test-fraction) needs at "
+                               "least 2 images per class (1 test, 1 training; 3 with a validation split)")
 
 
 def _names_id(names, labels, classes, prefix="") -> str:
@@ -651,7 +730,7 @@ def from_csv(path: str | Path, image_size: int, test_fraction: float = 0.2, spli
         what = f"{len(missing)} listed file(s) not found, e.g. line {missing[0][0]}: {missing[0][1]}"
         if not skip_bad:
             raise FastRetrainError(f"{path}: {what} (paths are relative to {base}; --skip-bad-images skips them)")
-        warnings.warn(f"{path}: skipped {what}", stacklevel=2)
+        warnings.warn(f"{path}: skipped {what}", FastRetrainWarning, stacklevel=2)
         gone = {p for _, p in missing}
         rows = [r for r in rows if r[1] not in gone]
     train_labels = sorted({lab for _, _, lab, sp in rows if sp == "train"})
@@ -665,6 +744,7 @@ def from_csv(path: str | Path, image_size: int, test_fraction: float = 0.2, spli
             known = ", ".join(train_labels[:10]) + (", ..." if len(index) > 10 else "")
             raise FastRetrainError(f"{path} line {line}: unknown label {lab!r} of a {sp} image (no training row has "
                                    f"it; labels: {known})")
+    _need_two_classes(train_labels, str(path), "labels of training rows")
     source = Source(str(base), key=str(path.resolve()))  # one cache entry per list, not per folder
     splits = {sp: ([p for _, p, _, q in rows if q == sp], [index[lab] for _, _, lab, q in rows if q == sp])
               for sp in SPLITS if any(r[3] == sp for r in rows)}  # fmt: skip
@@ -685,14 +765,22 @@ def carve_validation(bundle: DataBundle, val_fraction: float, split_seed: int = 
     """Move `val_fraction` of each training class (stratified, drawn from `split_seed`) into `bundle.val`.
 
     0 leaves the bundle as it is (no validation split); so does a validation split the data ships (a
-    `val/` folder beside `test/`). A class with a single training image keeps it.
+    `val/` folder beside `test/`). A class with fewer than 2 training images is an error naming it.
     """
     if not 0 <= val_fraction < 1:
         raise FastRetrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not val_fraction or bundle.val is not None:
         return bundle
+    counts = torch.bincount(bundle.train.y.cpu(), minlength=bundle.num_classes).tolist()
+    few = _few(counts, bundle.classes, 2, "training image")
+    if few:
+        raise FastRetrainError(f"{bundle.name}: {few} (after the test split and --max-train): a validation split "
+                               f"(--val-fraction {val_fraction:g} of each class) needs at least 2 per class (1 to "
+                               "validate, 1 to train); add images or give --val-fraction 0")
     tr, va = stratified_split(bundle.train.y, val_fraction, _val_seed(split_seed))
     bundle.train, bundle.val = bundle.train.subset(tr), bundle.train.subset(va)
+    if bundle.files is not None:
+        bundle.files.split("train", {"train": tr, "val": va})
     return bundle
 
 
@@ -701,6 +789,8 @@ def subset_train(bundle: DataBundle, max_train: int | None, split_seed: int = 0)
     if max_train is not None and max_train < len(bundle.train):
         keep, _ = stratified_split(bundle.train.y, 1 - max_train / len(bundle.train), split_seed)
         bundle.train = bundle.train.subset(keep)
+        if bundle.files is not None:
+            bundle.files.split("train", {"train": keep})
     return bundle
 
 
@@ -837,4 +927,73 @@ def load_data(
     else:
         bundle = from_folder(path, image_size, test_fraction, split_seed, skip_bad, cache_dir=cache_dir)
     bundle.name = name
-    return carve_validation(subset_train(bundle, max_train, split_seed), val_fraction, split_seed)
+    bundle = carve_validation(subset_train(bundle, max_train, split_seed), val_fraction, split_seed)
+    for line in odd_file_warnings(bundle, str(path)):
+        warnings.warn(line, FastRetrainWarning, stacklevel=2)
+    return bundle
+
+
+# --------------------------------------------------------------------------------------------------
+# odd files: copies across splits, placeholders
+
+
+def odd_file_warnings(bundle: DataBundle, where: str) -> list[str]:
+    """One line each, when found, for byte-identical files in different splits and for placeholder images among
+    photos (`bundle.files`: folders, zips and CSV lists; arrays have none). `load_data` warns with them."""
+    files = bundle.files
+    if files is None:
+        return []
+    items = [(p, n) for p, names in files.names.items() for n in names]  # (split, file name) of every image
+    prints = files.source.fingerprints([n for _, n in items])  # (size, mtime or CRC): no file is read for these
+    lines = (_duplicates(files.source, items, prints, where), _placeholders(files.source, items, prints, where))
+    return [line for line in lines if line]
+
+
+def _duplicates(source: Source, items, prints, where: str) -> str | None:
+    """Validation/test images byte-identical to an image of another split: files of equal size (and CRC, in a
+    zip) that lie in different splits are read and hashed; nothing else is read."""
+    by_size = collections.defaultdict(list)
+    for item, (size, crc) in zip(items, prints):
+        if size >= 0:
+            by_size[(size, crc) if source.is_zip else size].append(item)
+    by_hash = collections.defaultdict(list)
+    for same in by_size.values():
+        if len({p for p, _ in same}) > 1:
+            for p, n in same:
+                with source.open(n) as f:
+                    by_hash[hashlib.blake2b(f.read(), digest_size=16).digest()].append((p, n))
+    groups = [g for g in by_hash.values() if len({p for p, _ in g}) > 1]
+    if not groups:
+        return None
+    count = sum(p != "train" for g in groups for p, _ in g)
+    g = min(groups, key=lambda g: min(item for item in g if item[0] != "train"))  # the example: first val/test name
+    g = sorted(g, key=lambda item: (item[0] != "train", item))
+    (p1, n1), (p2, n2) = next((a, b) for a in g for b in g if a[0] != b[0])
+    return (f"{where}: {count} validation/test image(s) are byte-identical to an image of another split, e.g. "
+            f"{n2} ({p2}) = {n1} ({p1}); the score counts them as seen: remove the copies")
+
+
+def _placeholders(source: Source, items, prints, where: str) -> str | None:
+    """Images that look like placeholders among photos: GIFs, or images with both sides under PLACEHOLDER_SIDE,
+    where most of the dataset is not (a dataset of small images or of GIFs is left alone). Only files under
+    SMALL_FILE bytes are opened, to read their size from the header."""
+    from PIL import Image
+
+    n = len(items)
+    gif = {i for i, (_, name) in enumerate(items) if name.lower().endswith(".gif")}
+    small = [i for i, (size, _) in enumerate(prints) if 0 <= size < SMALL_FILE]
+    odd = gif if 2 * len(gif) < n else set()
+    if 2 * len(small) < n:
+        for i in small:
+            try:
+                with source.open(items[i][1]) as f, Image.open(f) as img:
+                    if max(img.size) < PLACEHOLDER_SIDE:
+                        odd.add(i)
+            except Exception:  # noqa: BLE001, S112 - an unreadable file was reported (or skipped) when decoding
+                continue
+    if not odd:
+        return None
+    names = sorted(items[i][1] for i in odd)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{where}: {len(names)} image(s) look like placeholders, not photos (a GIF, or both sides under "
+            f"{PLACEHOLDER_SIDE} px, among larger photos): {shown}; check them or remove them")
