@@ -15,6 +15,7 @@ explicitly beat the recipe.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -127,6 +128,10 @@ def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None
     names = method_names(spec)
     unused = sorted(set(options) - set(names))
     if unused:
+        unknown = [m for m in unused if m not in METHODS]
+        if unknown:
+            m = unknown[0]
+            raise FastRetrainError(f"-o {m}.{sorted(options[m])[0]}: {unknown_name('method', m, METHODS)}")
         raise FastRetrainError(f"options given for method(s) not in --method {spec!r}: {', '.join(unused)}")
     out = []
     for name in names:
@@ -134,15 +139,51 @@ def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None
         opts = options.get(name, {})
         if cls is None:
             if opts:
-                raise FastRetrainError(f"method {name!r} takes no options")
+                hint = option_hint(name, sorted(opts)[0], names)
+                raise FastRetrainError(f"{name} takes no options of its own" + (f"; {hint}" if hint else ""))
             continue
-        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-        bad = sorted(set(opts) - fields)
+        bad = sorted(set(opts) - set(option_names(name)))
         if bad:
-            known = ", ".join(sorted(fields)) or "none"
-            raise FastRetrainError(f"unknown option(s) for {name}: {', '.join(bad)}; it has: {known}")
+            known = ", ".join(option_names(name)) or "none"
+            hint = option_hint(name, bad[0], names)
+            raise FastRetrainError(f"unknown option(s) for {name}: {', '.join(bad)}" + (f"; {hint}" if hint else "")
+                                   + f" ({name}'s options: {known})")
         out.append(cls(**opts))
     return out
+
+
+def option_names(method: str) -> list[str]:
+    """The options (-o METHOD.NAME=VALUE) of a method: its strategy's dataclass fields, sorted."""
+    cls = METHODS[method].strategy
+    return sorted(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else []
+
+
+def option_hint(method: str, name: str, spec_names: list[str]) -> str:
+    """For an option `name` that `method` lacks: where it probably belongs. In order: an option of that name of
+    another method being run ("lam is an option of mp-refine: -o mp-refine.lam=..."), the closest option of
+    `method` itself ("did you mean mp-refine.lam?"), an option of that name of any method, the closest option
+    of the methods being run, then of any method. "" when nothing is close."""
+    load_all()
+    others = [m for m in spec_names if m != method]
+    everyone = [m for m in METHODS if m != method and m not in others]
+
+    def owner_of(pool: list[str]) -> str | None:
+        return next((m for m in pool if name in option_names(m)), None)
+
+    def closest(pool: list[str]) -> str | None:
+        full = {o: m for m in reversed(pool) for o in option_names(m)}  # option -> its first method in pool
+        close = difflib.get_close_matches(name, list(full), n=1, cutoff=0.6)
+        return f"{full[close[0]]}.{close[0]}" if close else None
+
+    if owner := owner_of(others):
+        return f"{name} is an option of {owner}: -o {owner}.{name}=..."
+    if mine := closest([method]):
+        return f"did you mean {mine}?"
+    if owner := owner_of(everyone):
+        return f"{name} is an option of {owner}, which --method does not include"
+    if near := closest(others) or closest(everyone):
+        return f"did you mean {near}?"
+    return ""
 
 
 register_method("sgdm", help="SGD with momentum, full fine-tuning (the baseline every method is compared to)")

@@ -90,6 +90,21 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def check_backbone(cfg: TrainConfig, strategies: list[Strategy]) -> None:
+    """Refuse a method that trains on a frozen backbone (`freezes_backbone`: linear-probe, freeze-unfreeze) when
+    the backbone would be randomly initialised (no pretrained weights, no --weights): the user almost certainly
+    forgot the weights. `-o METHOD.random_backbone=True` runs it anyway."""
+    frozen = [s for s in strategies if getattr(s, "freezes_backbone", False)]
+    frozen = [s for s in frozen if not getattr(s, "random_backbone", False)]
+    if not frozen or cfg.weights or cfg.use_pretrained():
+        return
+    name = getattr(frozen[0], "name", type(frozen[0]).__name__)
+    why = "--no-pretrained" if cfg.pretrained is False else "no pretrained weights for it on this machine"
+    raise FastRetrainError(f"{name} trains on a frozen backbone, and {cfg.model}'s would be randomly initialised "
+                           f"({why}): give --pretrained-file FILE or --weights FILE, or -o {name}.random_backbone=True "
+                           "to run it anyway")
+
+
 def train(cfg: TrainConfig | None = None, *, bundle=None, module=None, strategies=None, **kwargs) -> dict[str, Any]:
     """Run one training job and return its summary (also written to OUT/summary.json).
 
@@ -117,6 +132,8 @@ def build_engine(
     cfg.validate()
     recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
     all_strategies = build_strategies(cfg.method, cfg.options) + list(strategies or [])  # bad options fail here too
+    if module is None:
+        check_backbone(cfg, all_strategies)
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     if cfg.progress and dist.is_main():

@@ -4,9 +4,12 @@ import torch
 
 from fastretrain import build_engine
 
+RANDOM_OK = {"linear-probe": {"random_backbone": True}}  # the tests' tiny models start from random weights
+
 
 def test_linear_probe_runs_the_backbone_once_per_image(cfg, bundle):
     cfg.method, cfg.epochs, cfg.out, cfg.lr = "linear-probe", 8, None, 0.5
+    cfg.options = RANDOM_OK  # tiny-cnn has no pretrained weights
     engine = build_engine(cfg, bundle)
     seen = []
     engine.model.features.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
@@ -51,7 +54,7 @@ def test_linear_probe_caches_validation_and_test_features_off_the_clock(cfg, bun
 
     (xtr, ytr), (xte, yte) = tiny_images(16, 3, 12, 0), tiny_images(8, 3, 12, 1000)
     with_val = from_arrays(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), 16, val_fraction=0.25)
-    cfg.method, cfg.out = "linear-probe", None
+    cfg.method, cfg.out, cfg.options = "linear-probe", None, RANDOM_OK
     engine = build_engine(cfg, with_val)
     train, val, test = engine.train_data, engine.val_data, engine.test_data
     assert val is not None
@@ -61,7 +64,7 @@ def test_linear_probe_caches_validation_and_test_features_off_the_clock(cfg, bun
 
 
 def test_linear_probe_eval_matches_full_model(cfg, bundle):
-    cfg.method, cfg.out = "linear-probe", None
+    cfg.method, cfg.out, cfg.options = "linear-probe", None, RANDOM_OK
     engine = build_engine(cfg, bundle)
     engine.fit()  # after_fit hands back the image data and the whole model
     loss, acc = engine.evaluate()
@@ -73,7 +76,7 @@ def test_freeze_unfreeze_is_fastai_fine_tune(cfg, bundle, groups):
     """Epoch 1: head (x1) and the body's BN (x1/10, fastai's slice(base_lr)) train, nothing else moves; then all
     layers train with fastai's even_mults(base/200, base/2, groups): the body's groups /100 apart, all halved."""
     cfg.method, cfg.epochs, cfg.out = "freeze-unfreeze", 2, None
-    cfg.options = {"freeze-unfreeze": {"groups": groups}}
+    cfg.options = {"freeze-unfreeze": {"groups": groups, "random_backbone": True}}
     engine = build_engine(cfg, bundle)
     snaps, scales = [], []
 
@@ -109,7 +112,8 @@ def test_freeze_unfreeze_with_the_fastai_recipe(bundle):
     from fastretrain.run import make_config
 
     cfg = make_config(method="freeze-unfreeze", recipe="fastai", model="tiny-cnn", epochs=2, image_size=16,
-                      batch_size=8, device="cpu", progress=False)
+                      batch_size=8, device="cpu", progress=False,
+                      options={"freeze-unfreeze": {"random_backbone": True}})
     cfg.out = None
     assert (cfg.lr, cfg.schedule) == (2e-3, "onecycle") and cfg.optimizer in ("adam", "adamw")
     from fastretrain.strategies.freeze_unfreeze import FreezeUnfreeze

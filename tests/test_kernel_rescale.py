@@ -237,7 +237,8 @@ def test_switch_epoch_zero_is_plain_training(tmp_path):
 def test_composes_with_freeze_unfreeze(tmp_path):
     """freeze-unfreeze rebuilds the optimizer every epoch and freezes the stem in epoch 1; the resized
     stem keeps its requires_grad and trains once thawed."""
-    cfg = kr_cfg(tmp_path, method="kernel-rescale,freeze-unfreeze", epochs=3, options={"kernel-rescale": {"switch_epoch": 1}})
+    options = {"kernel-rescale": {"switch_epoch": 1}, "freeze-unfreeze": {"random_backbone": True}}
+    cfg = kr_cfg(tmp_path, method="kernel-rescale,freeze-unfreeze", epochs=3, options=options)
     engine = build_engine(cfg, tiny_bundle(image_size=32))
     w0 = {}
 

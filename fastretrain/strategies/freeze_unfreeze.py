@@ -50,9 +50,16 @@ class FreezeUnfreeze(Strategy):
     train_bn: bool = True  # the body's normalisation layers train while it is frozen (fastai's default)
     frozen_body_lr: float = 0.1  # LR multiplier of those normalisation layers (fastai's slice(base_lr): 1/10)
     unfrozen_lr: float = 0.5  # LR multiplier of every group after unfreezing (fastai: base_lr /= 2)
+    random_backbone: bool = False  # run even on a randomly initialised backbone (no pretrained weights, no --weights)
+
+    @property
+    def freezes_backbone(self) -> bool:
+        """The head trains alone on a frozen body first (run.py refuses that on a random body unless asked)."""
+        return self.freeze_epochs > 0
 
     def __post_init__(self):
         checks = [
+            (isinstance(self.random_backbone, bool), f"random_backbone must be True or False: {self.random_backbone}"),
             (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
             (self.lr_mult >= 1, f"lr_mult must be >= 1, got {self.lr_mult}"),
             (self.groups >= 2, f"groups must be >= 2 (body and head), got {self.groups}"),

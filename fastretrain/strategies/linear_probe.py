@@ -10,13 +10,20 @@ import torch
 
 from ..data import FeatureTensors
 from ..engine import Strategy
-from ..methods import register_method
+from ..methods import check_options, register_method
 from ..models import FeatureTap, classifier
 
 
 @dataclass
 class LinearProbe(Strategy):
     order = -100  # sets up data and net before anything else looks at them
+    freezes_backbone = True  # a randomly initialised backbone is refused unless random_backbone (run.py)
+
+    random_backbone: bool = False  # run even on a randomly initialised backbone (no pretrained weights, no --weights)
+
+    def __post_init__(self):
+        check_options("linear-probe", [(isinstance(self.random_backbone, bool),
+                                        f"random_backbone must be True or False, got {self.random_backbone!r}")])
 
     def before_fit(self, engine) -> None:
         head = classifier(engine.model)
