@@ -1,0 +1,383 @@
+"""Suite v3 (issue 22, ../shared/METHODS.md §6): which method gives the best model for the time you have.
+
+Per comparison (data set, size, backbone: the headline comparisons of cpu-v2) and per seed, back to back under
+the same load, one cell at a time with all cores:
+  1. SGDM annealed to 8, 4 and 2 epochs (its training time at 8 epochs, T8, sets the seed's budgets: T8/4, T8/2,
+     T8); 2. the linear probe (its own short run, read at each budget); 3. every other method under
+     `--budget` = T8/4, T8/2 and T8 (its schedule annealed to the budget, its epochs planned from its measured
+     cost). Identical work (`evidence.control_work`) is timed before and after every cell: its spread over a
+     comparison's cells is the timing noise, and a time ratio inside it is "unresolved".
+Every run scores test only when validation improves (`test_eval=improved`: the delivered model) and records
+process CPU time beside wall time. A finished cell (summary.json) is never rerun: rerun the same command to
+continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
+docs/BENCHMARKS.md's v3 section and README's "which method when" block are rendered from them (--render).
+
+Usage: python benchmarks/evidence_v3.py [--only CID ...] [--methods M ...] [--seeds 3] [--budget-minutes N]
+       python benchmarks/evidence_v3.py --render
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import run as v2  # noqa: E402  (benchmarks/run.py: the cpu-v2 configs this suite re-runs)
+from fastretrain import evidence as ev  # noqa: E402
+from fastretrain.bench import cell_config, environment, slug  # noqa: E402
+from fastretrain.checkpoint import atomic_json  # noqa: E402
+
+ROOT = HERE / "results" / "suite-v3"
+FULL_EPOCHS = 8  # SGDM's full schedule (cpu-v2's)
+BASELINE = "sgdm"
+PROBE = "linear-probe"
+V3 = {"test_eval": "improved", "options": {"mp-refine": {"log_before": False}}}  # reports only, off the clock
+CORE = ["fast-retrain"]  # budgeted rows run first; the ablation follows (--methods)
+ABLATION = ["fast-retrain[random-freeze.policy=uniform]", "fast-retrain[mp-refine.init_head=False]",
+            "fast-retrain[mp-refine.until=None]", "fast-retrain[mp-refine.until=0]", v2.FR_AUTHORS]
+COMPARISONS = [  # (id, base config, budgeted methods): cpu-v2's headline comparisons, cheapest first
+    ("flowers5-128-lite0", {**v2.LITE0, **v2.V2_FLOWERS}, CORE + ABLATION),
+    ("cifar10-96-lite0", {**v2.LITE0, **v2.V2_CIFAR}, CORE + ABLATION),
+    ("fashion-mnist-96-lite0", {**v2.LITE0, **v2.V2_FASHION}, CORE + ABLATION),
+    ("fashion-mnist-64-lite0", {**v2.LITE0, **v2.V2_FASHION64}, CORE + ABLATION),
+    ("flowers5-128-lite1", {**v2.LITE1, **v2.V2_FLOWERS}, CORE),
+    ("cifar10-96-lite1", {**v2.LITE1, **v2.V2_CIFAR}, CORE),
+    ("fashion-mnist-96-lite1", {**v2.LITE1, **v2.V2_FASHION}, CORE),
+]
+LEVEL_TAG = {0.25: "b1of4", 0.5: "b1of2", 1.0: "b1"}
+
+
+def sgdm_label(level: float) -> str:
+    return f"sgdm-e{round(FULL_EPOCHS * level)}"
+
+
+def cell(out: Path, label: str, seed: int) -> Path:
+    return out / slug(label) / f"seed{seed}"
+
+
+def done(path: Path) -> bool:
+    return (path / "summary.json").is_file()
+
+
+def run_cell(path: Path, fields: dict, env: dict) -> bool:
+    """Train one cell (timed same-work control before and after); False when the method cannot run here."""
+    from fastretrain.errors import FastRetrainError
+    from fastretrain.run import make_config, train
+
+    load0, before = os.getloadavg()[0], ev.control_work()
+    print(f"== {path.relative_to(ROOT)}  budget={fields.get('budget')}", flush=True)
+    try:
+        train(make_config(**fields, out=str(path)))
+    except FastRetrainError as e:
+        print(f"   failed: {e}", flush=True)
+        atomic_json({"error": str(e)}, path / "failed.json")
+        return False
+    after = ev.control_work()
+    atomic_json({**env, "control_seconds": [before, after], "load_average": [round(load0, 2),
+                 round(os.getloadavg()[0], 2)]}, path / "environment.json")
+    return True
+
+
+def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, deadline: float | None) -> None:
+    """One seed's cells of one comparison, back to back: SGDM at 8/4/2 epochs, the probe, then each budgeted
+    method at T8, T8/2, T8/4."""
+    out = ROOT / cid
+    base = {**base, **V3, "options": {**base.get("options", {}), **V3["options"]}, "seed": seed}
+    jobs = [(sgdm_label(level), {**cell_config(base, BASELINE), "epochs": round(FULL_EPOCHS * level)})
+            for level in sorted(ev.LEVELS, reverse=True)]
+    jobs.append((PROBE, cell_config(base, PROBE)))
+    for label, fields in jobs:
+        path = cell(out, label, seed)
+        if not done(path):
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            run_cell(path, fields, env)
+    t8_path = cell(out, sgdm_label(1.0), seed) / "summary.json"
+    if not t8_path.is_file():
+        return
+    t8 = json.loads(t8_path.read_text())["wall_seconds"]
+    for method in methods:
+        for level in sorted(ev.LEVELS, reverse=True):
+            path = cell(out, f"{method}#{LEVEL_TAG[level]}", seed)
+            if done(path) or (path / "failed.json").is_file():
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            fields = {**cell_config(base, method), "budget": f"{level * t8:.2f}s",
+                      "epochs": max(1, round(FULL_EPOCHS * level))}  # the first plan; the run re-plans
+            if not run_cell(path, fields, env):
+                break
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the cells
+
+
+def load(cid: str) -> dict:
+    """Every finished cell of a comparison: {label: {seed: record}} with history, summary, environment."""
+    out = ROOT / cid
+    cells: dict[str, dict[int, dict]] = {}
+    if not out.is_dir():
+        return cells
+    for summary in sorted(out.glob("*/seed*/summary.json")):
+        folder = summary.parent
+        label, seed = folder.parent.name.replace("+", ","), int(folder.name[4:])
+        hist = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        envf = folder / "environment.json"
+        cells.setdefault(label, {})[seed] = {"summary": json.loads(summary.read_text()), "history": hist,
+                                             "env": json.loads(envf.read_text()) if envf.is_file() else {}}
+    return cells
+
+
+def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
+    """The comparison's equal-budget table, time to the fixed target and timing control, from its cells."""
+    t8 = {s: r["summary"]["wall_seconds"] for s, r in cells.get(sgdm_label(1.0), {}).items()}
+    seeds = sorted(t8)
+    any_rec = next(iter(cells.get(sgdm_label(1.0), {}).values()), None)
+    n_test = any_rec["summary"]["test_images"] if any_rec else 0
+    chance = 1 / any_rec["summary"]["num_classes"] if any_rec else 0.0
+    rows = [BASELINE, PROBE] + [m for m in methods if m in {lab.split("#")[0] for lab in cells}]
+
+    def run_of(method: str, level: float) -> dict[int, dict]:
+        if method == BASELINE:
+            return cells.get(sgdm_label(level), {})
+        if method == PROBE:
+            return cells.get(PROBE, {})
+        return cells.get(f"{method}#{LEVEL_TAG[level]}", {})
+
+    table = {}
+    for m in rows:
+        for level in ev.LEVELS:
+            runs, base = run_of(m, level), cells.get(sgdm_label(level), {})
+            accs, used, diffs = {}, {}, []
+            for s in seeds:
+                if s not in runs:
+                    continue
+                budget = level * t8[s]
+                if m == BASELINE:
+                    acc = ev.final(runs[s]["history"])
+                else:
+                    acc = ev.acc_at(runs[s]["history"], budget * ev.BUDGET_SLACK)
+                    acc = chance if acc is None else acc  # nothing returned within the budget: chance
+                accs[s], used[s] = acc, min(runs[s]["summary"]["wall_seconds"], budget * ev.BUDGET_SLACK) \
+                    if m == PROBE else runs[s]["summary"]["wall_seconds"]
+                if s in base and m != BASELINE:
+                    diffs.append(100 * (acc - ev.final(base[s]["history"])))
+            table[(m, level)] = {"acc": accs, "seconds": used, "diffs": diffs, "n": len(diffs),
+                                 "verdict": ev.verdict(diffs) if m != BASELINE else None,
+                                 "budget": [level * t8[s] for s in seeds]}
+    finals = [ev.final(cells[sgdm_label(1.0)][s]["history"]) for s in seeds]
+    target = float(np.mean(finals)) - ev.TARGET_BELOW_PT / 100 if finals else None
+    controls = [c for lab in cells.values() for r in lab.values() for c in r["env"].get("control_seconds", [])]
+    spread = ev.spread(controls)
+    reach = {}
+    for m in rows:
+        runs = run_of(m, 1.0)
+        times = {s: ev.time_to(runs[s]["history"], target) for s in seeds if s in runs} if target else {}
+        base_t = {s: ev.time_to(cells[sgdm_label(1.0)][s]["history"], target) for s in seeds} if target else {}
+        ratios = [math.inf if times[s] is None else times[s] / base_t[s] for s in times if base_t.get(s)]
+        med = float(np.median(ratios)) if ratios else None
+        reach[m] = {"times": times, "reached": sum(t is not None for t in times.values()), "n": len(times),
+                    "median_ratio": med, "timing": ev.resolved(med, spread) if m != BASELINE else None}
+    cpu_wall = [r["summary"].get("cpu_seconds", 0) / r["summary"]["wall_seconds"]
+                for lab in cells.values() for r in lab.values() if r["summary"].get("wall_seconds")]
+    return {"id": cid, "seeds": seeds, "t8": t8, "n_test": n_test, "chance": chance, "rows": rows,
+            "table": table, "target": target, "reach": reach, "spread": spread, "controls": controls,
+            "cpu_per_wall": cpu_wall,
+            "loads": [x for lab in cells.values() for r in lab.values() for x in r["env"].get("load_average", [])]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering (every number below is computed from the cells)
+
+
+def _pm(values: list[float], fmt: str = "{:+.2f}") -> str:
+    if not values:
+        return "—"
+    m, s = ev.mean_std(values)
+    return fmt.format(m) if math.isnan(s) else f"{fmt.format(m)} ± {fmt.format(s).lstrip('+')}"
+
+
+def verdict_text(cell_: dict) -> str:
+    v = cell_["verdict"]
+    return v if v else f"n={cell_['n']}: needs {ev.MIN_SEEDS}, counted nowhere"
+
+
+def table_md(a: dict) -> str:
+    head = ["method"] + [f"budget {ev.LEVEL_NAMES[lv]}: delivered acc (n)" for lv in ev.LEVELS] + \
+        [f"Δ vs SGDM at {ev.LEVEL_NAMES[lv]} (pt, paired)" for lv in ev.LEVELS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    se = ev.binomial_se_pt(np.mean([x for c in a["table"].values() for x in c["acc"].values()] or [0.5]), a["n_test"])
+    for m in a["rows"]:
+        cells = [f"`{m}`" if m != BASELINE else "`sgdm` (annealed to 2 / 4 / 8 epochs)"]
+        for lv in ev.LEVELS:
+            c = a["table"][(m, lv)]
+            cells.append(f"{_pm(list(c['acc'].values()), '{:.4f}')} ({len(c['acc'])})")
+        for lv in ev.LEVELS:
+            c = a["table"][(m, lv)]
+            cells.append("—" if m == BASELINE else
+                         f"{_pm(c['diffs'])} (±{se:.2f} binomial SE) **{verdict_text(c)}**" if c["diffs"] else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reach_md(a: dict) -> str:
+    if a["target"] is None:
+        return "(SGDM-8 has not finished: no target yet)"
+    spread = f"{a['spread']:.2f}x" if a["spread"] else "not measured"
+    lines = [f"Target: {a['target']:.4f} (SGDM-8's mean delivered accuracy over {len(a['seeds'])} seeds minus "
+             f"{ev.TARGET_BELOW_PT} pt). Same-work control spread over this comparison's cells: {spread}; a time "
+             "ratio inside it is unresolved.", "",
+             "| method | time to target, s (per seed; never = not reached) | reached | median ratio to SGDM-8 | timing |",
+             "|---|---|---|---|---|"]
+    for m in a["rows"]:
+        r = a["reach"][m]
+        times = ", ".join("never" if t is None else f"{t:.0f}" for t in r["times"].values()) or "—"
+        ratio = "—" if m == BASELINE or r["median_ratio"] is None else (
+            "never" if math.isinf(r["median_ratio"]) else f"{r['median_ratio']:.2f}x")
+        lines.append(f"| `{m}` | {times} | {r['reached']} of {r['n']} | {ratio} | {r['timing'] or '—'} |")
+    return "\n".join(lines)
+
+
+def budgets_md(a: dict) -> str:
+    parts = []
+    for lv in ev.LEVELS:
+        b = a["table"][(BASELINE, lv)]["budget"]
+        parts.append(f"{ev.LEVEL_NAMES[lv]} = {np.mean(b):.0f} s" if b else f"{ev.LEVEL_NAMES[lv]} = —")
+    return "Budgets (mean over seeds of SGDM-8's training time × 1/4, 1/2, 1): " + ", ".join(parts)
+
+
+def plot(a: dict, cells: dict, path: Path) -> None:
+    """Delivered accuracy (mean over seeds) against training time of every method's full-budget run, the
+    equal-budget points (each run annealed to its budget) as markers, budgets as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    tmax = max((r["summary"]["wall_seconds"] for lab in cells.values() for r in lab.values()), default=1.0)
+    grid = np.linspace(0, tmax * 1.02, 200)
+    colors = plt.get_cmap("tab10").colors
+    for i, m in enumerate(a["rows"]):
+        full = cells.get(sgdm_label(1.0) if m == BASELINE else PROBE if m == PROBE else f"{m}#{LEVEL_TAG[1.0]}", {})
+        if not full:
+            continue
+        ys = []
+        for t in grid:
+            vals = [ev.acc_at(r["history"], t) for r in full.values()]
+            ys.append(np.mean(vals) if all(v is not None for v in vals) else np.nan)
+        color = colors[i % len(colors)]
+        ax.plot(grid, ys, color=color, label=v2.SHORT_NAMES.get(m, m), lw=1.4)
+        for lv in ev.LEVELS:
+            c = a["table"][(m, lv)]
+            if c["acc"] and m != PROBE:
+                ax.plot(np.mean(list(c["seconds"].values())), np.mean(list(c["acc"].values())), "o", color=color,
+                        ms=6, mfc="white" if lv < 1 else color)
+    for lv in ev.LEVELS:
+        b = a["table"][(BASELINE, lv)]["budget"]
+        if b:
+            ax.axvline(np.mean(b), color="grey", ls="--", lw=0.8)
+            ax.text(np.mean(b), ax.get_ylim()[0], f" {ev.LEVEL_NAMES[lv]}", color="grey", fontsize=8, va="bottom")
+    ax.set_xlabel("training time (s); dashed: budgets 1/4, 1/2, 1 of SGDM-8's time")
+    ax.set_ylabel("delivered test accuracy (mean over seeds)")
+    ax.set_title(f"{a['id']}: lines = full-budget runs; circles = runs annealed to each budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def comparison_md(a: dict, env: dict | None) -> str:
+    where = ""
+    if env:
+        where = (f"Code {env.get('commit')}, torch {env.get('torch')}, {env.get('cpu_count')} CPU cores, "
+                 f"{env.get('torch_threads')} threads, GPU {env.get('gpu')}; cells run one at a time.  \n")
+    cpu = f"{np.median(a['cpu_per_wall']):.2f}" if a["cpu_per_wall"] else "—"
+    load = f"{min(a['loads']):.2f}-{max(a['loads']):.2f}" if a["loads"] else "—"
+    return (f"### {a['id']} (seeds: {len(a['seeds'])})\n\n{where}{budgets_md(a)}. Process CPU time over wall time "
+            f"(median over cells): {cpu}; 1-minute load average at cell starts and ends: {load}.\n\n"
+            f"{table_md(a)}\n\n{reach_md(a)}\n\n![delivered accuracy vs time]"
+            f"(../benchmarks/results/suite-v3/{a['id']}/delivered.png)\n")
+
+
+def which_lines(analyses: list[dict]) -> list[str]:
+    """Per comparison and budget, from the fixed rules: the method with the highest mean delivered accuracy among
+    those with a verdict, and fast-retrain's and the probe's verdicts against SGDM at that budget."""
+    out = []
+    for a in analyses:
+        parts = []
+        for lv in ev.LEVELS:
+            judged = [(m, a["table"][(m, lv)]) for m in a["rows"] if m != BASELINE and a["table"][(m, lv)]["verdict"]]
+            if not judged:
+                continue
+            fr, probe = a["table"].get(("fast-retrain", lv)), a["table"].get((PROBE, lv))
+            best = max(judged, key=lambda mc: np.mean(list(mc[1]["acc"].values())))
+            base_acc = np.mean(list(a["table"][(BASELINE, lv)]["acc"].values()))
+            best_acc = np.mean(list(best[1]["acc"].values()))
+            pick = best[0] if best_acc > base_acc else "sgdm"
+            parts.append(f"at {ev.LEVEL_NAMES[lv]}: best {pick}; fast-retrain {fr['verdict'] if fr else '—'}, "
+                         f"probe {probe['verdict'] if probe else '—'} vs SGDM")
+        if parts:
+            out.append(f"- **{a['id']}**: " + "; ".join(parts) + ".")
+    return out
+
+
+def render(ids: list[str] | None = None) -> list[Path]:
+    analyses, written = [], []
+    for cid, _base, methods in COMPARISONS:
+        if ids and cid not in ids:
+            continue
+        cells = load(cid)
+        if sgdm_label(1.0) not in cells:
+            continue
+        a = analyse(cid, cells, methods)
+        out = ROOT / cid
+        env = next((r["env"] for r in cells[sgdm_label(1.0)].values() if r["env"]), None)
+        plot(a, cells, out / "delivered.png")
+        md = comparison_md(a, env).replace("../benchmarks/results/suite-v3/" + cid + "/", "")
+        (out / "results.md").write_text(md)
+        atomic_json(_jsonable(a), out / "results.json")
+        analyses.append(a)
+        written += [out / "results.md", out / "results.json", out / "delivered.png"]
+    return written, analyses
+
+
+def _jsonable(a: dict) -> dict:
+    return {**a, "table": {f"{m}@{lv}": c for (m, lv), c in a["table"].items()}}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="comparison ids (default: all, cheapest first)")
+    ap.add_argument("--methods", nargs="*", help="budgeted methods to run now (default: each comparison's)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes")
+    ap.add_argument("--render", action="store_true", help="only render from the finished cells")
+    args = ap.parse_args(argv)
+    if not args.render:
+        deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
+        env = environment()
+        for cid, base, methods in COMPARISONS:
+            if args.only and cid not in args.only:
+                continue
+            run = [m for m in methods if not args.methods or m in args.methods]
+            for seed in range(args.seeds):
+                run_group(cid, base, run, seed, env, deadline)
+    written, _ = render(args.only)
+    for path in written:
+        print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
