@@ -153,6 +153,10 @@ def cmd_demo(args) -> int:
           f"(2,000 train / 1,000 test, {base['image_size']} px, {base['epochs']} epochs) with: {', '.join(methods)}\n")  # fmt: skip
     res = compare(base, methods, [0], args.out, baseline="sgdm", title="demo: Lite0 on Fashion-MNIST (2k/1k)")
     print("\n" + res["table"])
+    loaded = [r["method"] for r in res["records"] if r["summary"].get("load_warning")]
+    if loaded:  # each cell warned as it ended (fastretrain.load); the table's times for these are too slow
+        print(f"\nwarning: another process competed for the cores during {', '.join(loaded)}: their times in the table "
+              "are slower than this machine gives (load average in each run's summary.json)")
     print(f"\nplot: {args.out}/accuracy_vs_time.png   table: {args.out}/results.md")
     return 0
 

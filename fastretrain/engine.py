@@ -52,6 +52,7 @@ import math
 import random
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ from . import distributed as dist
 from .checkpoint import atomic_json, atomic_torch_save, load_checkpoint, save_weights
 from .config import TrainConfig, parse_duration
 from .data import DataBundle, balanced_indices, class_weights
-from .errors import FastRetrainError, NonFiniteLossError
+from .errors import FastRetrainError, FastRetrainWarning, NonFiniteLossError
+from .load import load_snapshot, run_load_warning
 from .models import normalization
 from .schedules import parse_schedule
 from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
@@ -578,6 +580,7 @@ class Engine:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
         if self.out and dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
+        self._load_start = load_snapshot()  # another process's load slows the clock: noted at start and end
         self._untimed = self._untimed_cpu = 0.0
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         self._call("before_fit")  # setup work (e.g. feature caching) is training time too, but not untimed() work
@@ -627,7 +630,13 @@ class Engine:
             "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0,
             "test_images": len(data.test), "num_classes": data.num_classes, "split_seed": cfg.split_seed,
             "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": cfg.seed,
+            "load": {"start": self._load_start, "end": load_snapshot()},
         }
+        warning = run_load_warning(summary["load"]["start"], summary["load"]["end"])
+        if warning:
+            summary["load_warning"] = warning
+            if cfg.progress and dist.is_main():
+                warnings.warn(warning, FastRetrainWarning, stacklevel=2)
         if self.out and dist.is_main():
             if self.cfg.save_weights:
                 save_weights(self.model, self.out / "model_final.safetensors")
