@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion_matrix.csv/.png "
                    "(default: RUN/eval_WHICH[_DATA])")
     e.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    e.add_argument("--tta", action="store_true", help="test-time augmentation: average the softmax of each image "
+                   "and its horizontal flip (report in RUN/eval_WHICH[_DATA]_tta)")  # fmt: skip
     e.set_defaults(fn=cmd_eval)
     pr = sub.add_parser("predict", help="classify images, folders (recursively) and zips with a run's model")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, .zip files")
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="write the rows to FILE.csv or FILE.json (default: CSV on stdout)")
     pr.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    pr.add_argument("--tta", action="store_true", help="test-time augmentation: average the softmax of each image "
+                    "and its horizontal flip (two forward passes)")  # fmt: skip
     pr.set_defaults(fn=cmd_predict)
     x = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")
     x.add_argument("--run", required=True, help="run folder written by `fastretrain train`")

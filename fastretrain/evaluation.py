@@ -30,17 +30,21 @@ REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confus
 
 
 @torch.no_grad()
-def collect_logits(model: torch.nn.Module, data, image_size: int, norm, device, batch_size: int = 64) -> torch.Tensor:
+def collect_logits(model: torch.nn.Module, data, image_size: int, norm, device, batch_size: int = 64,
+                   tta: bool = False) -> torch.Tensor:  # fmt: skip
     """Logits (N, C) float32 on the CPU of `model` in eval mode on ImageTensors `data`, in order.
 
     The images go through the engine's evaluation transform (`ImageTensors.prepare(..., train=False)`).
+    `tta`: flip averaging (`predict.tta_logits`, log of the mean softmax of each image and its horizontal flip).
     """
+    from .predict import tta_logits
+
     was = model.training
     model.eval()
     out = []
     for idx in torch.arange(len(data)).split(batch_size):
         x, _ = data.prepare(idx, False, image_size, norm, None, device)
-        out.append(model(x).float().cpu())
+        out.append((tta_logits(model, x) if tta else model(x).float()).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -199,8 +203,9 @@ def _legacy_predictor(run: Path, cfg, classes: list[str], which: str, device):
 
 
 def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, device: str | None = None,
-                 topk: int = 5, batch_size: int = 64) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """(report, facts) of a run's weights on its own test split, or on `data`.
+                 topk: int = 5, batch_size: int = 64, tta: bool = False,
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """(report, facts) of a run's weights on its own test split, or on `data`; `tta`: with flip averaging.
 
     `data` may be a named dataset, an .npz, or a folder/zip with a test split (its test split is used), or a
     folder/zip of class folders only (all its images are used; a folder name is the class, matched to the
@@ -219,8 +224,9 @@ def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, 
     if data is None and cfg is None:
         raise FastRetrainError(f"{run} has no config.json naming its data: give --data")
     dev = resolve_device(device or (cfg.device if cfg else "auto"))
-    predictor = load_model(run, which, dev) if (run / MODEL_JSON).is_file() else None
-    facts: dict[str, Any] = {"run": str(run), "data": data or cfg.data, "test_set_id": None, "val_acc": None}
+    predictor = load_model(run, which, dev, tta=tta) if (run / MODEL_JSON).is_file() else None
+    facts: dict[str, Any] = {"run": str(run), "data": data or cfg.data, "test_set_id": None, "val_acc": None,
+                             "tta": "flip" if tta else None}  # fmt: skip
     if data is not None and predictor is not None and Path(data).exists() and not Path(data).suffix.lower() == ".npz":
         sources, bad = find_images([data], predictor.classes)
         if sources and all(s.label is not None for s in sources):  # a labelled folder: every image is evaluated
@@ -244,11 +250,12 @@ def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, 
     if predictor is None:
         predictor = _legacy_predictor(run, cfg, bundle.classes, which, dev)
     test = _remap(bundle.test, bundle.classes, predictor.classes, f"data {facts['data']}")
-    logits = collect_logits(predictor.model, test, predictor.image_size, predictor.norm, predictor.device, batch_size)
+    how = (predictor.image_size, predictor.norm, predictor.device, batch_size, tta)
+    logits = collect_logits(predictor.model, test, *how)
     report = classification_report(logits, test.y, predictor.classes, topk)
     if data is None and bundle.val is not None:
         val = _remap(bundle.val, bundle.classes, predictor.classes, "validation split")
-        vl = collect_logits(predictor.model, val, predictor.image_size, predictor.norm, predictor.device, batch_size)
+        vl = collect_logits(predictor.model, val, *how)
         facts["val_acc"] = float((vl.argmax(1) == val.y).double().mean())
     facts.update(split="test", test_set_id=bundle.test_set_id, weights=Path(predictor.weights).name)
     return report, facts
@@ -256,14 +263,16 @@ def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, 
 
 def eval_command(args) -> int:
     """`fastretrain eval --run RUN [--which best|final] [--data PATH] [--topk K] [--out DIR] [--json]`."""
-    report, facts = evaluate_run(args.run, args.which, args.data, args.device, args.topk, args.batch_size)
+    tta = getattr(args, "tta", False)
+    report, facts = evaluate_run(args.run, args.which, args.data, args.device, args.topk, args.batch_size, tta)
     name = (
         ""
         if args.data is None
         else "_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(args.data).name)
     )
+    name += "_tta" if tta else ""
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.which}{name}"
-    title = f"{facts['weights']} on {facts['data']} ({facts['split']})"
+    title = f"{facts['weights']} on {facts['data']} ({facts['split']}{', TTA flip' if tta else ''})"
     write_report(report, out, title, facts)
     if args.json:
         print(json.dumps({**facts, "test_images": report["images"], "test_loss": round(report["loss"], 6),
@@ -271,7 +280,8 @@ def eval_command(args) -> int:
                           "macro_f1": round(report["macro"]["f1"], 6), "report": str(out)}))  # fmt: skip
     else:
         where = f", test set {facts['test_set_id']}" if facts.get("test_set_id") else ""
-        print(f"{facts['weights']} of {facts['run']} on {facts['data']} ({facts['split']}{where}):")
+        tta_text = ", TTA: mean softmax of each image and its horizontal flip" if tta else ""
+        print(f"{facts['weights']} of {facts['run']} on {facts['data']} ({facts['split']}{where}{tta_text}):")
         print(report_text(report))
         if facts.get("val_acc") is not None:
             print(f"validation accuracy {facts['val_acc']:.4f}")

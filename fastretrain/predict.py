@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -51,6 +52,17 @@ class Prediction:
         return self.classes[0]
 
 
+def tta_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation by flip averaging: log of the mean softmax of `model` on the preprocessed batch `x`
+    (B, 3, H, W) and on its horizontal flip, float32 (B, C).
+
+    Returned as log-probabilities so that everything downstream of logits works unchanged: their softmax is the
+    mean probability, their arg-max the TTA prediction, their cross-entropy -log of the mean probability.
+    """
+    logp = torch.stack([torch.log_softmax(model(v).float(), 1) for v in (x, x.flip(3))])  # (2, B, C)
+    return torch.logsumexp(logp, 0) - math.log(len(logp))
+
+
 class Predictor:
     """A run's model in eval mode with its preprocessing and class names.
 
@@ -59,10 +71,13 @@ class Predictor:
         classes: class names; logit i is class `classes[i]`.
         spec: the run's model.json.
         weights: the weight file it was loaded from.
+        tta: average the softmax over each image and its horizontal flip (`tta_logits`): the "logits" are then
+            log-probabilities.
     """
 
     def __init__(
-        self, model: torch.nn.Module, spec: dict[str, Any], device: torch.device | str = "cpu", weights: str = ""
+        self, model: torch.nn.Module, spec: dict[str, Any], device: torch.device | str = "cpu", weights: str = "",
+        tta: bool = False,
     ):
         self.spec = spec
         self.classes: list[str] = list(spec["classes"])
@@ -73,6 +88,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.weights = weights
+        self.tta = tta
 
     def decode(self, image) -> torch.Tensor:
         """One image (path, bytes, PIL image or array) -> uint8 (3, S, S) as training stored it."""
@@ -93,9 +109,10 @@ class Predictor:
 
     @torch.inference_mode()
     def logits_uint8(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) float32 on the CPU of stored-size uint8 images (B, 3, S, S)."""
+        """Logits (B, C) float32 on the CPU of stored-size uint8 images (B, 3, S, S) (with `tta`: flip-averaged
+        log-probabilities)."""
         x = prepare_images(x.to(self.device), False, self.image_size, self.norm)  # (B, 3, size, size)
-        return self.model(x).float().cpu()
+        return (tta_logits(self.model, x) if self.tta else self.model(x).float()).cpu()
 
     def logits(self, images, batch_size: int = 64) -> torch.Tensor:
         """Logits (N, C) float32 on the CPU of images: paths, PIL images, uint8 arrays (or a list of them)."""
@@ -116,11 +133,14 @@ def top_classes(logits: torch.Tensor, classes: list[str], k: int) -> list[tuple[
     return [([classes[j] for j in row_i], [float(v) for v in row_p]) for row_i, row_p in zip(i.tolist(), p)]
 
 
-def load_model(run: str | Path, which: str = "best", device: str | torch.device = "cpu") -> Predictor:
+def load_model(
+    run: str | Path, which: str = "best", device: str | torch.device = "cpu", tta: bool = False
+) -> Predictor:
     """Load a run folder as a model: the `model_best` or `model_final` weights, in eval mode.
 
     Returns a Predictor: `.model` is the nn.Module, `.predict(images, topk)` classifies PIL images, paths
-    or uint8 arrays, `.logits(images)` gives the raw scores, `.classes` the class names.
+    or uint8 arrays, `.logits(images)` gives the raw scores, `.classes` the class names. `tta`: average the
+    softmax over each image and its horizontal flip (`tta_logits`).
     """
     from safetensors.torch import load_file
 
@@ -144,7 +164,7 @@ def load_model(run: str | Path, which: str = "best", device: str | torch.device 
         raise FastRetrainError(f"{weights} does not fit {spec['model']} with {spec['num_classes']} classes: "
                                f"{str(e).splitlines()[0]}") from e  # fmt: skip
     dev = resolve_device(device) if isinstance(device, str) else device
-    return Predictor(model, spec, dev, str(weights))
+    return Predictor(model, spec, dev, str(weights), tta=tta)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,10 +395,11 @@ def predict_command(args) -> int:
         raise FastRetrainError(f"--out must end in .csv or .json, got {args.out}")
     if args.topk < 1 or args.batch_size < 1:
         raise FastRetrainError("--topk and --batch-size must be >= 1")
-    predictor = load_model(args.run, args.which, args.device)
+    predictor = load_model(args.run, args.which, args.device, tta=getattr(args, "tta", False))
     res = predict_files(predictor, args.paths, args.batch_size, progress=True)
     rows = prediction_rows(res, predictor.classes, args.topk)
     meta = {"run": str(args.run), "weights": Path(predictor.weights).name, "classes": predictor.classes,
+            "tta": "flip" if predictor.tta else None,
             "unreadable": [{"path": n, "error": e} for n, e in res.unreadable]}  # fmt: skip
     n_lab = int(res.labelled.sum())
     if n_lab:
@@ -388,7 +409,8 @@ def predict_command(args) -> int:
     say = sys.stderr  # the rows may be on stdout
     n = len(res.names)
     speed = f"{n / max(res.seconds, 1e-9):.1f} images/s, batch {args.batch_size}, {predictor.device}"
-    print(f"predicted {n} image(s) in {res.seconds:.1f}s ({speed}) with {meta['weights']}"
+    tta = " (TTA: mean softmax of each image and its flip)" if predictor.tta else ""
+    print(f"predicted {n} image(s) in {res.seconds:.1f}s ({speed}) with {meta['weights']}{tta}"
           + (f" -> {args.out}" if args.out else ""), file=say)  # fmt: skip
     if res.unreadable:
         print(f"{len(res.unreadable)} unreadable file(s) skipped (named above)", file=say)
