@@ -837,23 +837,34 @@ def versus(d: list[float], a: str, b: str) -> str:
 
 def goal_met(p: dict) -> bool:
     """The goal rule on one paired comparison (`paired(records, method, BASELINE)`)."""
-    return faster(p, GOAL_TIME) and no_loss(p["d_final_test_acc"], GOAL_TOL_PT)
+    return faster(p, GOAL_TIME) and no_loss(delivered_d(p), GOAL_TOL_PT)
+
+
+def delivered_d(p: dict) -> list[float]:
+    """Paired differences of the delivered final accuracy (v3: the returned model's test accuracy; legacy runs,
+    which have none, their last epoch's)."""
+    return p["d_test_acc"] if p["d_test_acc"] is not None else p["d_final_test_acc"]
 
 
 def goal_text(comps: list[dict]) -> list[str]:
     """Issue 13's goal per headline comparison, with the linear probe beside it (where it is the better choice)."""
     parts = [f"## Goal of `{GOAL_METHOD}`: SGDM's accuracy in half its time\n",
              f"Rule (fixed in `benchmarks/run.py`): on each comparison at ≥ {HEADLINE_PX} px, `{GOAL_METHOD}` reaches "
-             f"the same seed's SGDM final test accuracy in at most {GOAL_TIME:g}× SGDM's own time to it (median over "
-             "seeds, a seed that never reaches it counts as never) and ends with a paired mean final test accuracy at "
-             f"most {GOAL_TOL_PT} pt below SGDM's. The linear probe is shown beside it: where it is ahead, it is the "
-             "better choice.\n"]
+             f"the same seed's SGDM final test accuracy (since v3: of the model SGDM returns, its validation-best) in at most {GOAL_TIME:g}× SGDM's own time to it (median over "
+             "seeds, a seed that never reaches it counts as never) and ends with a paired mean delivered test accuracy "
+             f"at most {GOAL_TOL_PT} pt below SGDM's. The linear probe is shown beside it: where it is ahead, it is the "
+             "better choice.\n",
+             "Since protocol v3 (issue 22) every time to a target reads the delivered-model curve: the test accuracy "
+             "of the model the run would return if stopped then (its validation-best so far). The ridge head these "
+             "cpu-v2 runs logged inside epoch 1 could never be returned (it was never eligible as the best epoch), "
+             "so it is no longer a point; until v3 it was, and it alone made the goal read as met. The equal-budget "
+             "evidence of protocol v3 is in its own section.\n"]
     met, rows = 0, []
     for comp in [c for c in comps if tier(c) == "headline"]:
         p = paired(comp["records"], GOAL_METHOD, BASELINE)
         if p is None:
             continue
-        d = p["d_final_test_acc"]
+        d = delivered_d(p)
         ok = goal_met(p)
         met += ok
         q = paired(comp["records"], GOAL_METHOD, PROBE)
@@ -862,7 +873,7 @@ def goal_text(comps: list[dict]) -> list[str]:
                     f"{probe} | **{'met' if ok else 'not met'}** |")
     if not rows:
         return parts + [f"No headline comparison has both `{GOAL_METHOD}` and SGDM yet.\n"]
-    parts += [f"| comparison | seeds | time to SGDM's final acc (median ratio) | final acc − SGDM (pt) | training time "
+    parts += [f"| comparison | seeds | time to SGDM's final acc (median ratio) | delivered acc − SGDM (pt) | training time "
               f"/ SGDM's | test acc − `{PROBE}` (pt) | goal |", "|---|---|---|---|---|---|---|", *rows,
               "", f"Goal met in {met} of {len(rows)} headline comparisons.\n"]
     return parts + timing_control_text(comps)

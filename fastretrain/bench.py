@@ -274,7 +274,7 @@ def paired(records: list[dict], method: str, baseline: str) -> dict | None:
 
     Accuracy differences are in points (100 × fraction), method − baseline, one value per seed; `d_test_acc` is
     None when the runs have no `test_acc` (legacy). `time_ratio[k]`: the method's time to reach seed k's baseline
-    final test accuracy over the baseline's own time to it (None: never reached). `wall_ratio[k]`: the method's
+    delivered final test accuracy (protocol v3: the test accuracy of the model the baseline returns) over the baseline's own time to it (None: never reached). `wall_ratio[k]`: the method's
     training wall time over the baseline's. `d_first_acc`: test accuracy after the first epoch, method − baseline.
     """
     m = {r["seed"]: r for r in records if r["method"] == method}
@@ -289,7 +289,7 @@ def paired(records: list[dict], method: str, baseline: str) -> dict | None:
 
     ratios = []
     for s in seeds:
-        target = b[s]["summary"]["final_test_acc"]
+        target = delivered(b[s]["history"])[-1][1]  # v3: the baseline's delivered final (its val-best model's)
         t_m, t_b = time_to(m[s]["history"], target), time_to(b[s]["history"], target)
         ratios.append(None if t_m is None else t_m / t_b if t_b else math.nan)
     first = [100 * (m[s]["history"][0]["test_acc"] - b[s]["history"][0]["test_acc"]) for s in seeds]
