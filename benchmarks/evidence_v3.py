@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ FULL_EPOCHS = 8  # SGDM's full schedule (cpu-v2's)
 BASELINE = "sgdm"
 PROBE = "linear-probe"
 V3 = {"test_eval": "improved", "options": {"mp-refine": {"log_before": False}}}  # reports only, off the clock
-CORE = ["fast-retrain"]  # budgeted rows run first; the ablation follows (--methods)
+CORE = ["fast-retrain", "auto"]  # budgeted rows run first; the ablation follows (--methods)
 ABLATION = ["fast-retrain[random-freeze.policy=uniform]", "fast-retrain[mp-refine.init_head=False]",
             "fast-retrain[mp-refine.until=None]", "fast-retrain[mp-refine.until=0]", v2.FR_AUTHORS]
 COMPARISONS = [  # (id, base config, budgeted methods): cpu-v2's headline comparisons, cheapest first
@@ -73,6 +74,8 @@ def run_cell(path: Path, fields: dict, env: dict) -> bool:
     from fastretrain.errors import FastRetrainError
     from fastretrain.run import make_config, train
 
+    if path.exists():  # an interrupted cell (no summary.json): start it afresh
+        shutil.rmtree(path)
     load0, before = os.getloadavg()[0], ev.control_work()
     print(f"== {path.relative_to(ROOT)}  budget={fields.get('budget')}", flush=True)
     try:
