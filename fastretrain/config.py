@@ -72,6 +72,9 @@ class TrainConfig:
     balance: str = _f("none", "class imbalance: sampler (class-balanced sampling with replacement), loss (class "
                       "weights N/(C*n_c) in the training loss) or none")
     recipe: str | None = _f(None, "named preset of optimisation settings: authors, fastai (see `fastretrain methods`)")
+    # training aids (docs/training_aids.md)
+    patience: int | None = _f(None, "early stopping: end the run once validation accuracy has not improved for this "
+                              "many epochs (needs a validation split)")
     # run
     seed: int = _f(0, "seed of the run: head init, shuffling, augmentation, strategies (splits: --split-seed)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
@@ -123,6 +126,9 @@ class TrainConfig:
             (self.balance in BALANCE, f"--balance must be {', '.join(BALANCE)}; got {self.balance!r}"),
             (self.width is None or self.width > 0, f"--width must be > 0, got {self.width}"),
             (self.test_eval in TEST_EVAL, f"--test-eval must be {' or '.join(TEST_EVAL)}, got {self.test_eval!r}"),
+            (self.patience is None or self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
+            (self.patience is None or self.val_fraction > 0, "--patience reads validation accuracy: it needs a "
+             "validation split (--val-fraction > 0)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -14,8 +14,9 @@ from .config import TrainConfig
 from .data import DataBundle, class_count_lines, load_data
 from .engine import Engine, Strategy
 from .errors import FastRetrainError
-from .methods import METHODS, build_strategies, recipe_fields
+from .methods import METHODS, build_strategies, method_names, recipe_fields
 from .models import create_model
+from .training_aids import aid_strategies
 
 
 def make_config(**kwargs) -> TrainConfig:
@@ -132,6 +133,7 @@ def build_engine(
     cfg.validate()
     recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
     all_strategies = build_strategies(cfg.method, cfg.options) + list(strategies or [])  # bad options fail here too
+    all_strategies += aid_strategies(cfg, method_names(cfg.method))  # --patience
     if module is None:
         check_backbone(cfg, all_strategies)
     device = resolve_device(cfg.device)
