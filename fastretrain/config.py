@@ -75,6 +75,8 @@ class TrainConfig:
     # training aids (docs/training_aids.md)
     patience: int | None = _f(None, "early stopping: end the run once validation accuracy has not improved for this "
                               "many epochs (needs a validation split)")
+    ema: float | None = _f(None, "an exponential moving average of the weights with this decay per step (e.g. 0.999): "
+                           "validation, test, model_best and model_final use the averaged weights")
     # run
     seed: int = _f(0, "seed of the run: head init, shuffling, augmentation, strategies (splits: --split-seed)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
@@ -129,6 +131,7 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
             (self.patience is None or self.val_fraction > 0, "--patience reads validation accuracy: it needs a "
              "validation split (--val-fraction > 0)"),
+            (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1), e.g. 0.999; got {self.ema}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -1,15 +1,18 @@
 """Training aids (fastretrain/training_aids.py, docs/training_aids.md): early stopping stops at the right epoch of a
-scripted validation sequence; the option's failure path is one line, exit 2."""
+scripted validation sequence; the weight EMA equals a hand-computed EMA and is what is evaluated, saved and resumed;
+each option's failure path is one line, exit 2."""
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from fastretrain import FastRetrainError, Strategy, build_engine
 from fastretrain.cli import main
 from fastretrain.data import from_arrays
 from fastretrain.engine import EVENTS
 from fastretrain.testing import tiny_images
-from fastretrain.training_aids import EarlyStopping, epochs_without_improvement
+from fastretrain.training_aids import EarlyStopping, WeightEMA, WeightEMARestore, epochs_without_improvement
 
 
 def val_bundle(n_per_class=16):
@@ -90,10 +93,137 @@ def test_patience_without_validation_is_one_clear_error(cfg, bundle, capsys):
                    "error: --patience must be >= 1, got 0"]
 
 
+# ------------------------------------------------------------------ weight EMA
+class WeightLog(Strategy):
+    """Records the model's state at the start, after every step, and after every evaluation (copies, float64)."""
+
+    order = 9_500  # after the EMA's hooks
+
+    def __init__(self):
+        self.start, self.steps, self.evaluated = None, [], []
+
+    @staticmethod
+    def snap(model):
+        return {k: v.detach().clone().double() if v.is_floating_point() else v.detach().clone()
+                for k, v in model.state_dict().items()}
+
+    def before_fit(self, engine):
+        self.start = self.snap(engine.model)
+
+    def after_step(self, engine):
+        self.steps.append(self.snap(engine.model))
+
+    def after_eval(self, engine):
+        self.evaluated.append(self.snap(engine.model))
+
+
+def hand_ema(start, steps, decay):
+    """ema_0 = the starting weights; ema_k = decay * ema_(k-1) + (1 - decay) * w_k; integer buffers: copied."""
+    ema = {k: v.clone() for k, v in start.items()}
+    for w in steps:
+        for k, v in w.items():
+            ema[k] = decay * ema[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+    return ema
+
+
+def assert_close(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = (a[k].double() - b[k].double()).abs().max()
+        assert diff <= atol, (k, diff)
+
+
+def test_ema_equals_hand_computed_ema_and_is_evaluated_and_saved(cfg):
+    cfg.epochs, cfg.ema, cfg.val_fraction = 3, 0.9, 0.25
+    log = WeightLog()
+    engine = build_engine(cfg, val_bundle(), strategies=[log])
+    ema, = aids(engine, WeightEMA)
+    engine.fit()
+    n = engine.num_batches()
+    assert len(log.steps) == 3 * n and ema.updates == 3 * n
+    # after every epoch the evaluated weights are the EMA of the steps so far
+    for e, seen in enumerate(log.evaluated):
+        assert_close(seen, hand_ema(log.start, log.steps[: (e + 1) * n], 0.9))
+    final = hand_ema(log.start, log.steps, 0.9)
+    assert_close(ema.averaged_state(engine), final)
+    assert_close(dict(engine.model.state_dict()), final)  # after the run the model holds the average
+    assert_close(load_file(f"{cfg.out}/model_final.safetensors"), final)
+    best = engine.best_epoch
+    assert_close(load_file(f"{cfg.out}/model_best.safetensors"), log.evaluated[best - 1])
+    # the logged val_acc is that of the averaged weights
+    assert all(h["ema_evaluated"] for h in engine.history)
+    # training moved the trained weights away from the average
+    assert not torch.allclose(log.steps[-1]["fc.weight"], final["fc.weight"])
+
+
+def test_ema_swaps_the_trained_weights_back_before_each_epoch(cfg, bundle):
+    cfg.epochs, cfg.ema = 2, 0.5
+    seen = []
+
+    class FirstToLook(Strategy):
+        order = -900  # after WeightEMARestore (-1000), before any method
+
+        def before_epoch(self, engine):
+            seen.append(WeightLog.snap(engine.model))
+
+    log = WeightLog()
+    engine = build_engine(cfg, bundle, strategies=[log, FirstToLook()])
+    assert [type(s) for s in engine.strategies][0] is WeightEMARestore
+    engine.fit()
+    n = engine.num_batches()
+    # epoch 2 starts from the trained weights of epoch 1's last step, not from the average
+    assert_close(seen[1], log.steps[n - 1], atol=0)
+
+
+class Interrupt(Strategy):
+    """Ctrl-C during epoch 3 (after epoch 2's checkpoint); in both runs, so that strategies keep their places."""
+
+    def __init__(self, active=True):
+        self.active = active
+
+    def before_batch(self, engine):
+        if self.active and engine.epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_ema_resume_continues_exactly(cfg, tmp_path):
+    cfg.ema, cfg.val_fraction, cfg.epochs, cfg.deterministic = 0.8, 0.25, 3, True
+    cfg.out = str(tmp_path / "whole")
+    build_engine(cfg, val_bundle()).fit()
+    cfg.out = str(tmp_path / "parts")
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(cfg, val_bundle(), strategies=[Interrupt()]).fit()
+    cfg.resume = True
+    engine = build_engine(cfg, val_bundle(), strategies=[Interrupt(active=False)])
+    engine.fit()
+    a, b = (load_file(str(tmp_path / d / "model_final.safetensors")) for d in ("whole", "parts"))
+    assert_close(a, b, atol=0)
+    whole = [json.loads(x) for x in open(tmp_path / "whole" / "metrics.jsonl")]
+    assert [h["val_acc"] for h in engine.history] == [h["val_acc"] for h in whole]
+
+
+def test_ema_options_fail_in_one_line(cfg, bundle, capsys):
+    for bad in (0.0, 1.0, 1.5):
+        cfg.ema = bad
+        with pytest.raises(FastRetrainError, match=r"--ema must be in \(0, 1\)"):
+            build_engine(cfg, bundle)
+    cfg.ema, cfg.method = 0.99, "kernel-rescale"
+    with pytest.raises(FastRetrainError, match="--ema cannot be used with kernel-rescale"):
+        build_engine(cfg, bundle)
+    assert main(["train", "--model", "tiny-cnn", "--ema", "1", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --ema must be in (0, 1), e.g. 0.999; got 1.0"
+
+
+def test_ema_warns_when_the_run_is_shorter_than_its_span(cfg, bundle):
+    cfg.epochs, cfg.ema, cfg.out = 1, 0.999, None
+    with pytest.warns(UserWarning, match="--ema 0.999 averages over about 1000 steps but this run plans"):
+        build_engine(cfg, bundle).fit()
+
+
 def test_aids_are_off_by_default_and_hooks_are_events(cfg, bundle):
     cfg.out = None
     engine = build_engine(cfg, bundle)
-    assert not aids(engine, EarlyStopping)
-    for cls in (EarlyStopping,):
+    assert not aids(engine, (EarlyStopping, WeightEMA, WeightEMARestore))
+    for cls in (EarlyStopping, WeightEMA):
         hooks = [n for n in dir(cls) if n.startswith(("before_", "after_"))]
         assert hooks and set(hooks) <= set(EVENTS)
