@@ -77,6 +77,9 @@ class TrainConfig:
                               "many epochs (needs a validation split)")
     ema: float | None = _f(None, "an exponential moving average of the weights with this decay per step (e.g. 0.999): "
                            "validation, test, model_best and model_final use the averaged weights")
+    mixup: float = _f(0.0, "mixup of training images and labels, weight ~ Beta(ALPHA, ALPHA) (timm's Mixup; 0: off)")
+    cutmix: float = _f(0.0, "CutMix of training images and labels with area ~ Beta(ALPHA, ALPHA) (0: off; with --mixup "
+                       "each batch uses one of the two)")
     # run
     seed: int = _f(0, "seed of the run: head init, shuffling, augmentation, strategies (splits: --split-seed)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
@@ -132,6 +135,8 @@ class TrainConfig:
             (self.patience is None or self.val_fraction > 0, "--patience reads validation accuracy: it needs a "
              "validation split (--val-fraction > 0)"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1), e.g. 0.999; got {self.ema}"),
+            (self.mixup >= 0 and self.cutmix >= 0, f"--mixup and --cutmix must be >= 0 (0: off), got "
+             f"{self.mixup} and {self.cutmix}"),
         ]
         for ok, msg in checks:
             if not ok:

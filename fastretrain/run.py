@@ -133,7 +133,7 @@ def build_engine(
     cfg.validate()
     recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
     all_strategies = build_strategies(cfg.method, cfg.options) + list(strategies or [])  # bad options fail here too
-    all_strategies += aid_strategies(cfg, method_names(cfg.method))  # --patience, --ema
+    all_strategies += aid_strategies(cfg, method_names(cfg.method))  # --patience, --ema, --mixup, --cutmix
     if module is None:
         check_backbone(cfg, all_strategies)
     device = resolve_device(cfg.device)

@@ -3,6 +3,8 @@
 - `--patience N` (`EarlyStopping`): end the run once validation accuracy has not improved for N epochs.
 - `--ema DECAY` (`WeightEMA`): an exponential moving average of the weights (timm's `ModelEmaV3`), updated after
   every optimizer step; evaluation, `model_best` and `model_final` use the averaged weights.
+- `--mixup ALPHA` / `--cutmix ALPHA` (`MixupCutmix`): mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al.,
+  ICCV 2019) of the training batches by timm's `Mixup`, trained on the mixed soft targets.
 
 None of them is a method of its own: they change no optimisation setting and compose with the methods, except
 where a method cannot carry them (`check_composition`, refused before data and model load). Their effect on
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import distributed as dist
 from .engine import StopFit, Strategy
@@ -23,6 +26,7 @@ from .errors import FastRetrainError, FastRetrainWarning
 # what a method does that an aid cannot follow: (aid flag, method) -> why
 INCOMPATIBLE = {
     ("--ema", "kernel-rescale"): "it changes the kernels' shapes mid-run, which an average of weights cannot follow",
+    ("--cutmix", "linear-probe"): "it trains on cached feature vectors, which have no image area to cut and paste",
 }
 
 
@@ -192,10 +196,61 @@ class WeightEMARestore(Strategy):
         self.ema.restore_live(engine)
 
 
+# ---------------------------------------------------------------------------------------------- mixup / cutmix
+@dataclass
+class MixupCutmix(Strategy):
+    """Mix each training batch with its reverse (timm's `Mixup`, one mixing weight λ ~ Beta(α, α) per batch) and
+    train on the mixed soft targets: mixup blends whole images, CutMix pastes a box of the partner image (λ is then
+    corrected to the pasted area); with both, each batch uses one of them with probability 1/2.
+
+    The loss is the engine's own `loss_fn` (its class weights and label smoothing included) on the soft targets;
+    the training accuracy in the metrics is measured against each image's own original label. In a batch of odd
+    size the last image is left unmixed. Draws come from numpy's global generator, which the engine seeds per epoch:
+    reproducible and resumable.
+    """
+
+    order = 100  # after every method's before_batch that changes the labels (disturblabel)
+    mixup: float = 0.0  # α of mixup (0: off)
+    cutmix: float = 0.0  # α of CutMix (0: off)
+
+    def __post_init__(self) -> None:
+        _check(self.mixup >= 0, f"--mixup must be >= 0 (0: off), got {self.mixup}")
+        _check(self.cutmix >= 0, f"--cutmix must be >= 0 (0: off), got {self.cutmix}")
+        _check(self.mixup > 0 or self.cutmix > 0, "MixupCutmix needs --mixup or --cutmix > 0")
+        self._mix = None
+        self.targets: torch.Tensor | None = None  # this batch's soft targets (B, classes), rows summing to 1
+
+    def before_fit(self, engine) -> None:
+        from timm.data import Mixup
+
+        # label smoothing stays with the engine's loss_fn (applied to the soft targets there), not here
+        self._mix = Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, label_smoothing=0.0,
+                          num_classes=engine.data.num_classes, mode="batch")
+
+    def before_batch(self, engine) -> None:
+        x, y = engine.x, engine.y
+        if self.cutmix > 0 and x.ndim != 4:
+            raise FastRetrainError(f"--cutmix needs image batches (B, C, H, W); this run trains on {x.ndim}-d inputs")
+        n = len(y) - len(y) % 2  # timm mixes pairs (i, n-1-i): an even count
+        targets = nn.functional.one_hot(y, engine.data.num_classes).float()
+        if n < 2:
+            self.targets = targets
+            return
+        x = x.clone()  # the batch may be a view of cached data
+        part, soft = self._mix(x[:n], y[:n])
+        x[:n] = part
+        targets[:n] = soft.to(targets.dtype)
+        engine.x, self.targets = x, targets
+
+    def after_loss(self, engine) -> None:
+        with engine.autocast():
+            engine.loss = engine.loss_fn(engine.logits.float(), self.targets)
+
+
 # ---------------------------------------------------------------------------------------------- wiring
 def check_composition(cfg, methods: list[str]) -> None:
     """Refuse, in one line, an aid that a method of `methods` cannot carry."""
-    given = {"--ema": cfg.ema is not None}
+    given = {"--ema": cfg.ema is not None, "--cutmix": bool(cfg.cutmix)}
     for (flag, method), why in INCOMPATIBLE.items():
         if given[flag] and method in methods:
             raise FastRetrainError(f"{flag} cannot be used with {method}: {why}")
@@ -210,4 +265,6 @@ def aid_strategies(cfg, methods: list[str] | None = None) -> list[Strategy]:
     if cfg.ema is not None:
         ema = WeightEMA(cfg.ema)
         out += [ema, WeightEMARestore(ema)]
+    if cfg.mixup or cfg.cutmix:
+        out.append(MixupCutmix(cfg.mixup, cfg.cutmix))
     return out

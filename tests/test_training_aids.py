@@ -1,6 +1,6 @@
 """Training aids (fastretrain/training_aids.py, docs/training_aids.md): early stopping stops at the right epoch of a
 scripted validation sequence; the weight EMA equals a hand-computed EMA and is what is evaluated, saved and resumed;
-each option's failure path is one line, exit 2."""
+mixup/CutMix change the loss and give soft targets summing to 1; each option's failure path is one line, exit 2."""
 import json
 
 import pytest
@@ -12,7 +12,8 @@ from fastretrain.cli import main
 from fastretrain.data import from_arrays
 from fastretrain.engine import EVENTS
 from fastretrain.testing import tiny_images
-from fastretrain.training_aids import EarlyStopping, WeightEMA, WeightEMARestore, epochs_without_improvement
+from fastretrain.training_aids import (EarlyStopping, MixupCutmix, WeightEMA, WeightEMARestore,
+                                       epochs_without_improvement)
 
 
 def val_bundle(n_per_class=16):
@@ -220,10 +221,108 @@ def test_ema_warns_when_the_run_is_shorter_than_its_span(cfg, bundle):
         build_engine(cfg, bundle).fit()
 
 
+# ------------------------------------------------------------------ mixup / CutMix
+class FirstBatch(Strategy):
+    """Keeps the first batch's inputs, loss and (when mixing) soft targets, then stops the run."""
+
+    order = 9_500
+
+    def __init__(self):
+        self.loss = self.targets = self.x = None
+
+    def after_loss(self, engine):
+        mix = [s for s in engine.strategies if isinstance(s, MixupCutmix)]
+        self.x, self.loss = engine.x.clone(), float(engine.loss.detach())
+        self.targets = mix[0].targets.clone() if mix else None
+        self.y = engine.y.clone()
+        raise StopFitNow
+
+
+class StopFitNow(Exception):
+    pass
+
+
+def first_batch(cfg, bundle, **aids):
+    for k, v in aids.items():
+        setattr(cfg, k, v)
+    cfg.out, probe = None, FirstBatch()
+    engine = build_engine(cfg, bundle, strategies=[probe])
+    with pytest.raises(StopFitNow):
+        engine.fit()
+    return probe
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
+def test_mixup_cutmix_mix_inputs_and_targets_and_change_the_loss(cfg, bundle, kind):
+    plain = first_batch(cfg, bundle)
+    alphas = {"mixup": 0.4 if kind != "cutmix" else 0.0, "cutmix": 1.0 if kind != "mixup" else 0.0}
+    mixed = first_batch(cfg, bundle, **alphas)
+    assert torch.equal(mixed.y, plain.y)  # the hard labels (train accuracy) stay the images' own
+    t = mixed.targets
+    assert t.shape == (len(plain.y), 3)
+    assert torch.allclose(t.sum(1), torch.ones(len(t)), atol=1e-6)
+    assert (t >= 0).all() and (t < 1).any()  # soft
+    # each row mixes its own label with the label of its partner (the reversed batch) and nothing else
+    lam = t[0, plain.y[0]] if plain.y[0] != plain.y[-1] else None
+    if lam is not None:
+        assert torch.allclose(t[0, plain.y[-1]], 1 - lam, atol=1e-6)
+    assert not torch.equal(mixed.x, plain.x)
+    assert mixed.loss != pytest.approx(plain.loss, rel=1e-4)
+
+
+def test_mixup_loss_is_the_soft_target_cross_entropy(cfg, bundle):
+    cfg.mixup, cfg.label_smoothing = 0.4, 0.1
+    seen = {}
+
+    class Check(Strategy):
+        order = 9_500
+
+        def after_loss(self, engine):
+            mix, = [s for s in engine.strategies if isinstance(s, MixupCutmix)]
+            logp = torch.log_softmax(engine.logits.detach().float(), 1)
+            t = mix.targets * (1 - 0.1) + 0.1 / 3  # the engine's label smoothing applied to the soft targets
+            seen["want"], seen["got"] = float(-(t * logp).sum(1).mean()), float(engine.loss.detach())
+            raise StopFitNow
+
+    cfg.out = None
+    with pytest.raises(StopFitNow):
+        build_engine(cfg, bundle, strategies=[Check()]).fit()
+    assert seen["got"] == pytest.approx(seen["want"], abs=1e-5)
+
+
+def test_mixup_odd_batch_leaves_the_last_image_unmixed(cfg, bundle):
+    cfg.batch_size = 7
+    plain, mixed = first_batch(cfg, bundle), first_batch(cfg, bundle, mixup=0.4)
+    assert torch.equal(mixed.x[-1], plain.x[-1])
+    assert torch.equal(mixed.targets[-1], torch.nn.functional.one_hot(plain.y[-1], 3).float())
+
+
+def test_mixup_trains_and_is_reproducible(cfg, bundle, tmp_path):
+    cfg.mixup, cfg.cutmix = 0.4, 1.0
+    runs = []
+    for name in ("a", "b"):
+        cfg.out = str(tmp_path / name)
+        runs.append(build_engine(cfg, bundle).fit())
+    assert runs[0]["final_test_acc"] == runs[1]["final_test_acc"]
+    a, b = (load_file(str(tmp_path / d / "model_final.safetensors")) for d in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mixup_options_fail_in_one_line(cfg, bundle, capsys):
+    cfg.mixup = -1.0
+    with pytest.raises(FastRetrainError, match="--mixup and --cutmix must be >= 0"):
+        build_engine(cfg, bundle)
+    cfg.mixup, cfg.cutmix, cfg.method = 0.0, 1.0, "linear-probe"
+    with pytest.raises(FastRetrainError, match="--cutmix cannot be used with linear-probe"):
+        build_engine(cfg, bundle)
+    assert main(["train", "--model", "tiny-cnn", "--cutmix", "-0.5", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --mixup and --cutmix must be >= 0")
+
+
 def test_aids_are_off_by_default_and_hooks_are_events(cfg, bundle):
     cfg.out = None
     engine = build_engine(cfg, bundle)
-    assert not aids(engine, (EarlyStopping, WeightEMA, WeightEMARestore))
-    for cls in (EarlyStopping, WeightEMA):
+    assert not aids(engine, (EarlyStopping, WeightEMA, WeightEMARestore, MixupCutmix))
+    for cls in (EarlyStopping, WeightEMA, MixupCutmix):
         hooks = [n for n in dir(cls) if n.startswith(("before_", "after_"))]
         assert hooks and set(hooks) <= set(EVENTS)
