@@ -1,4 +1,4 @@
-"""Command line: `fastretrain train | eval | predict | export | bench | demo | models | methods | datasets`.
+"""Command line: `fastretrain train | lr-find | eval | predict | export | bench | demo | models | methods | datasets`.
 
 Every `train` option maps one-to-one onto a TrainConfig field; errors in the user's input end the
 program with one line naming the problem and exit status 2.
@@ -129,6 +129,19 @@ def cmd_export(args) -> int:
     return export_command(args)
 
 
+def cmd_lr_find(args) -> int:
+    from .lr_find import UNUSED, LRSweep, lr_find, report
+
+    LRSweep(args.start_lr, args.end_lr, args.steps)  # bad sweep options fail before anything loads
+    given = [f for f in UNUSED if getattr(args, f, None) is not None]
+    cfg = _config_from_args(args, announce=True)
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        print(f"note: lr-find does not use {flags} (it sets the LR and the length, evaluates nothing, writes the plot)")
+    print(report(lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, plot=args.plot)))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import compare
 
@@ -197,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model with one or more methods")
     _add_config_args(t)
     t.set_defaults(fn=cmd_train)
+    lf = sub.add_parser("lr-find", help="LR range test: train a few hundred steps at most with an exponentially "
+                        "growing LR, plot the loss, suggest an LR (the weights are left as they were)")
+    _add_config_args(lf)
+    lf.add_argument("--start-lr", type=float, default=1e-7, help="first LR of the sweep (default: 1e-7)")
+    lf.add_argument("--end-lr", type=float, default=10.0, help="last LR of the sweep (default: 10)")
+    lf.add_argument("--steps", type=int, default=100, help="training steps of the sweep, at most (default: 100)")
+    lf.add_argument("--plot", default="lr_find.png", help="where to write the plot (default: lr_find.png)")
+    lf.set_defaults(fn=cmd_lr_find)
     e = sub.add_parser("eval", help="per-class metrics and confusion matrix of a run's weights on its test set")
     e.add_argument("--run", required=True, help="run folder written by `fastretrain train`")
     e.add_argument("--which", choices=["best", "final"], default="best", help="which weights (default: best)")

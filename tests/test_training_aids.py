@@ -326,3 +326,86 @@ def test_aids_are_off_by_default_and_hooks_are_events(cfg, bundle):
     for cls in (EarlyStopping, WeightEMA, MixupCutmix):
         hooks = [n for n in dir(cls) if n.startswith(("before_", "after_"))]
         assert hooks and set(hooks) <= set(EVENTS)
+
+
+# ------------------------------------------------------------------ lr-find
+def test_sweep_smoothing_and_suggestion_rules():
+    from fastretrain.lr_find import smooth, suggest, sweep_lr
+
+    lrs = [sweep_lr(i, 5, 1e-4, 1.0) for i in range(5)]
+    assert lrs == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    # bias-corrected EMA: the first value is the loss itself, the second (b l0 (1-b) + (1-b) l1) / (1 - b^2)
+    s = smooth([2.0, 1.0], beta=0.9)
+    assert s == pytest.approx([2.0, (0.9 * 0.1 * 2.0 + 0.1 * 1.0) / (1 - 0.81)])
+    # a loss that falls fastest between 1e-2 and 1e-1, is lowest at 1e-1 and then rises
+    loss = [3.0, 2.9, 2.0, 1.0, 4.0]
+    got = suggest(lrs, loss)
+    assert got["steep"] == pytest.approx(1e-2) and got["min_div10"] == pytest.approx(1e-2)
+    assert got["suggested"] == got["steep"]
+    # a loss that only rises: no steepest descent; the minimum / 10 clipped into the swept range
+    rising = suggest(lrs, [1.0, 1.1, 1.2, 1.3, 1.4])
+    assert rising["steep"] is None and rising["suggested"] == pytest.approx(1e-4)
+    # skipped points are no candidates: the drop after the first point does not count
+    assert suggest(lrs, [9.0, 3.0, 2.9, 2.0, 1.0], skip=1)["steep"] == pytest.approx(1e-1)
+    assert suggest(lrs, [9.0, 3.0, 2.9, 2.0, 1.0])["steep"] == pytest.approx(1e-4)
+
+
+def test_lr_find_suggests_within_the_range_writes_the_plot_and_restores_the_model(cfg, bundle, tmp_path):
+    from fastretrain.lr_find import lr_find, report
+    from fastretrain.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plot = tmp_path / "sweep" / "lr.png"
+    res = lr_find(cfg, bundle, module=model, start_lr=1e-5, end_lr=10.0, steps=60, plot=plot)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights and BN statistics
+    assert all(p.requires_grad for p in model.parameters())
+    assert 1e-5 <= res["suggested"] <= 10.0 and 1e-5 <= res["min_div10"] <= 10.0
+    assert res["lrs"][0] == pytest.approx(1e-5)
+    ratios = [b / a for a, b in zip(res["lrs"], res["lrs"][1:])]
+    assert ratios == pytest.approx([(10.0 / 1e-5) ** (1 / 59)] * len(ratios))  # exponential, every step
+    assert res["steps"] <= 60 and len(res["losses"]) == res["steps"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"suggested LR: {res['suggested']:.3g}" in report(res)
+    assert not (tmp_path / "run").exists()  # nothing else written: no run folder
+
+
+def test_lr_find_stops_when_the_loss_diverges(cfg, bundle):
+    from fastretrain.lr_find import DIVERGED, lr_find
+
+    res = lr_find(cfg, bundle, start_lr=1e-3, end_lr=1e6, steps=200, plot=None)
+    assert res["stopped"] in ("diverged", "not finite") and res["steps"] < 200
+    if res["stopped"] == "diverged":
+        from fastretrain.lr_find import smooth
+
+        s = smooth(res["losses"])
+        assert s[-1] > DIVERGED * min(s) and all(v <= DIVERGED * min(s[: i + 1]) for i, v in enumerate(s[:-1]))
+    assert res["lrs"][0] <= res["suggested"] < res["lrs"][-1]
+
+
+def test_lr_find_runs_all_steps_across_epochs_with_the_method(cfg, bundle):
+    from fastretrain.lr_find import lr_find
+
+    cfg.method, cfg.mixup = "random-freeze", 0.4  # the run's method and aids take part
+    res = lr_find(cfg, bundle, start_lr=1e-6, end_lr=1e-3, steps=12, plot=None)  # 5 batches an epoch
+    assert res["stopped"] == "steps" and res["steps"] == 12
+    assert res["lrs"][-1] == pytest.approx(1e-3)
+
+
+def test_lr_find_cli(tmp_path, capsys):
+    import numpy as np
+
+    x, y = tiny_images(8, 3, 12, seed=0)
+    xt, yt = tiny_images(4, 3, 12, seed=5)
+    np.savez(tmp_path / "tiny.npz", x_train=x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy())
+    fast = ["--model", "tiny-cnn", "--image-size", "16", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    args = ["lr-find", "--data", str(tmp_path / "tiny.npz"), *fast, "--steps", "20", "--plot", str(tmp_path / "p.png")]
+    assert main([*args, "--lr", "0.1", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "note: lr-find does not use --lr, --epochs" in out and "suggested LR: " in out
+    assert (tmp_path / "p.png").is_file()
+    assert main([*args, "--start-lr", "1", "--end-lr", "0.1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --end-lr must be above --start-lr (1.0), got 0.1"
+    assert main([*args, "--steps", "5000"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --steps must be in [5, 500], got 5000"
