@@ -3,12 +3,12 @@ WACV 2017, §3.3; as fastai's `Learner.lr_find`).
 
 Training runs, through the engine and with the run's method, data, model and settings, for at most `steps` steps
 while the LR grows exponentially from `start_lr` to `end_lr`; the loss of every step is smoothed (an exponential
-moving average with β = 0.98, bias-corrected, as fastai) and the sweep stops early once the smoothed loss exceeds 4x
-its minimum or is not finite (the loss diverged). The model's weights (and which of them train) are then put back
-as they were. It suggests the LR of the steepest descent of the smoothed loss (before its minimum), and reports the
-LR at the minimum divided by 10 (fastai's two classic rules); both skip the first tenth of the sweep (the average
-has seen few losses there) and the point that diverged, and lie in the swept range. The plot shows
-the raw and smoothed loss against the LR, log scale, with both marked.
+moving average, bias-corrected, with fastai's β = 0.98 from 100 steps on and 1 - 2/steps below) and the sweep
+stops early once the smoothed loss exceeds 4x its minimum or is not finite (the loss diverged). The model's weights
+(and which of them train) are then put back as they were. It suggests the LR of the steepest descent of the
+smoothed loss (before its minimum), and reports the LR at the minimum divided by 10 (fastai's two classic rules);
+both skip the first tenth of the sweep (the average has seen few losses there) and the point that diverged, and lie
+in the swept range. The plot shows the raw and smoothed loss against the LR, log scale, with both marked.
 
 What the sweep does not use of the config: the LR and schedule (it sets them), the epochs and --budget (its length
 is `steps`), --patience and --ema (no evaluation happens) and the run folder (it writes only the plot).
@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .engine import StopFit, Strategy
 from .errors import FastRetrainError
 
-BETA = 0.98  # smoothing of the loss (fastai's)
+BETA = 0.98  # smoothing of the loss (fastai's, for its 100 steps); shorter sweeps smooth less (`beta_for`)
 DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its minimum (fastai's)
 MAX_STEPS = 500  # a few hundred steps at most
 # config fields the sweep replaces or does not use (named in one note when given on the command line)
@@ -39,6 +39,12 @@ UNUSED = ("lr", "schedule", "epochs", "budget", "patience", "ema", "out", "resum
 def sweep_lr(step: int, steps: int, start_lr: float, end_lr: float) -> float:
     """The LR of 0-based `step` of an exponential sweep from start_lr (step 0) to end_lr (step steps - 1)."""
     return start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
+
+
+def beta_for(steps: int) -> float:
+    """The smoothing of a sweep of `steps` steps: fastai's 0.98 from 100 steps on; below, 1 - 2/steps, so that the
+    average spans about half the sweep at most (0.98 would average a 20-step sweep into one flat line)."""
+    return min(BETA, 1 - 2 / steps)
 
 
 def smooth(losses: list[float], beta: float = BETA) -> list[float]:
@@ -107,7 +113,7 @@ class LRSweep(Strategy):
         if not math.isfinite(loss):
             self.stopped = "not finite"
             raise StopFit
-        self.smoothed = smooth(self.losses)
+        self.smoothed = smooth(self.losses, beta_for(self.steps))
         if self.smoothed[-1] > DIVERGED * min(self.smoothed):
             self.stopped = "diverged"
             raise StopFit
@@ -123,7 +129,7 @@ def lr_find(cfg: TrainConfig, bundle=None, module: torch.nn.Module | None = None
     Args:
         bundle, module, strategies: as for `build_engine` (a given module's weights are restored afterwards).
         plot: where to write the PNG (None: no plot).
-    Returns: {'lrs', 'losses', 'smoothed', 'steep', 'min_div10', 'suggested', 'stopped', 'steps', 'plot'}.
+    Returns: {'lrs', 'losses', 'smoothed', 'beta', 'steep', 'min_div10', 'suggested', 'stopped', 'steps', 'plot'}.
     """
     from .run import build_engine
 
@@ -148,9 +154,10 @@ def lr_find(cfg: TrainConfig, bundle=None, module: torch.nn.Module | None = None
                                "early, or the data gives too few batches); nothing to suggest")
     # the last point of a diverged or non-finite sweep is past the edge: it stays in the record, not in the choice
     keep = len(sweep.losses) - (sweep.stopped != "steps")
-    smoothed = smooth(sweep.losses[:keep])
+    beta = beta_for(steps)
+    smoothed = smooth(sweep.losses[:keep], beta)
     result = {"lrs": sweep.lrs, "losses": sweep.losses, "smoothed": smoothed, "stopped": sweep.stopped,
-              "steps": len(sweep.losses), "start_lr": start_lr, "end_lr": end_lr, "plot": None,
+              "steps": len(sweep.losses), "start_lr": start_lr, "end_lr": end_lr, "beta": beta, "plot": None,
               **suggest(sweep.lrs[:keep], smoothed, skip=keep // 10)}
     if plot is not None:
         result["plot"] = str(plot_sweep(result, Path(plot), f"{cfg.model} on {engine.data.name}, {cfg.method}"))
@@ -167,7 +174,8 @@ def plot_sweep(result: dict[str, Any], path: Path, title: str) -> Path:
     ax = fig.add_subplot()
     n = len(result["smoothed"])
     ax.plot(result["lrs"], result["losses"], color="0.75", lw=0.8, label="loss per step")
-    ax.plot(result["lrs"][:n], result["smoothed"], color="C0", lw=1.6, label=f"smoothed (EMA, beta {BETA})")
+    smoothed = f"smoothed (EMA, beta {result['beta']:.3g})"
+    ax.plot(result["lrs"][:n], result["smoothed"], color="C0", lw=1.6, label=smoothed)
     if result["steep"] is not None:
         ax.axvline(result["steep"], color="C3", ls="--", lw=1, label=f"steepest descent {result['steep']:.2g}")
     ax.axvline(result["min_div10"], color="C2", ls=":", lw=1.2, label=f"minimum / 10 {result['min_div10']:.2g}")
@@ -194,7 +202,8 @@ def report(result: dict[str, Any]) -> str:
     if result["steep"] is not None:
         lines.append(f"steepest descent of the smoothed loss: {result['steep']:.3g}")
     else:
-        lines.append("the smoothed loss never fell: try a lower --start-lr (or a different --optimizer)")
+        lines.append("the smoothed loss never fell below its start: the sweep may be too short (--steps) or start "
+                     "too high (--start-lr)")
     lines.append(f"minimum of the smoothed loss / 10: {result['min_div10']:.3g}")
     lines.append(f"suggested LR: {result['suggested']:.3g}  (train with --lr {result['suggested']:.2g})")
     if result["plot"]:

@@ -330,7 +330,7 @@ def test_aids_are_off_by_default_and_hooks_are_events(cfg, bundle):
 
 # ------------------------------------------------------------------ lr-find
 def test_sweep_smoothing_and_suggestion_rules():
-    from fastretrain.lr_find import smooth, suggest, sweep_lr
+    from fastretrain.lr_find import beta_for, smooth, suggest, sweep_lr
 
     lrs = [sweep_lr(i, 5, 1e-4, 1.0) for i in range(5)]
     assert lrs == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
@@ -345,6 +345,7 @@ def test_sweep_smoothing_and_suggestion_rules():
     # a loss that only rises: no steepest descent; the minimum / 10 clipped into the swept range
     rising = suggest(lrs, [1.0, 1.1, 1.2, 1.3, 1.4])
     assert rising["steep"] is None and rising["suggested"] == pytest.approx(1e-4)
+    assert beta_for(100) == beta_for(400) == 0.98 and beta_for(20) == pytest.approx(0.9)  # fastai's from 100 steps
     # skipped points are no candidates: the drop after the first point does not count
     assert suggest(lrs, [9.0, 3.0, 2.9, 2.0, 1.0], skip=1)["steep"] == pytest.approx(1e-1)
     assert suggest(lrs, [9.0, 3.0, 2.9, 2.0, 1.0])["steep"] == pytest.approx(1e-4)
