@@ -109,13 +109,14 @@ def read_spec(run: str | Path) -> dict[str, Any]:
     return spec
 
 
-def write_samples(images, path: Path, n: int = NUM_SAMPLES) -> None:
+def write_samples(images, path: Path, n: int = NUM_SAMPLES, metadata: dict[str, str] | None = None) -> None:
     """Keep `n` images spread evenly over ImageTensors `images` (uint8, as stored) and their labels."""
     from safetensors.torch import save_file
 
     idx = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long().unique()
     # the central squares (what decode_image gives): stores keep photos aspect-preserved, padded (see cache.py)
-    save_file({"images": images.central(idx).cpu().contiguous(), "labels": images.y[idx].cpu().contiguous()}, str(path))
+    tensors = {"images": images.central(idx).cpu().contiguous(), "labels": images.y[idx].cpu().contiguous()}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -165,15 +166,16 @@ class RunFiles(Strategy):
         spec["data"] = engine.data.name  # also when the data came in as a DataBundle
         if self.custom_model:
             spec["custom_model"] = True  # load_model refuses it with a clear message
-        atomic_json(spec, engine.out / MODEL_JSON)
+        atomic_json(engine.stamped(spec), engine.out / MODEL_JSON)
         if not isinstance(engine.data.test, FeatureTensors):  # images only: export checks parity on them
-            write_samples(engine.data.test, engine.out / SAMPLES)
+            write_samples(engine.data.test, engine.out / SAMPLES, metadata=engine.stamped({}) or None)
         self._tb = _tensorboard(engine.out / "tensorboard")
 
     def after_eval(self, engine) -> None:
         if not self._active(engine):
             return
-        write_metrics_csv(engine.history + [engine.log], engine.out / "metrics.csv")  # this epoch is not in history yet
+        rows = engine.history + [engine.log]  # this epoch is not in history yet
+        write_metrics_csv([engine.stamped(r) for r in rows], engine.out / "metrics.csv")
         if self._tb is not None:
             for key, value in engine.log.items():
                 if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -184,7 +186,7 @@ class RunFiles(Strategy):
         if not self._active(engine):
             return
         if engine.history:
-            write_metrics_csv(engine.history, engine.out / "metrics.csv")
+            write_metrics_csv([engine.stamped(r) for r in engine.history], engine.out / "metrics.csv")
         if self._tb is not None:
             self._tb.close()
         best = engine.out / "model_best.safetensors"
@@ -204,8 +206,8 @@ def test_report(engine, weights: Path) -> dict[str, Any]:
     test = engine.data.test  # the images, also when a method evaluated on cached features
     logits = collect_logits(model, test, engine.cfg.image_size, engine.norm, engine.device, 2 * engine.cfg.batch_size)
     report = classification_report(logits, test.y.cpu(), engine.data.classes)
-    extra = {"split": "test", "weights": weights.name, "best_epoch": engine.best_epoch,
-             "test_set_id": engine.data.test_set_id, "data": engine.data.name}  # fmt: skip
+    extra = engine.stamped({"split": "test", "weights": weights.name, "best_epoch": engine.best_epoch,
+                            "test_set_id": engine.data.test_set_id, "data": engine.data.name})  # fmt: skip
     title = f"{engine.cfg.model} on {engine.data.name} (test, best epoch {engine.best_epoch})"
     out = write_report(report, engine.out / REPORT_DIR, title, extra)
     if engine.cfg.progress:

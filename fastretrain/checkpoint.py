@@ -36,12 +36,12 @@ def atomic_json(obj, path: Path) -> None:
     _atomic(path, write)
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Model weights as safetensors (contiguous copies on CPU)."""
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Model weights as safetensors (contiguous copies on CPU), with string `metadata` (the run id, the epoch)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(path, lambda tmp: save_file(sd, tmp))
+    _atomic(path, lambda tmp: save_file(sd, tmp, metadata=metadata))
 
 
 def load_checkpoint(path: Path) -> dict:

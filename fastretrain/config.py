@@ -91,6 +91,8 @@ class TrainConfig:
     deterministic: bool = _f(False, "use deterministic algorithms only (slower on GPU)")
     out: str = _f("runs/latest", "output folder: config, metrics.jsonl, summary.json, weights, checkpoint")
     resume: bool = _f(False, "continue the run in --out from its checkpoint")
+    overwrite: bool = _f(False, "replace the run in --out, removing its files first (without --resume or --overwrite "
+                         "a folder holding another run's files is refused)")
     progress: bool = _f(True, "show a progress bar per epoch and a line per epoch")
     save_checkpoint: bool = _f(True, "write a checkpoint after every epoch")
     save_weights: bool = _f(True, "write model_best.safetensors and model_final.safetensors")
@@ -105,7 +107,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = _legacy(d)
+        d = {k: v for k, v in _legacy(d).items() if k != "run_id"}  # a run's config.json names its run
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - names)
         if bad:

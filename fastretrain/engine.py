@@ -121,10 +121,11 @@ class Engine:
 
     Args:
         out_dir: where metrics, weights and the checkpoint go (None: keep nothing on disk).
+        run_id: the run's id (integrity.py), written into every file the run writes (None: none).
     """
 
     def __init__(self, model: nn.Module, data: DataBundle, cfg: TrainConfig, strategies=(), device="cpu",
-                 out_dir=None):
+                 out_dir=None, run_id: str | None = None):
         for s in strategies:
             check_hooks(s)
         # The public surface: what strategies may read (and, where the module docstring says so, change).
@@ -136,6 +137,7 @@ class Engine:
         self.train_data, self.val_data, self.test_data = data.train, data.val, data.test
         self.strategies = sorted(strategies, key=lambda s: s.order)  # stable: equal orders keep their given order
         self.out = Path(out_dir) if out_dir else None  # the run folder (None: nothing written)
+        self.run_id = run_id  # the run's id, in every file of the run folder (read only)
         cuda = self.device.type == "cuda"
         self.amp_dtype = resolve_amp(cfg.amp, self.device)  # autocast dtype of the forward, None: off (speed.py)
         self.amp = self.amp_dtype is not None
@@ -553,11 +555,18 @@ class Engine:
         if not (self.out and dist.is_main()):
             return
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(log) + "\n")
+            f.write(json.dumps(self.stamped(log)) + "\n")
         if improved and self.cfg.save_weights:
-            save_weights(self.model, self.out / "model_best.safetensors")
+            save_weights(self.model, self.out / "model_best.safetensors", self._weights_metadata(log["epoch"]))
         if checkpoint and self.cfg.save_checkpoint:
             atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
+
+    def stamped(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` with the run's id, as every file of the run folder carries it (unchanged without an id)."""
+        return {**record, "run_id": self.run_id} if self.run_id else record
+
+    def _weights_metadata(self, epoch: int) -> dict[str, str] | None:
+        return {"run_id": self.run_id, "epoch": str(epoch)} if self.run_id else None
 
     def _epoch_line(self) -> str:
         log = self.log
@@ -632,6 +641,7 @@ class Engine:
             "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": cfg.seed,
             "load": {"start": self._load_start, "end": load_snapshot()},
         }
+        summary = self.stamped(summary)
         warning = run_load_warning(summary["load"]["start"], summary["load"]["end"])
         if warning:
             summary["load_warning"] = warning
@@ -639,7 +649,7 @@ class Engine:
                 warnings.warn(warning, FastRetrainWarning, stacklevel=2)
         if self.out and dist.is_main():
             if self.cfg.save_weights:
-                save_weights(self.model, self.out / "model_final.safetensors")
+                save_weights(self.model, self.out / "model_final.safetensors", self._weights_metadata(len(epochs)))
             atomic_json(summary, self.out / "summary.json")
         return summary
 
@@ -650,6 +660,7 @@ class Engine:
     def _checkpoint(self) -> dict[str, Any]:
         return {
             "format": 1,
+            "run_id": self.run_id,
             "epoch": self.epoch + 1,  # epochs completed
             "config": self.cfg.to_dict(),
             "num_classes": self.data.num_classes,
@@ -669,6 +680,9 @@ class Engine:
 
     def _restore(self, ck: dict[str, Any]) -> None:
         where = self.out / CHECKPOINT
+        if ck.get("run_id") and self.run_id and ck["run_id"] != self.run_id:
+            raise FastRetrainError(f"cannot resume {where}: it is run {ck['run_id']}'s, the folder's config.json names "
+                                   f"run {self.run_id}")
         if ck.get("num_classes") != self.data.num_classes:
             raise FastRetrainError(f"cannot resume {where}: it has {ck.get('num_classes')} classes, "
                                    f"the data has {self.data.num_classes}")
@@ -700,7 +714,7 @@ class Engine:
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         if dist.is_main():
-            (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
+            (self.out / "metrics.jsonl").write_text("".join(json.dumps(self.stamped(h)) + "\n" for h in self.history))
             print(f"resumed {where} after epoch {self.start_epoch}")
 
 

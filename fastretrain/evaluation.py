@@ -215,9 +215,11 @@ def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, 
     from .config import TrainConfig
     from .data import load_data
     from .predict import find_images, load_model, predict_sources
+    from .integrity import check_run_folder
     from .run import resolve_device
 
     run = Path(run)
+    check_run_folder(run)  # one run's files, and a finished epoch (also for folders without model.json)
     cfg = TrainConfig.load(run / "config.json") if (run / "config.json").is_file() else None
     if cfg is None and not (run / MODEL_JSON).is_file():
         raise FastRetrainError(f"not a run folder (no config.json or {MODEL_JSON}): {run}")

@@ -37,6 +37,7 @@ import torch
 from .artifacts import read_spec
 from .data import IMAGE_EXTS, decode_image, prepare_images
 from .errors import FastRetrainError
+from .integrity import check_run_folder
 
 
 @dataclass
@@ -140,7 +141,8 @@ def load_model(
 
     Returns a Predictor: `.model` is the nn.Module, `.predict(images, topk)` classifies PIL images, paths
     or uint8 arrays, `.logits(images)` gives the raw scores, `.classes` the class names. `tta`: average the
-    softmax over each image and its horizontal flip (`tta_logits`).
+    softmax over each image and its horizontal flip (`tta_logits`). A folder whose files come from different runs,
+    or whose run never finished an epoch, is refused (`integrity.check_run_folder`).
     """
     from safetensors.torch import load_file
 
@@ -148,6 +150,7 @@ def load_model(
     from .run import resolve_device
 
     run = Path(run)
+    check_run_folder(run)  # one run's files, and a finished epoch (integrity.py)
     spec = read_spec(run)
     if spec.get("custom_model"):
         raise FastRetrainError(f"{run} trained a model given in Python (build_engine(module=...)); build that "

@@ -10,10 +10,12 @@ import torch
 
 from . import distributed as dist
 from .artifacts import RunFiles, starting_weights
+from .checkpoint import atomic_json
 from .config import TrainConfig
 from .data import DataBundle, class_count_lines, load_data
 from .engine import Engine, Strategy
 from .errors import FastRetrainError
+from .integrity import check_out_folder, start_run_folder
 from .methods import METHODS, build_strategies, method_names, recipe_fields
 from .models import create_model
 from .training_aids import aid_strategies
@@ -136,6 +138,7 @@ def build_engine(
     all_strategies += aid_strategies(cfg, method_names(cfg.method))  # --patience, --ema, --mixup, --cutmix
     if module is None:
         check_backbone(cfg, all_strategies)
+    check_out_folder(cfg)  # another run's files in --out: refused before data and model load
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     if cfg.progress and dist.is_main():
@@ -155,10 +158,10 @@ def build_engine(
         model = create_model(cfg.model, data.num_classes, pretrained=cfg.use_pretrained(), weights=cfg.weights,
                              pretrained_file=cfg.pretrained_file, **model_kwargs(cfg))
     out = Path(cfg.out) if cfg.out else None
+    run_id = None
     if out and dist.is_main():
-        if out.exists() and (out / "metrics.jsonl").exists() and not cfg.resume and (out / "checkpoint.pt").exists():
-            print(f"note: {out} holds an earlier run; starting over (use --resume to continue it)")
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
+        run_id = start_run_folder(cfg, cfg.progress)  # --overwrite: the earlier run's files go first
+        atomic_json({**cfg.to_dict(), **({"run_id": run_id} if run_id else {})}, out / "config.json")
     files = RunFiles(custom_model=module is not None, started_from=starting_weights(cfg) if module is None else "")
-    return Engine(model, data, cfg, all_strategies + [files], device=device, out_dir=out)
+    return Engine(model, data, cfg, all_strategies + [files], device=device, out_dir=out, run_id=run_id)

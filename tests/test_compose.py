@@ -239,10 +239,10 @@ def test_option_errors(tmp_path):
     bundle = tiny_bundle()
     with pytest.raises(Exception, match="width-parametrised"):
         build_engine(_cfg(tmp_path, model="tiny-cnn"), bundle).fit()
-    with pytest.raises(Exception, match="sub_epochs"):
-        build_engine(_cfg(tmp_path, options={"decompose": {"sub_epochs": 3}}), bundle).fit()
+    with pytest.raises(Exception, match="sub_epochs"):  # (each run replaces the failed one before it)
+        build_engine(_cfg(tmp_path, overwrite=True, options={"decompose": {"sub_epochs": 3}}), bundle).fit()
     with pytest.raises(Exception, match="not divisible"):
-        build_engine(_cfg(tmp_path, options={"decompose": {"subnets": 3}}), bundle).fit()
+        build_engine(_cfg(tmp_path, overwrite=True, options={"decompose": {"subnets": 3}}), bundle).fit()
 
 
 def test_cli_width_and_decompose_round_trip(tmp_path, capsys):

@@ -46,8 +46,8 @@ def test_default_run_starts_from_the_shipped_weights_and_says_so(npz, capsys):
     own = engine.model.state_dict()
     body = [k for k in shipped if not k.startswith("classifier.")]
     assert all(torch.equal(own[k], shipped[k]) for k in body) and own["classifier.weight"].shape == (3, 1280)
-    scratch = fr.build_engine(
-        fr.make_config(data=npz, image_size=16, epochs=1, device="cpu", out=None, pretrained=False)
+    scratch = fr.build_engine(  # into the same default --out: replaces the run the first call started
+        fr.make_config(data=npz, image_size=16, epochs=1, device="cpu", out=None, pretrained=False, overwrite=True)
     )
     assert capsys.readouterr().out.splitlines()[0] == "starting from: random initialisation (--no-pretrained)"
     assert not torch.equal(scratch.model.state_dict()["conv_stem.weight"], shipped["conv_stem.weight"])
@@ -80,6 +80,7 @@ def test_metrics_csv_and_tensorboard_hold_the_epoch_metrics(cfg, bundle):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 3 and list(rows[0]) == list(jsonl[0])
     for row, ref in zip(rows, jsonl):
+        assert row.pop("run_id") == ref.pop("run_id")  # the run's id (a string) on every line
         assert {k: float(v) for k, v in row.items()} == pytest.approx({k: float(v) for k, v in ref.items()}, rel=1e-12)
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
