@@ -85,6 +85,12 @@ def refused(capsys, *args) -> str:
     return err
 
 
+def commands(folder: Path, test: Path) -> list[list]:
+    """predict, eval and export of the folder."""
+    return [["predict", "--run", folder, test], ["eval", "--run", folder],
+            ["export", "--run", folder, "--format", "torchscript"]]  # fmt: skip
+
+
 def uses(folder: Path, test: Path, capsys, which="best") -> list[int]:
     """Exit statuses of predict, eval and export of the folder."""
     return [cli(capsys, "predict", "--run", folder, test, "--which", which, "--device", "cpu")[0],
@@ -143,7 +149,7 @@ def test_the_issue_case_an_overwriting_run_killed_in_epoch_1_leaves_nothing_to_u
     assert left == ["config.json", "metrics.jsonl", "model.json", "samples.safetensors"]
     assert one_id(out) != old_id
     test = data[0] / "test"
-    for cmd in (["predict", "--run", out, test], ["eval", "--run", out], ["export", "--run", out, "--format", "torchscript"]):
+    for cmd in commands(out, test):
         assert "never finished an epoch" in refused(capsys, *cmd)
 
 
@@ -157,8 +163,7 @@ def test_an_interrupted_run_is_refused_or_used_and_resumes(data, tmp_path, capsy
         assert uses(out, test, capsys) == [0, 0, 0]
         assert uses(out, test, capsys, "final") == [2, 2, 2]
     else:
-        for cmd in (["predict", "--run", out, test], ["eval", "--run", out], ["export", "--run", out, "--format",
-                                                                             "torchscript"]):  # fmt: skip
+        for cmd in commands(out, test):
             err = refused(capsys, *cmd)
             assert err == (f"error: {out}: its run ({rid}) never finished an epoch (interrupted?), so it holds no "
                            "trained model; continue it with `fastretrain train ... --resume`, or train again\n")
@@ -189,16 +194,17 @@ def test_files_of_another_run_are_named(data, tmp_path, capsys):
     fr.train(config(data[0], b))
     id_a, id_b = one_id(a), one_id(b)
     shutil.copy(b / "model_best.safetensors", a / "model_best.safetensors")  # same classes: it would load
-    for cmd in (["predict", "--run", a, test], ["eval", "--run", a], ["export", "--run", a, "--format", "torchscript"]):
+    for cmd in commands(a, test):
         err = refused(capsys, *cmd)
-        assert err == (f"error: {a} mixes files of different runs: run {id_a}, but model_best.safetensors (run {id_b}); "
-                       "train into a new folder, or again with --overwrite\n")  # fmt: skip
+        assert err == (f"error: {a} mixes files of different runs: run {id_a}, but model_best.safetensors "
+                       f"(run {id_b}); train into a new folder, or again with --overwrite\n")  # fmt: skip
     save_file(load_file(str(b / "model_best.safetensors")), str(a / "model_best.safetensors"))  # no metadata
     assert "model_best.safetensors (no run id)" in refused(capsys, "predict", "--run", a, test)
     shutil.copy(b / "model_final.safetensors", a / "model_best.safetensors")  # ...and the config of another run:
     cfg = json.loads((a / "config.json").read_text())
     (a / "config.json").write_text(json.dumps({**cfg, "run_id": id_b}))
-    assert f"mixes files of different runs: run {id_b}, but model.json (run {id_a})" in refused(capsys, "eval", "--run", a)
+    err = refused(capsys, "eval", "--run", a)
+    assert f"mixes files of different runs: run {id_b}, but model.json (run {id_a})" in err
 
 
 def test_resume_without_a_checkpoint_after_finished_epochs_is_refused(data, tmp_path, capsys):
