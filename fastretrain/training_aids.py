@@ -115,10 +115,10 @@ class WeightEMA(Strategy):
         steps = engine.cfg.epochs * engine.num_batches()
         span = 1 / (1 - self.decay)
         if engine.budget is None and steps < span:
+            better = f"a smaller decay (such as {1 - 10 / steps:.3g})" if steps >= 20 else "a smaller decay"
             warnings.warn(f"--ema {self.decay} averages over about {span:.0f} steps but this run plans {steps}: the "
-                          f"average will still weigh the starting weights by {self.decay ** steps:.0%} at the end; a "
-                          f"smaller decay (such as {1 - 10 / steps:.3g}) follows training more closely",
-                          FastRetrainWarning, stacklevel=2)
+                          f"average will still weigh the starting weights by {self.decay ** steps:.0%} at the end; "
+                          f"{better} follows training more closely", FastRetrainWarning, stacklevel=2)
 
     def before_batch(self, engine) -> None:
         if self._ema is None:  # the first step: the average starts as the weights it starts from

@@ -217,7 +217,11 @@ def test_ema_options_fail_in_one_line(cfg, bundle, capsys):
 
 def test_ema_warns_when_the_run_is_shorter_than_its_span(cfg, bundle):
     cfg.epochs, cfg.ema, cfg.out = 1, 0.999, None
-    with pytest.warns(UserWarning, match="--ema 0.999 averages over about 1000 steps but this run plans"):
+    with pytest.warns(UserWarning, match=r"--ema 0.999 averages over about 1000 steps but this run plans 6: the "
+                      r"average will still weigh the starting weights by 99% at the end; a smaller decay follows"):
+        build_engine(cfg, bundle).fit()
+    cfg.epochs = 4  # 24 steps
+    with pytest.warns(UserWarning, match=r"plans 24: .* 98% at the end; a smaller decay \(such as 0.583\) follows"):
         build_engine(cfg, bundle).fit()
 
 
