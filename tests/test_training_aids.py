@@ -414,3 +414,26 @@ def test_lr_find_cli(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --end-lr must be above --start-lr (1.0), got 0.1"
     assert main([*args, "--steps", "5000"]) == 2
     assert capsys.readouterr().err.strip() == "error: --steps must be in [5, 500], got 5000"
+
+
+def test_the_docs_example_commands_parse_to_the_settings_they_show():
+    import re
+    from pathlib import Path
+
+    from dataclasses import fields
+
+    from fastretrain import TrainConfig, make_config
+    from fastretrain.cli import build_parser
+
+    def config(argv):
+        args = build_parser().parse_args(argv)
+        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "options"}
+        return make_config(**{k: v for k, v in given.items() if v is not None})
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "training_aids.md").read_text()
+    block = re.search(r"## Example.*?```bash\n(.*?)```", text, re.S).group(1).replace("\\\n", " ")
+    commands = [line.split()[1:] for line in block.splitlines() if line.startswith("fastretrain ")]
+    assert [c[0] for c in commands] == ["lr-find", "train"]
+    cfgs = [config(c) for c in commands]
+    assert (cfgs[1].patience, cfgs[1].ema, cfgs[1].mixup, cfgs[1].cutmix) == (3, 0.99, 0.2, 0.0)
+    assert cfgs[0].data == cfgs[1].data == "fashion-mnist" and cfgs[0].max_train == cfgs[1].max_train == 500
