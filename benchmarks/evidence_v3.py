@@ -336,7 +336,65 @@ def which_lines(analyses: list[dict]) -> list[str]:
     return out
 
 
-def render(ids: list[str] | None = None) -> list[Path]:
+AUTO = "auto"
+AUTO_BEST_TOL_PT, AUTO_HALF_TOL_PT = 0.5, 0.3  # issue 23's goal for auto, fixed before any auto cell ran
+
+
+def auto_goal(a: dict) -> list[str] | None:
+    """Issue 23's goal per budget: (a) auto >= the best fixed method's mean - 0.5 pt, (b) auto >= SGDM at the same
+    budget (the no-loss rule or a gain), (c) at 1/2, auto >= SGDM-8's delivered accuracy - 0.3 pt (paired mean)."""
+    if (AUTO, 1.0) not in a["table"] or not a["table"][(AUTO, 1.0)]["acc"]:
+        return None
+    rows = []
+    for lv in ev.LEVELS:
+        c = a["table"][(AUTO, lv)]
+        if c["verdict"] is None:
+            rows.append(f"| {ev.LEVEL_NAMES[lv]} | {c['n']} | — | — | — | n={c['n']}: needs {ev.MIN_SEEDS} |")
+            continue
+        mine = float(np.mean(list(c["acc"].values())))
+        fixed = [(m, float(np.mean(list(a["table"][(m, lv)]["acc"].values())))) for m in a["rows"]
+                 if m != AUTO and a["table"][(m, lv)]["acc"]]
+        best_m, best = max(fixed, key=lambda x: x[1])
+        ok_a = mine >= best - AUTO_BEST_TOL_PT / 100
+        ok_b = c["verdict"] in ("gain", "no loss")
+        half = ""
+        ok_c = True
+        if lv == 0.5:
+            full = a["table"][(BASELINE, 1.0)]["acc"]
+            d = [100 * (c["acc"][s] - full[s]) for s in c["acc"] if s in full]
+            ok_c = bool(d) and float(np.mean(d)) >= -AUTO_HALF_TOL_PT
+            half = f"{_pm(d)} pt: {'yes' if ok_c else 'no'}"
+        rows.append(f"| {ev.LEVEL_NAMES[lv]} | {c['n']} | {100 * (mine - best):+.2f} pt vs `{best_m}`: "
+                    f"{'yes' if ok_a else 'no'} | {c['verdict']}: {'yes' if ok_b else 'no'} | {half or '—'} | "
+                    f"**{'met' if ok_a and ok_b and ok_c else 'not met'}** |")
+    return ["| budget | n | (a) ≥ best fixed method − 0.5 pt | (b) ≥ SGDM at the budget | (c) at 1/2: vs SGDM-8 "
+            "− 0.3 pt | goal |", "|---|---|---|---|---|---|", *rows]
+
+
+def status_lines() -> list[str]:
+    lines = []
+    for cid, _base, methods in COMPARISONS:
+        cells = load(cid)
+        want = (len(ev.LEVELS) + 1 + len(ev.LEVELS) * len(methods)) * 3
+        have = sum(len(v) for v in cells.values())
+        lines.append(f"- `{cid}`: {have} of {want} cells finished (3 seeds; SGDM at 3 budgets, the probe, "
+                     f"{len(methods)} budgeted methods at 3 budgets)")
+    return lines
+
+
+RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a run's accuracy at a budget is its "
+         f"delivered-model curve (the test accuracy of its validation-best model so far) at training time ≤ "
+         f"{ev.BUDGET_SLACK} × the budget, chance if it returned nothing by then; SGDM at a budget is SGDM annealed "
+         f"to 2 / 4 / 8 epochs, and the budgets are 1/4, 1/2 and 1 of that seed's SGDM-8 training time. Differences "
+         f"are paired by seed, mean ± paired std in points, with the test set's binomial standard error beside "
+         f"them; **gain**: mean − std > 0; **no loss**: mean ≥ −{ev.NO_LOSS_MEAN_PT} pt and mean − std ≥ "
+         f"−{ev.NO_LOSS_FLOOR_PT} pt; else **loss**; fewer than {ev.MIN_SEEDS} seeds: no verdict, counted nowhere. "
+         f"Time to target: the first time the delivered curve reaches SGDM-8's mean delivered accuracy minus "
+         f"{ev.TARGET_BELOW_PT} pt (never counts as never); a time ratio inside the same-work control's spread "
+         "(identical work timed before and after every cell) is unresolved.")
+
+
+def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:
     analyses, written = [], []
     for cid, _base, methods in COMPARISONS:
         if ids and cid not in ids:
@@ -344,7 +402,7 @@ def render(ids: list[str] | None = None) -> list[Path]:
         cells = load(cid)
         if sgdm_label(1.0) not in cells:
             continue
-        a = analyse(cid, cells, methods)
+        a = analyse(cid, cells, [*methods, AUTO] if AUTO not in methods else methods)
         out = ROOT / cid
         env = next((r["env"] for r in cells[sgdm_label(1.0)].values() if r["env"]), None)
         plot(a, cells, out / "delivered.png")
@@ -353,6 +411,26 @@ def render(ids: list[str] | None = None) -> list[Path]:
         atomic_json(_jsonable(a), out / "results.json")
         analyses.append(a)
         written += [out / "results.md", out / "results.json", out / "delivered.png"]
+    report = ["## Protocol v3: what you get in the time you have\n",
+              "Rendered by `python benchmarks/evidence_v3.py --render` from `benchmarks/results/suite-v3/` (command: "
+              "`python benchmarks/evidence_v3.py --methods fast-retrain auto`, cells run one at a time on this "
+              "2-core CPU, seeds interleaved within each comparison).\n", RULES + "\n", "Status:\n",
+              *status_lines(), ""]
+    if analyses:
+        report += ["Where each method stands, by the rules above (per budget: the most accurate method by mean "
+                   "delivered accuracy, else SGDM; fast-retrain's and the probe's verdicts against SGDM):\n",
+                   *which_lines(analyses), ""]
+    for a in analyses:
+        report.append(comparison_md(a, next((r["env"] for r in load(a["id"])[sgdm_label(1.0)].values()
+                                             if r["env"]), None)))
+        goal = auto_goal(a)
+        if goal:
+            report += [f"Issue 23's goal for `auto` on {a['id']}:\n", *goal, ""]
+    (ROOT / "report.md").write_text("\n".join(report) + "\n")
+    readme = ROOT.parent.parent.parent / "README.md"
+    block = "\n".join(which_lines(analyses)) or "No v3 comparison has finished yet."
+    readme.write_text(v2.fill_blocks(readme.read_text(), {"v3": block}))
+    written += [ROOT / "report.md", readme, *v2.render_all(plots=False)]
     return written, analyses
 
 

@@ -1093,7 +1093,7 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
              f"Rendered by `{command}` from the results in {where} (one folder per cell with its resolved config, "
              "per-epoch metrics and summary). Every number on this page is computed from those files; "
              "`tests/test_suite.py` re-renders the page and fails if it differs.\n",
-             *recommendation_text(comps), *protocol_text(), "## Status\n"]
+             *v3_text(), *recommendation_text(comps), *protocol_text(), "## Status\n"]
     for s in suites:
         parts += [f"Suite `{s}`:\n", *status(s, roots[s], seeds), ""]
     parts += goal_text(comps)
@@ -1113,6 +1113,14 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
         parts += ["## Appendix: small inputs\n", f"Inputs below {HEADLINE_PX} px: far from the papers' settings, "
                   "an appendix, never the headline (METHODS.md §6).\n", *section_text(appendix, doc_dir, roots)]
     return "\n".join(parts) + "\n" + (howto(comps) if standard else "")
+
+
+V3_REPORT = ROOT / "benchmarks" / "results" / "suite-v3" / "report.md"
+
+
+def v3_text() -> list[str]:
+    """Protocol v3's section, as `benchmarks/evidence_v3.py --render` last wrote it from its cells."""
+    return [V3_REPORT.read_text()] if V3_REPORT.is_file() else []
 
 
 def render(suites: list[str], comps: list[dict], roots: dict[str, Path], doc: Path, command: str,

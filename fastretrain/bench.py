@@ -126,7 +126,8 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
                     print(f"== time budget reached: {method} seed {seed} and later cells not started "
                           "(rerun to continue)", flush=True)
                     continue
-                kwargs = {**cell_config(base, method, per_method), "seed": seed, "out": str(cell)}
+                # an unfinished cell's folder holds an interrupted run of this same cell: replace it
+                kwargs = {**cell_config(base, method, per_method), "seed": seed, "out": str(cell), "overwrite": True}
                 print(f"== {method}  seed {seed}  -> {cell}", flush=True)
                 try:
                     train(make_config(**kwargs))
