@@ -8,8 +8,8 @@ the same load, one cell at a time with all cores:
      cost). Identical work (`evidence.control_work`) is timed before and after every cell: its spread over a
      comparison's cells is the timing noise, and a time ratio inside it is "unresolved".
 Every run scores test only when validation improves (`test_eval=improved`: the delivered model) and records
-process CPU time beside wall time. A finished cell (summary.json) is never rerun: rerun the same command to
-continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
+process CPU time beside wall time. A finished cell (summary.json) is never rerun, except one that ran under
+competing load (its summary's `load_warning`): rerun the same command to continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
 docs/BENCHMARKS.md's v3 section and README's "which method when" block are rendered from them (--render).
 
 Usage: python benchmarks/evidence_v3.py [--only CID ...] [--methods M ...] [--seeds 3] [--budget-minutes N]
@@ -66,7 +66,10 @@ def cell(out: Path, label: str, seed: int) -> Path:
 
 
 def done(path: Path) -> bool:
-    return (path / "summary.json").is_file()
+    """Finished, and not under competing load: a cell whose run recorded that another process competed for the
+    cores (summary's `load_warning`) is run again when the suite resumes (its times would not compare)."""
+    summary = path / "summary.json"
+    return summary.is_file() and not json.loads(summary.read_text()).get("load_warning")
 
 
 def run_cell(path: Path, fields: dict, env: dict) -> bool:
@@ -133,6 +136,8 @@ def load(cid: str) -> dict:
         return cells
     for summary in sorted(out.glob("*/seed*/summary.json")):
         folder = summary.parent
+        if not done(folder):  # ran under competing load: pending its rerun, counted nowhere
+            continue
         label, seed = folder.parent.name.replace("+", ","), int(folder.name[4:])
         hist = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
         envf = folder / "environment.json"
