@@ -1109,6 +1109,7 @@ def render_text(comps: list[dict], doc: Path, roots: dict[str, Path], command: s
         parts += [f"No comparison at ≥ {HEADLINE_PX} px has finished yet (the real-resolution suite is pending), so "
                   "no claim has headline evidence; everything measured so far is in the small-input appendix below.\n"]
     parts += throughput_text()
+    parts += legacy_sections()
     if appendix:
         parts += ["## Appendix: small inputs\n", f"Inputs below {HEADLINE_PX} px: far from the papers' settings, "
                   "an appendix, never the headline (METHODS.md §6).\n", *section_text(appendix, doc_dir, roots)]
@@ -1133,12 +1134,6 @@ def render(suites: list[str], comps: list[dict], roots: dict[str, Path], doc: Pa
 
 # ---------------------------------------------------------------------------------------------------------------
 # The README's result tables (between <!-- results:NAME --> and <!-- /results:NAME -->)
-
-def which_block(comps: list[dict]) -> str:
-    """The README's "which method when": the report's recommendation table, pointing to the report."""
-    return "\n".join(["From [docs/BENCHMARKS.md](docs/BENCHMARKS.md), where every comparison and rule is shown.", "",
-                      *recommendation_lines(comps)])
-
 
 # The README's table of the dedicated per-method benchmarks: (results folder, method, baseline) per row.
 README_METHOD_ROWS = [
@@ -1199,7 +1194,20 @@ def goal_block(comps: list[dict]) -> str:
 
 
 def readme_blocks(comps: list[dict]) -> dict[str, str]:
-    return {"methods": methods_block(), "demo": demo_block(), "which": which_block(comps), "goal": goal_block(comps)}
+    """README's blocks rendered here: none since issue 25 (README is for users; every measured table lives in
+    docs/BENCHMARKS.md; README's protocol-v3 block is rendered by benchmarks/evidence_v3.py)."""
+    return {}
+
+
+def legacy_sections() -> list[str]:
+    """The dedicated benchmarks' and the demo's tables (they moved here from README)."""
+    return ["## Measured in the dedicated benchmarks (legacy protocol)\n",
+            "Each method's own benchmark (`benchmarks/fast_retrain.py`, `rifle_bench.py`, `kernel_rescale_bench.py`, "
+            "`decompose_bench.py`) ran on a shared 2-core CPU before the comparison protocol of issue 12: compared on "
+            "final test accuracy, paired by seed, and not comparable where the test split was drawn from the run "
+            "seed (Flowers-5).\n", methods_block(), "",
+            "## Demo\n", "`make demo` (= `fastretrain demo`), the committed run in `benchmarks/results/demo/`:\n",
+            demo_block(), ""]
 
 
 FAST_RETRAIN_DOC = ROOT / "docs" / "fast_retrain.md"
