@@ -1,0 +1,81 @@
+"""benchmarks/evidence_v3.py: the equal-budget table, time to the fixed target and the timing control, computed
+from synthetic cells whose answers are known by hand."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import evidence_v3 as v3  # noqa: E402
+
+
+def write(root, label, seed, points, wall, control=(1.0, 1.0), classes=4, test_images=1000):
+    """A finished cell: `points` are (wall_seconds, val_acc, test_acc) per scored model, epochs from 1."""
+    folder = root / label / f"seed{seed}"
+    folder.mkdir(parents=True)
+    lines = [{"epoch": i + 1, "wall_seconds": t, "val_acc": v, "val_loss": 1.0, "test_acc": a}
+             for i, (t, v, a) in enumerate(points)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "summary.json").write_text(json.dumps({"wall_seconds": wall, "cpu_seconds": 2 * wall,
+                                                     "test_images": test_images, "num_classes": classes}))
+    (folder / "environment.json").write_text(json.dumps({"control_seconds": list(control),
+                                                         "load_average": [1.0, 2.0]}))
+
+
+@pytest.fixture
+def cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(v3, "ROOT", tmp_path)
+    cid = tmp_path / "c"
+    for s in range(3):
+        t8 = 100.0 + s  # SGDM-8's training time sets the seed's budgets: t8/4, t8/2, t8
+        write(cid, "sgdm-e8", s, [(t8 / 2, 0.6, 0.80), (t8, 0.7, 0.90)], t8, control=(1.0, 1.1))
+        write(cid, "sgdm-e4", s, [(t8 / 4, 0.6, 0.70), (t8 / 2, 0.7, 0.85)], t8 / 2)
+        write(cid, "sgdm-e2", s, [(t8 / 8, 0.6, 0.60), (t8 / 4, 0.7, 0.70)], t8 / 4)
+        write(cid, "linear-probe", s, [(5.0, 0.8, 0.88)], 5.0)
+        # fast-retrain: at 1/4 it returns 0.75 (its second model came 1 s past the budget x 1.05: not counted),
+        # at 1/2 0.86 + s/100, at 1 nothing within the budget for seed 2 (chance), else 0.95
+        write(cid, "fast-retrain#b1of4", s, [(t8 / 8, 0.6, 0.75), (t8 / 4 * 1.05 + 1, 0.9, 0.99)], t8 / 4)
+        write(cid, "fast-retrain#b1of2", s, [(t8 / 2, 0.8, 0.86 + s / 100)], t8 / 2)
+        write(cid, "fast-retrain#b1", s, [(t8 * 2 if s == 2 else t8 / 2, 0.8, 0.95)], t8, control=(0.9, 1.0))
+    return v3.load("c")
+
+
+def test_equal_budget_table(cells):
+    a = v3.analyse("c", cells, ["fast-retrain"])
+    t = a["table"]
+    assert a["seeds"] == [0, 1, 2] and a["n_test"] == 1000 and a["chance"] == 0.25
+    assert t[("sgdm", 0.25)]["acc"] == {0: 0.70, 1: 0.70, 2: 0.70}  # SGDM annealed to 2 epochs, its final
+    assert t[("fast-retrain", 0.25)]["diffs"] == pytest.approx([5.0, 5.0, 5.0])  # 0.75 - 0.70, the late 0.99 unread
+    assert t[("fast-retrain", 0.25)]["verdict"] == "gain"  # mean 5, std 0
+    assert t[("fast-retrain", 0.5)]["diffs"] == pytest.approx([1.0, 2.0, 3.0])
+    assert t[("fast-retrain", 0.5)]["verdict"] == "gain"  # mean 2, std 1
+    assert t[("fast-retrain", 1.0)]["acc"][2] == 0.25  # nothing returned within the budget: chance
+    assert t[("fast-retrain", 1.0)]["verdict"] == "loss"
+    assert t[("linear-probe", 0.25)]["acc"] == {0: 0.88, 1: 0.88, 2: 0.88}  # its one run, read at each budget
+
+
+def test_time_to_target_and_timing_control(cells):
+    a = v3.analyse("c", cells, ["fast-retrain"])
+    assert a["target"] == pytest.approx(0.90 - 0.005)  # SGDM-8's mean delivered accuracy minus 0.5 pt
+    r = a["reach"]
+    assert r["sgdm"]["times"] == {0: 100.0, 1: 101.0, 2: 102.0}
+    assert r["fast-retrain"]["times"] == {0: 50.0, 1: 50.5, 2: 204.0} and r["fast-retrain"]["reached"] == 3
+    assert r["linear-probe"]["reached"] == 0 and r["linear-probe"]["timing"] == "never"
+    assert a["spread"] == pytest.approx(1.1 / 0.9)
+    assert r["fast-retrain"]["median_ratio"] == pytest.approx(0.5) and r["fast-retrain"]["timing"] == "faster"
+
+
+def test_fewer_seeds_than_the_rule_needs_are_counted_nowhere(cells):
+    two = {label: {s: r for s, r in runs.items() if s < 2} for label, runs in cells.items()}
+    a = v3.analyse("c", two, ["fast-retrain"])
+    c = a["table"][("fast-retrain", 0.5)]
+    assert c["n"] == 2 and c["verdict"] is None
+    assert "needs 3, counted nowhere" in v3.verdict_text(c) and "counted nowhere" in v3.table_md(a)
+    assert v3.which_lines([a]) == []  # no verdict: no pick
+
+
+def test_a_cell_run_under_competing_load_is_pending(cells, tmp_path):
+    summary = tmp_path / "c" / "sgdm-e2" / "seed0" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "load_warning": "another process competed"}))
+    assert not v3.done(summary.parent) and 0 not in v3.load("c")["sgdm-e2"]
