@@ -63,6 +63,9 @@ class TrainConfig:
                             "step cost, plans its epochs to fill the budget, anneals the LR schedule to it, stops "
                             "within it and returns the validation-best model (docs/budget.md)")
     batch_size: int = _f(32, "images per batch, per process")
+    accumulate: int = _f(1, "gradient accumulation: add up the gradients of N batches (each loss x 1/N) before each "
+                         "optimizer step, an effective batch of N x --batch-size per process; the LR schedule follows "
+                         "the steps as it would with that batch")
     lr: float = _f(0.01, "base learning rate (peak of the schedule)")
     optimizer: str = _f("sgd", "sgd (with momentum), adam or adamw")
     momentum: float = _f(0.9, "SGD momentum")
@@ -122,6 +125,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.accumulate >= 1, f"--accumulate must be >= 1, got {self.accumulate}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.image_size >= 8, f"--image-size must be >= 8, got {self.image_size}"),
             (0 < self.test_fraction < 1, f"--test-fraction must be in (0, 1), got {self.test_fraction}"),

@@ -24,6 +24,13 @@ public method; nothing else of the engine is meant for strategies. What they may
   kept by parameter name, also for parameters that leave the optimizer and come back later);
   per-parameter LR multipliers live in `engine.lr_scale` (name -> float).
 - the batch: `engine.x`, `engine.y` in before_batch (e.g. new labels); `engine.loss` in after_loss.
+- whether a batch ends in an optimizer step: `engine.accumulating = True` (in before_batch, or after_loss) keeps its
+  gradients for the next batch to add to: no zero_grad, no step, no before_step/after_step. `--accumulate N`
+  (`cfg.accumulate`) sets it on all but the last batch of every N (the epoch's last group may be shorter), scales each
+  batch's loss by 1/(group size) for the backward (`engine.loss` stays the batch's own), runs the accumulating batches
+  under DDP's `no_sync()`, and takes the LR schedule's progress at the group's first batch, so N batches of B follow
+  the schedule of one batch of N·B (under a budget the progress is time, as always). A SkipBatch on a group's last
+  batch carries the group's gradients into the next group; an epoch's unfinished group (a budget stop) is dropped.
 - weights: write into modules under `torch.no_grad()`.
 - input resolution: `engine.image_size`; the LR schedule: `engine.schedule`; the run's length (in
   before_fit): `engine.set_epochs(n)`.
@@ -60,6 +67,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -164,6 +172,11 @@ class Engine:
         self.y: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
+        # True: this batch's gradients are kept and the next batch's are added to them; no zero_grad, no optimizer
+        # step, no before_step/after_step. The engine sets it before before_batch (--accumulate); a strategy may
+        # set it in before_batch (under DDP the backward then skips its all-reduce) or after_loss.
+        self.accumulating = False
+        self._grads_kept = False  # the previous batch accumulated: its gradients are still in .grad
         self.history: list[dict[str, Any]] = []  # one log per finished epoch
         self.log: dict[str, Any] = {}  # this epoch's metrics line (strategies add keys)
         self.wall_seconds = 0.0  # training time so far (evaluations and untimed() work excluded)
@@ -197,8 +210,6 @@ class Engine:
         """Make the training forward (and evaluation) run `module` (DDP-wrapped for training when distributed)."""
         self.net = self._forward = module
         if dist.world() > 1 and any(p.requires_grad for p in module.parameters()):
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._forward = DDP(module, device_ids=ids)
 
@@ -390,8 +401,8 @@ class Engine:
     def _set_lr(self) -> None:
         if self.budget is not None:  # annealed to the budget: progress is training time over the budget
             t = min(self._now / self.budget, 1.0) * self.cfg.epochs  # the ranks' agreed clock (_budget_stop)
-        else:
-            t = self.epoch + self.iter / max(self.num_batches(), 1)
+        else:  # with --accumulate N: the progress at the start of the step's N batches, as with N x the batch
+            t = self.epoch + (self.iter - self.iter % self.cfg.accumulate) / max(self.num_batches(), 1)
         self.lr = self.cfg.lr * self.schedule(t)
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr * g["lr_scale"]
@@ -400,6 +411,7 @@ class Engine:
         self.log = {"epoch": self.epoch + 1}
         self._untimed = self._untimed_cpu = 0.0
         self.epoch_end_reserve = 0.0
+        self._grads_kept = False  # gradients never carry over from an epoch's unfinished group
         self._seed_epoch()
         self.model.train()
         self.sync()
@@ -503,23 +515,44 @@ class Engine:
         self._plan(now, step, epoch_cost=cost)
         return True
 
+    def _accumulation(self) -> tuple[bool, int]:
+        """(whether batch `iter` is not the last of its --accumulate group, the group's size in batches): groups of
+        cfg.accumulate batches from the epoch's start, the last one shorter when the epoch's batches run out."""
+        n = self.cfg.accumulate
+        total = min(self.num_batches(), self.max_batches or self.num_batches())
+        start = self.iter - self.iter % n
+        size = max(min(n, total - start), 1)
+        return self.iter - start + 1 < size, size
+
     def _train_batch(self) -> None:
+        self.accumulating, group = self._accumulation()
         self._call("before_batch")
         self._set_lr()
-        with self.autocast():
-            self.logits = self._forward(self.x) if self._compiled is None else self._compiled(self._forward, self.x)
-            self.loss = self.loss_fn(self.logits.float(), self.y)
-        self._call("after_loss")
-        self._check_finite()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            self.loss.backward()
-            self._call("before_step")
-            self.optimizer.step()
-        else:  # float16: scaled backward; hooks see the unscaled gradients; an overflowing step is skipped
-            self.scaler.scale(self.loss).backward()
+        # DDP: a batch that accumulates keeps its gradients local; the group's last backward all-reduces the sum
+        local = self.accumulating and isinstance(self._forward, DDP)
+        with self._forward.no_sync() if local else contextlib.nullcontext():
+            with self.autocast():
+                self.logits = self._forward(self.x) if self._compiled is None else self._compiled(self._forward, self.x)
+                self.loss = self.loss_fn(self.logits.float(), self.y)
+            self._call("after_loss")
+            self._check_finite()
+            if not self._grads_kept:
+                self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss if group == 1 else self.loss / group  # the group's gradient: that of its mean loss
+            # float16: scaled backward (the scale changes only at a step, so a group's gradients add up alike)
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        self._grads_kept = self.accumulating
+        if self.accumulating:
+            return
+        if self.scaler is not None:  # hooks see the unscaled gradients; an overflowing step is skipped
             self.scaler.unscale_(self.optimizer)
-            self._call("before_step")
+        self._call("before_step")
+        if self.accumulating:
+            raise FastRetrainError("engine.accumulating was set in before_step, after the gradients were final; set it "
+                                   "in before_batch or after_loss")
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self._call("after_step")
