@@ -68,6 +68,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def average(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks, in place (returns t): e.g. batch-norm statistics each rank estimated on its shard."""
+    return all_reduce_sum(t).div_(world())
+
+
+def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank `src`'s values into `t` on every rank, in place (returns t); identity for one process."""
+    if world() > 1:
+        dist.broadcast(t, src)
+    return t
+
+
 def broadcast_object(obj, src: int = 0):
     if world() == 1:
         return obj

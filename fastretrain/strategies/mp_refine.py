@@ -3,18 +3,11 @@
 closed-form ridge head before the first epoch and a schedule that refines only while it pays (issue 13).
 Alone, `mp-refine` is "SGD + refinement" (≈ Yang 2019 with `init_head=False, until=None`).
 
-Refinement, after a due SGD epoch: features H of every training image (eval mode, eval transform), targets T
-one-hot in {−1, +1}, residual E = T − (H Wᵀ + b); ΔWᵀ = (HᵀH + I/C)⁻¹HᵀE solved by the streaming solver of
-`fastretrain.ridge` (A, B summed in float64 batch by batch without host syncs, all-reduced under DDP, C chosen
-as below unless fixed); W ← W + λ·ΔW, bias untouched. Heads of several FC layers are refined last to first: the error
-is pulled back through the refined layer, e_{k−1} = λ·(W_kᵀW_k + I/C)⁻¹W_kᵀ e_k, taken as is through a
-parameter-free activation (ReLU, dropout: the papers' rule) and divided by the per-feature scale
-γ/√(running_var + ε) through an eval-mode BatchNorm1d (exact: in eval mode the BN is the affine map
-z ↦ s⊙z + const, so a change Δz of its input moves its output by s⊙Δz). Layer k−1 is then fitted to it. A
-module between two FC layers that is neither (e.g. LayerNorm, a BN without running statistics) is not an
-elementwise affine map: the refinement stops above it (refines only the layers it can handle exactly) and
-warns once. The pull-back is linear, so one pass collects every layer's statistics (A_k = ΣH_{k−1}ᵀH_{k−1},
-G_k = ΣH_{k−1}ᵀE_L) and B_k = G_k R_kᵀ afterwards.
+Refinement, after a due SGD epoch: features H of every training image (eval mode, eval transform), ±1 one-hot
+targets T, residual E = T − (H Wᵀ + b); ΔWᵀ = (HᵀH + I/C)⁻¹HᵀE by the streaming solver of `fastretrain.ridge`,
+W ← W + λ·ΔW, bias untouched; a head of several FC layers is refined last to first, the error pulled back through
+each refined layer. The maths (and the rule for the modules between FC layers) is in `fastretrain.refine`; a
+module the error cannot be pulled back through exactly stops the refinement above it, with one warning.
 
 How C is chosen (`C`): "val" (default) solves for every C of the grid from one eigendecomposition and keeps
 the one whose result scores best on the validation split (accuracy, ties to the lower squared error, then to
@@ -45,9 +38,8 @@ When it runs (`init_head`, `until`, `every`, `min_gain`):
   time) and refining stops for the rest of the run once a gain is below `min_gain`.
 
 `features="online"` skips the extra pass: it sums the detached features entering the last FC layer during
-the SGD epoch's own forward passes (train mode, augmented images), in an augmented form (Ĥ = [H 1],
-Â = ΣĤᵀĤ, Ŝ = ΣĤᵀT) from which the residual statistics are exact for the weights at the end of the epoch:
-B = Ŝ − ÂŴᵀ with Ŵ = [W b]. Only the last FC layer is refined in that mode.
+the SGD epoch's own forward passes (train mode, augmented images), from which `refine.online_stats` gives the
+residual statistics exactly for the weights at the end of the epoch. Only the last FC layer is refined in that mode.
 
 Logged per epoch: `refine_seconds` (wall time of the refinement, also inside `wall_seconds`; in online
 mode it includes the per-batch accumulation), `test_acc_before_refine` and, with a validation split,
@@ -77,75 +69,11 @@ from ..engine import Strategy
 from ..errors import FastRetrainError
 from ..methods import check_options, register_method
 from ..models import FeatureTap, final_linears, reestimated_batchnorm
+from ..refine import SCALE_GRID, Validation, between, collect, online_stats, passable, recursive_betas  # noqa: F401
+from ..refine import refine_layers, ridge_head, targets, with_ones
 
 CHOOSERS = ("val", "gcv")  # how C is chosen when it is not fixed
-SCALE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)  # ridge-head logit scales to choose from
 FEATURE_BATCH = 256  # images per batch of the feature passes: no autograd, so far larger than a training batch
-
-
-def targets(y: torch.Tensor, c: int, kind: str = "pm1") -> torch.Tensor:
-    """One-hot targets (b, c) float64: entries {−1, +1} ("pm1") or {0, 1} ("01")."""
-    t = torch.nn.functional.one_hot(y.long(), c).double()
-    return 2 * t - 1 if kind == "pm1" else t
-
-
-def passable(module: nn.Module) -> bool:
-    """Whether the error can be pulled back through `module` (in eval mode) exactly or by the papers' rule:
-    a BatchNorm1d with running statistics (an elementwise affine map), or a module without parameters or
-    buffers (an activation, dropout, flatten: taken as is)."""
-    if isinstance(module, nn.BatchNorm1d):
-        return module.track_running_stats and module.running_var is not None
-    return next(module.parameters(recurse=False), None) is None and next(module.buffers(recurse=False), None) is None
-
-
-def between(model: nn.Module, layers: list[tuple[str, nn.Linear]]) -> list[list[nn.Module]]:
-    """For each layer k ≥ 1: the leaf modules registered between layer k−1 and layer k (empty list for k = 0)."""
-    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
-    pos = {n: i for i, (n, _) in enumerate(leaves)}
-    out: list[list[nn.Module]] = [[]]
-    for (a, _), (b, _) in zip(layers, layers[1:]):
-        out.append([m for _, m in leaves[pos[a] + 1 : pos[b]]])
-    return out
-
-
-@torch.no_grad()
-def input_scale(modules: list[nn.Module]) -> torch.Tensor | None:
-    """Per-feature factor s (float64) with which a change of the first module's input reaches the last one's
-    output, for eval-mode BatchNorm1d layers (s = γ/√(running_var + ε)); None when there is none."""
-    s = None
-    for m in modules:
-        if isinstance(m, nn.BatchNorm1d):
-            f = (m.running_var.double() + m.eps).rsqrt()
-            if m.weight is not None:
-                f = f * m.weight.double()
-            s = f if s is None else s * f
-    return s
-
-
-@dataclass
-class _Validation:
-    """Validation inputs H (n, d) float64 of an FC layer, labels y, ±1 (or 0/1) targets T."""
-
-    H: torch.Tensor
-    y: torch.Tensor
-    T: torch.Tensor
-    layer: nn.Linear
-
-    def out(self, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        bias = b if b is not None else (self.layer.bias.double() if self.layer.bias is not None else 0.0)
-        return self.H @ W.T + bias
-
-    def __call__(self, W: torch.Tensor, b: torch.Tensor | None) -> tuple[float, float]:
-        """(accuracy, −mean squared error to the targets) of the layer with weights W (out, in), bias b (None: the
-        layer's own): the key C is chosen by."""
-        out = self.out(W, b)
-        return float((out.argmax(1) == self.y).double().mean()), -float(((out - self.T) ** 2).mean())
-
-    def scale(self, W: torch.Tensor, b: torch.Tensor | None, grid=SCALE_GRID) -> float:
-        """The factor s of `grid` whose logits s·(HWᵀ + b) have the lowest cross-entropy (ties: the smaller s)."""
-        out = self.out(W, b)
-        losses = [float(nn.functional.cross_entropy(s * out, self.y)) for s in grid]
-        return float(grid[min(range(len(grid)), key=losses.__getitem__)])
 
 
 @dataclass
@@ -257,7 +185,7 @@ class MPRefine(Strategy):
             return
         t0 = time.perf_counter()
         H = self._tap.value.flatten(1).double()
-        Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
+        Hx = with_ones(H)  # (b, d+1)
         T = targets(engine.y, self._classes, self.target)
         if self._online is None:
             self._online = ridge.RidgeStats.zeros(Hx.shape[1], T.shape[1], H.device)
@@ -307,22 +235,14 @@ class MPRefine(Strategy):
         # head_bn="target": the average over this pass's batches replaces the pretrained statistics
         with reestimated_batchnorm(engine.net) if self.head_bn == "target" else nullcontext([]) as norms:
             for (H,), y in self._forward_features(engine, [(name, layer)], train_norms=norms):
-                Hx = torch.cat([H, torch.ones(len(H), 1, dtype=torch.float64, device=H.device)], 1)  # (b, d+1)
-                ridge.accumulate(aug, Hx, targets(y, c, self.target), sync=False)
+                ridge.accumulate(aug, with_ones(H), targets(y, c, self.target), sync=False)  # [H 1]: (b, d+1)
         for m in norms:  # each rank saw its shard: average the statistics so every rank holds the same
             for buf in (m.running_mean, m.running_var):
-                dist.all_reduce_sum(buf).div_(dist.world())
+                dist.average(buf)
         ridge.all_reduce(aug)
-        grid = tuple(self.grid or ridge.GCV_GRID)
         val = self._val_features(engine, name, layer, self.C == "val" or self.init_scale == "val")
         score = (lambda X, b: val(X.T, b)) if self.C == "val" and val is not None else None
-        if layer.bias is None:  # no bias to fit: the plain ridge on H (drop the column of ones)
-            d = layer.in_features
-            plain = ridge.RidgeStats(aug.A[:d, :d], aug.B[:d], aug.ee, aug.n, aug.dropped)
-            sol = ridge.solve(plain, self._c(), grid, score and (lambda X: score(X, None)))
-            b = None
-        else:
-            sol, b = ridge.linear_probe(aug, self._c(), grid, score)
+        sol, b = ridge_head(aug, layer, self._c(), self._grid(), score)
         if not sol.ok:
             warnings.warn(f"mp-refine: ridge head of {name} skipped: {sol.message}", RuntimeWarning, stacklevel=2)
             return {"init_head_skipped": sol.message}
@@ -331,9 +251,8 @@ class MPRefine(Strategy):
         layer.weight.copy_((scale * W).to(layer.weight.dtype))
         if b is not None:
             layer.bias.copy_((scale * b).to(layer.bias.dtype))
-        for p in layer.parameters():
-            if dist.world() > 1:  # every rank solved the same all-reduced problem; make it bitwise so
-                torch.distributed.broadcast(p.data, 0)
+        for p in layer.parameters():  # every rank solved the same all-reduced problem; make it bitwise so
+            dist.broadcast(p.data)
         return {"init_head_C": sol.C, "init_head_scale": scale}
 
     # ------------------------------------------------------------------ the refinement
@@ -344,29 +263,37 @@ class MPRefine(Strategy):
         if self.features == "online":
             if self._online is None:
                 return {"refine_skipped": "no online features were collected"}
-            stats = self._online_stats(layers[-1][1], ridge.all_reduce(self._online))
+            stats = online_stats(layers[-1][1], ridge.all_reduce(self._online))
             self._online = None
             return self._apply(engine, layers, [None], stats)
-        if self.solver == "recursive":
-            return self._refine_recursive(engine, layers)
-        stats, G = self._collect(engine, layers)
+        if self.solver == "recursive":  # the papers' batch recursion (`recursive_betas`)
+            betas = recursive_betas(self._forward_features(engine, layers), layers, self.C, self.target)
+            return self._apply(engine, layers, betas=betas)
+        stats, G = collect(self._forward_features(engine, layers), layers, self.target)
         return self._apply(engine, layers, G, stats)
 
     def _c(self) -> float | str:
         """The C for `ridge.solve`: "val" without a usable validation split falls back to GCV."""
         return "gcv" if self.C == "val" else self.C
 
+    def _grid(self) -> tuple[float, ...]:
+        return tuple(self.grid or ridge.GCV_GRID)
+
+    def _online_stats(self, layer: nn.Linear, aug: ridge.RidgeStats) -> ridge.RidgeStats:
+        """The online form's residual statistics for the layer's current weights (`refine.online_stats`)."""
+        return online_stats(layer, aug)
+
     @torch.no_grad()
     def _val_features(self, engine, name: str, layer: nn.Linear, needed: bool):
         """When `needed` and there is a validation split: the validation images' inputs of `layer`, from one
-        forward pass (every rank sees all of them), as a `_Validation`; None otherwise.
+        forward pass (every rank sees all of them), as a `Validation`; None otherwise.
 
         The pass is part of the method's work, so it is training time like the feature pass itself."""
         if not needed or engine.val_data is None:
             return None
         feats = [(Hs[0], y) for Hs, y in self._forward_features(engine, [(name, layer)], engine.val_data, shard=False)]
         H, y = torch.cat([h for h, _ in feats]), torch.cat([y for _, y in feats])
-        return _Validation(H, y, targets(y, layer.out_features, self.target), layer)
+        return Validation(H, y, targets(y, layer.out_features, self.target), layer)
 
     def _forward_features(self, engine, layers, data=None, shard: bool = True, train_norms=()):
         """Yield (inputs of each layer as (b, d_k) float64, labels) over the training images (or `data`), the
@@ -388,111 +315,11 @@ class MPRefine(Strategy):
             for t in taps:
                 t.close()
 
-    def _residual(self, layer: nn.Linear, H: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = H @ layer.weight.double().T
-        if layer.bias is not None:
-            out = out + layer.bias.double()
-        return targets(y, layer.out_features, self.target) - out
-
-    def _collect(self, engine, layers):
-        """One pass: stats of the last layer (A, B = ΣHᵀE, ee) and G_k = ΣH_{k−1}ᵀE_L for earlier layers."""
-        last = layers[-1][1]
-        c = last.out_features
-        dev = last.weight.device
-        stats = ridge.RidgeStats.zeros(last.in_features, c, dev)
-        G = [ridge.RidgeStats.zeros(m.in_features, c, dev) for _, m in layers[:-1]]
-        for Hs, y in self._forward_features(engine, layers):
-            E = self._residual(last, Hs[-1], y)
-            ok = ridge.finite_rows(E, *Hs)  # a row is used by every layer or by none (no host sync)
-            ridge.accumulate(stats, Hs[-1], E, rows=ok, sync=False)
-            for g, H in zip(G, Hs[:-1]):
-                ridge.accumulate(g, H, E, rows=ok, sync=False)  # g.B = ΣH_{k−1}ᵀE_L; g.ee is unused (= stats.ee)
-        for s in (stats, *G):
-            ridge.all_reduce(s)
-        return stats, G + [None]
-
-    def _online_stats(self, layer: nn.Linear, aug: ridge.RidgeStats) -> ridge.RidgeStats:
-        """Residual statistics for the current weights from the augmented sums (Â, Ŝ = ΣĤᵀT, ΣTᵀT)."""
-        d = layer.in_features
-        W = layer.weight.double()
-        b = layer.bias.double() if layer.bias is not None else torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
-        Wx = torch.cat([W, b[:, None]], 1)
-        B = aug.B - aug.A @ Wx.T  # ΣĤᵀ(T − ĤŴᵀ), (d+1, c)
-        WS = Wx @ aug.B  # (c, c) = ŴΣĤᵀT
-        ee = aug.ee - WS - WS.T + Wx @ aug.A @ Wx.T
-        return ridge.RidgeStats(aug.A[:d, :d].clone(), B[:d].clone(), ee, aug.n, aug.dropped)
-
     def _apply(self, engine, layers, G=None, stats: ridge.RidgeStats | None = None, betas=None) -> dict[str, Any]:
-        """Solve last to first, update W (never with non-finite values), pull the error back.
-
-        `betas`: per-layer solutions for targets E_L already computed (recursive solver) instead of stats.
-        """
-        info: dict[str, Any] = {}
-        mods = between(engine.model, layers)
+        """`refine_layers` on these statistics (or `betas`), C chosen on validation for one layer."""
         val = self._val_features(engine, *layers[-1], self.C == "val") if len(layers) == 1 and betas is None else None
-        R = None  # e_k = E_L R_kᵀ (error at layer k's output); None = identity (the last layer)
-        for k in range(len(layers) - 1, -1, -1):
-            name, layer = layers[k]
-            W = layer.weight
-            if betas is not None:
-                s = None
-            elif R is None:
-                s = stats
-                if self.form == "replace":  # fit T − b: B' = B + A Wᵀ, ee' = Σ(E + HWᵀ)ᵀ(E + HWᵀ)
-                    Wd = W.double()
-                    GW = Wd @ s.B
-                    s = ridge.RidgeStats(s.A, s.B + s.A @ Wd.T, s.ee + GW + GW.T + Wd @ s.A @ Wd.T, s.n, s.dropped)
-            else:
-                s = ridge.RidgeStats(G[k].A, G[k].B @ R.T, R @ stats.ee @ R.T, G[k].n, G[k].dropped)
-            if betas is not None:
-                X = betas[k] if R is None else betas[k] @ R.T
-                sol = ridge.RidgeSolution(X, float(self.C), message="recursive solution not finite")
-            else:
-                score = None
-                if val is not None:  # one layer: C chosen on validation by the refined layer's accuracy
-                    keep = 1 - self.lam if self.form == "replace" else 1.0
-                    score = lambda X: val(keep * W.double() + self.lam * X.T, None)  # noqa: E731
-                sol = ridge.solve_or_warn(s, self._c(), tuple(self.grid or ridge.GCV_GRID), f"mp-refine of {name}",
-                                          score)
-            if k == len(layers) - 1:
-                info["refine_C"] = sol.C
-            if not sol.ok or not torch.isfinite(sol.X).all():
-                info["refine_skipped"] = f"{name}: {sol.message or 'non-finite solution'}"
-                break
-            dW = sol.X.T  # (out, in)
-            if self.form == "replace" and R is None:
-                new = (1 - self.lam) * W.double() + self.lam * dW
-            else:
-                new = W.double() + self.lam * dW
-            W.copy_(new.to(W.dtype))
-            if dist.world() > 1:  # every rank solved the same all-reduced problem; make it bitwise so
-                torch.distributed.broadcast(W.data, 0)
-            if k > 0:
-                M = ridge.pullback_matrix(W.detach(), sol.C)  # (in_k, out_k)
-                R = self.lam * (M if R is None else M @ R)  # the error at layer k's input
-                scale = input_scale(mods[k])  # through eval-mode BN1d: Δout = s ⊙ Δin, so e_in = e_out / s
-                if scale is not None:
-                    tol = 1e-12 * float(scale.abs().max().clamp_min(1e-300))
-                    inv = torch.where(scale.abs() > tol, 1.0 / scale, torch.zeros_like(scale))  # dead unit: no error
-                    R = inv[:, None] * R
-        return info
-
-    def _refine_recursive(self, engine, layers):
-        """The papers' batch-by-batch recursion (fixed C): β_k = ridge(H_{k−1} → E_L) for every layer, in
-        one pass; the pulled-back targets are E_L R_kᵀ and ridge is linear in its targets, so X_k = β_k R_kᵀ.
-
-        The recursion is sequential over batches: under DDP each rank runs it on its shard and the β are
-        averaged, which is not the exact all-data solution (the default direct solver is).
-        """
-        last = layers[-1][1]
-        c, dev = last.out_features, last.weight.device
-        rr = [ridge.RecursiveRidge(m.in_features, c, float(self.C), dev) for _, m in layers]
-        for Hs, y in self._forward_features(engine, layers):
-            E = self._residual(last, Hs[-1], y)
-            for r, H in zip(rr, Hs):
-                r.update(H, E)
-        betas = [dist.all_reduce_sum(r.beta) / dist.world() for r in rr]
-        return self._apply(engine, layers, betas=betas)
+        return refine_layers(layers, between(engine.model, layers), stats, G, betas, lam=self.lam, C=self._c(),
+                                    grid=self._grid(), form=self.form, val=val)
 
 
 HELP = ("ridge linear-probe head before epoch 1, then after SGD epochs 1-2 a refinement of the FC layer(s) by a "
