@@ -20,9 +20,13 @@ evaluated (decompose's sub-networks).
 
 Everything a strategy may read or change is an attribute set in `Engine.__init__` (documented there) or a
 public method; nothing else of the engine is meant for strategies. What they may change, and how:
-- which parameters train: set `requires_grad`, then `engine.rebuild_optimizer()` (momentum buffers are
-  kept by parameter name, also for parameters that leave the optimizer and come back later);
-  per-parameter LR multipliers live in `engine.lr_scale` (name -> float).
+- which parameters train, and their LR multipliers: `engine.set_trainable(self, freeze=..., thaw=..., lr_scale=...)`
+  (trainable.py): each strategy's holds are kept apart, so a thaw releases only the caller's own freezes, and LR
+  multipliers are merged as the product of every strategy's (`engine.lr_scale`, name -> float, is that product);
+  the optimizer is rebuilt, keeping momentum buffers by parameter name (also for parameters that leave it and
+  come back later). `engine.forget_optimizer_state(params)` drops the state of re-initialised or replaced
+  parameters. (Setting `requires_grad` by hand and calling `engine.rebuild_optimizer()` still works, outside
+  this bookkeeping.)
 - the batch: `engine.x`, `engine.y` in before_batch (e.g. new labels); `engine.loss` in after_loss.
 - whether a batch ends in an optimizer step: `engine.accumulating = True` (in before_batch, or after_loss) keeps its
   gradients for the next batch to add to: no zero_grad, no step, no before_step/after_step. `--accumulate N`
@@ -80,6 +84,7 @@ from .load import load_snapshot, run_load_warning
 from .models import normalization
 from .schedules import parse_schedule
 from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
+from .trainable import TrainableSet
 
 EVENTS = (
     "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
@@ -161,7 +166,8 @@ class Engine:
         weight = class_weights(data.train.y, data.num_classes).to(self.device) if cfg.balance == "loss" else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.schedule = parse_schedule(cfg.schedule, cfg.epochs)  # progress in epochs -> LR multiplier
-        self.lr_scale: dict[str, float] = {}  # parameter name -> LR multiplier (then rebuild_optimizer())
+        self.lr_scale: dict[str, float] = {}  # parameter name -> LR multiplier (read only: set_trainable merges it)
+        self._trainable = TrainableSet()  # who holds which parameter frozen and scales whose LR (set_trainable)
         self.optimizer: torch.optim.Optimizer | None = None
         self._opt_stash: dict[str, dict] = {}  # optimizer state by parameter name, kept across rebuilds
         self.net: nn.Module = self.model  # the trainable module the training forward runs (set_net changes it)
@@ -241,12 +247,64 @@ class Engine:
         self.cfg = dataclasses.replace(self.cfg, epochs=epochs)
         self.schedule = parse_schedule(self.cfg.schedule, epochs)
 
+    def set_trainable(self, owner, freeze=(), thaw=(), lr_scale: dict[str, float] | None = None) -> None:
+        """Change, on behalf of `owner` (a strategy, or a name), which parameters train and their LR multipliers;
+        then rebuild the optimizer.
+
+        Args:
+            freeze, thaw: parameter names, Parameters or modules (all their parameters). `owner` first releases its
+                hold on `thaw` (a parameter trains again unless another owner holds it), then holds `freeze`.
+            lr_scale: `owner`'s LR multipliers (name -> factor), replacing its earlier ones (None: keep them). A
+                parameter's multiplier is the product of every owner's.
+        """
+        key = owner if isinstance(owner, str) else (getattr(owner, "name", "") or type(owner).__name__)
+        freeze, thaw = self._param_names(freeze), self._param_names(thaw)
+        self._trainable.update(key, freeze, thaw, lr_scale)
+        params = dict(self.model.named_parameters())
+        for n in thaw:
+            params[n].requires_grad_(not self._trainable.is_frozen(n))
+        for n in freeze:
+            params[n].requires_grad_(False)
+        if lr_scale is not None:
+            self.lr_scale = self._trainable.lr_scale()
+        self.rebuild_optimizer()
+
+    def forget_optimizer_state(self, params) -> None:
+        """Drop the optimizer state (momentum, Adam's moments) of `params` (names, Parameters or modules): they
+        restart from their next gradient. Call it after re-initialising them, or before replacing the Parameters."""
+        names = set(self._param_names(params))
+        # the state dicts are the optimizer's and the by-name stash's alike: emptied in place, gone from both
+        for n, state in self.optimizer_state_by_name().items():
+            if n in names:
+                state.clear()
+
+    def _param_names(self, items) -> list[str]:
+        """The model's names of `items`: parameter names, Parameters or modules (each module's parameters)."""
+        by_id = {id(p): n for n, p in self.model.named_parameters()}
+        known = set(by_id.values())
+        out: list[str] = []
+        for item in items:
+            if isinstance(item, nn.Module):
+                out += [by_id[id(p)] for p in item.parameters()]
+            elif isinstance(item, str) or id(item) in by_id:
+                name = item if isinstance(item, str) else by_id[id(item)]
+                if name not in known:
+                    raise FastRetrainError(f"{type(self.model).__name__} has no parameter {name!r}")
+                out.append(name)
+            else:
+                raise FastRetrainError(f"not a parameter of {type(self.model).__name__}: {type(item).__name__}")
+        return out
+
     def rebuild_optimizer(self) -> None:
         """Build the optimizer over parameters that require grad; keep optimizer state by name.
 
-        Called after any change of `requires_grad` or `lr_scale`. Under DDP the wrapper is rebuilt too,
-        since DDP fixes its set of parameters when constructed.
+        Called after any change of `requires_grad` or `lr_scale` (set_trainable calls it). Parameters an owner holds
+        frozen (set_trainable) stay frozen, also when a strategy replaced the Parameter objects. Under DDP the
+        wrapper is rebuilt too, since DDP fixes its set of parameters when constructed.
         """
+        for n, p in self.model.named_parameters():
+            if p.requires_grad and self._trainable.is_frozen(n):
+                p.requires_grad_(False)
         if self.optimizer is not None:
             for n, p in self.model.named_parameters():
                 if p in self.optimizer.state:
@@ -700,6 +758,7 @@ class Engine:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
             "lr_scale": dict(self.lr_scale),
+            "trainable_by": self._trainable.state_dict(),  # which owner holds what (set_trainable)
             "optimizer": {n: _map_tensors(st, lambda v: v.cpu()) for n, st in self.optimizer_state_by_name().items()},
             "strategies": {self._strategy_key(i, s): s.state_dict() for i, s in enumerate(self.strategies)},
             "history": self.history,
@@ -731,6 +790,8 @@ class Engine:
         for n, p in self.model.named_parameters():
             p.requires_grad_(n in keep)
         self.lr_scale = dict(ck["lr_scale"])
+        if "trainable_by" in ck:  # checkpoints before set_trainable have only the trainable set itself
+            self._trainable.load_state_dict(ck["trainable_by"])
         for i, s in enumerate(self.strategies):
             s.load_state_dict(ck["strategies"].get(self._strategy_key(i, s), {}))
         # scalar tensors (Adam's step) stay on the CPU, as torch.optim keeps them

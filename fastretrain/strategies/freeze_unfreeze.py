@@ -9,7 +9,8 @@ fastai runs, for `fine_tune(epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100)`
     fit_one_cycle(epochs, slice(base_lr/lr_mult, base_lr), pct_start=0.3, div=5)  # LR spread over layer groups
 
 Here, within one run of `cfg.epochs` epochs (the first `freeze_epochs` of them frozen), as per-parameter LR
-multipliers of the run's own schedule (`engine.lr_scale`):
+multipliers of the run's own schedule (through `engine.set_trainable`, so they multiply another method's and its
+thaw leaves another method's frozen parameters frozen: with random-freeze the drawn block stays frozen):
 - layer groups: the body (every parameter outside the classifier) split into `groups − 1` contiguous parts of
   equal parameter-tensor count in registration order, plus the head. `groups=2` (default) is fastai's
   `default_split` (body, head), which its `vision_learner` uses for timm models such as EfficientNet-Lite;
@@ -74,19 +75,17 @@ class FreezeUnfreeze(Strategy):
         params = list(model.named_parameters())
         body = [n for n, p in params if id(p) not in head]
         if engine.epoch < self.freeze_epochs:
-            for _, p in params:
-                p.requires_grad_(id(p) in head or (self.train_bn and id(p) in norm))
-            engine.lr_scale = {n: self.frozen_body_lr for n, p in params if id(p) in norm and id(p) not in head}
-        else:
-            for _, p in params:
-                p.requires_grad_(True)
+            trains = {n for n, p in params if id(p) in head or (self.train_bn and id(p) in norm)}
+            scales = {n: self.frozen_body_lr for n, p in params if id(p) in norm and id(p) not in head}
+            engine.set_trainable(self, freeze=[n for n, _ in params if n not in trains], thaw=sorted(trains),
+                                 lr_scale=scales)
+        else:  # everything this method froze trains again (what another method holds frozen stays so)
             scales, head_scale = group_scales(len(body), self.groups, self.lr_mult, self.unfrozen_lr)
-            engine.lr_scale = {**dict(zip(body, scales)), **{n: head_scale for n, p in params if id(p) in head}}
-        engine.rebuild_optimizer()
+            lr_scale = {**dict(zip(body, scales)), **{n: head_scale for n, p in params if id(p) in head}}
+            engine.set_trainable(self, thaw=[n for n, _ in params], lr_scale=lr_scale)
 
     def after_fit(self, engine) -> None:
-        for p in engine.model.parameters():  # leave the model as it came: all trainable
-            p.requires_grad_(True)
+        engine.set_trainable(self, thaw=list(engine.model.parameters()))  # leave the model as it came: all trainable
 
 
 HELP = ("fastai fine_tune: head (and BN) only for 1 epoch, then all layers with LR spread /100 across layer groups "

@@ -147,21 +147,11 @@ class KernelRescale(Strategy):
             self.phase = 2
             return
         s = self.actual_scale(engine)
-        self._forget_optimizer_state(engine, [n for n, _ in large_convs(engine.model, self.min_kernel)])
+        engine.forget_optimizer_state([f"{n}.weight" for n, _ in large_convs(engine.model, self.min_kernel)])
         self.geometry = downscale_kernels(engine.model, s, self.min_kernel, self.down_mode)
         self._handles = follow_loaded_shapes(engine.model, self.geometry)
         engine.rebuild_optimizer()
         engine.image_size = self.low_size(engine)
-
-    @staticmethod
-    def _forget_optimizer_state(engine, modules) -> None:
-        """Drop the optimizer state of these convs' weights; call it before their Parameters are replaced."""
-        # optimizer_state_by_name() hands out the engine's state dicts themselves (live, or kept by name
-        # for rebuilds: the same object); emptying them in place drops the state wherever it is kept.
-        names = {f"{n}.weight" for n in modules}
-        for n, st in engine.optimizer_state_by_name().items():
-            if n in names:
-                st.clear()
 
     # ------------------------------------------------------------------ phase 1: when to switch
     def _monitor_slice(self, engine) -> ImageTensors:
@@ -207,7 +197,7 @@ class KernelRescale(Strategy):
     # ------------------------------------------------------------------ the switch
     def switch(self, engine) -> None:
         """Phase 1 -> 2: kernels up, inputs at full size, batch-norm statistics recomputed, optimizer rebuilt."""
-        self._forget_optimizer_state(engine, self.geometry)
+        engine.forget_optimizer_state([f"{n}.weight" for n in self.geometry])  # before the Parameters are replaced
         upscale_kernels(engine.model, self.geometry, self.actual_scale(engine), self.up_mode)
         engine.rebuild_optimizer()
         engine.image_size = engine.cfg.image_size

@@ -27,18 +27,15 @@ class LinearProbe(Strategy):
 
     def before_fit(self, engine) -> None:
         head = classifier(engine.model)
-        for p in engine.model.parameters():
-            p.requires_grad_(False)
-        for p in head.parameters():
-            p.requires_grad_(True)
+        mine = {id(p) for p in head.parameters()}
+        engine.set_trainable(self, freeze=[p for p in engine.model.parameters() if id(p) not in mine], thaw=[head])
         self._images = (engine.train_data, engine.val_data, engine.test_data)
         engine.train_data = self._cache(engine, engine.train_data, head)  # the method's cost: training time
         with engine.untimed():  # the forward passes every other method's evaluation makes off the clock
             if engine.val_data is not None:
                 engine.val_data = self._cache(engine, engine.val_data, head)
             engine.test_data = self._cache(engine, engine.test_data, head)
-        engine.set_net(head)
-        engine.rebuild_optimizer()
+        engine.set_net(head)  # the optimizer is already over the head alone (set_trainable)
 
     @staticmethod
     @torch.no_grad()

@@ -11,9 +11,9 @@ N_conv conv layers (depthwise included) are frozen for that epoch, drawn from th
   N_conv) narrowed so that k stays in [0, N_conv]: the expected trainable fraction is exactly the schedule's.
 - policy `"uniform"` (the authors'): round(N_conv·(1 − r)) convs drawn uniformly without replacement.
 
-Frozen means `requires_grad_(False)`, then `engine.rebuild_optimizer()`, which drops them from the optimizer
-(no weight decay, no momentum step; their momentum buffers are kept by name for when they thaw) and
-rebuilds the DDP wrapper.
+Frozen means held frozen through `engine.set_trainable` (requires_grad off), which rebuilds the optimizer without
+them (no weight decay, no momentum step; their momentum buffers are kept by name for when they thaw) and the DDP
+wrapper; another method's thaw (freeze-unfreeze's) does not release this method's hold.
 
 Where the saving comes from: a frozen conv's weight-gradient GEMM disappears, and everything that runs
 before the lowest trainable conv (in execution order, traced once) needs no backward pass at all. So every
@@ -141,6 +141,11 @@ class _NoGradPrefix:
         self.handles = []
 
 
+def _own_params(module_name: str, module: nn.Module) -> list[str]:
+    """Names (in the model) of the module's own parameters."""
+    return [f"{module_name}.{pn}" if module_name else pn for pn, _ in module.named_parameters(recurse=False)]
+
+
 @dataclass
 class RandomFreeze(Strategy):
     order = -10  # decides the trainable set before strategies that read it
@@ -163,7 +168,7 @@ class RandomFreeze(Strategy):
             (self.bn_stats in BN_STATS, f"bn_stats must be one of {', '.join(BN_STATS)}, got {self.bn_stats!r}"),
         ])
         self.frozen: list[str] = []  # conv names frozen this epoch (kept for resume/inspection)
-        self.touched: list[str] = []  # names of the parameters this strategy switched off this epoch
+        self.touched: list[str] = []  # names of the parameters this strategy holds frozen this epoch
         self._convs: list[tuple[str, nn.Conv2d]] = []
         self._order: list[str] = []
         self._prefix: _NoGradPrefix | None = None
@@ -184,7 +189,7 @@ class RandomFreeze(Strategy):
         if not self._convs:
             self.before_fit(engine)
         model = engine.model
-        self._release(model)
+        self._release_hooks(model)
         ratio = ratio_for_epoch(self.ratios, engine.epoch, engine.cfg.epochs)
         n, gen = len(self._convs), engine.rng("random-freeze")
         if self.policy == "bottom":
@@ -192,51 +197,38 @@ class RandomFreeze(Strategy):
         else:
             self.frozen = [self._convs[i][0] for i in draw_frozen(n, ratio, gen)]
         frozen = set(self.frozen)
-        for name, conv in self._convs:
-            if name in frozen:
-                self._switch_off(name, conv)
-        prefix_params = self._freeze_prefix(model, frozen) if self.no_grad_prefix else 0
+        names = [n for name, conv in self._convs if name in frozen for n in _own_params(name, conv)]
+        prefix = self._freeze_prefix(model, frozen) if self.no_grad_prefix else []
+        engine.set_trainable(self, freeze=names + prefix, thaw=self.touched)  # last epoch's block thaws
+        self.touched = names + prefix
+        prefix_params = len(prefix)
         if self.bn_eval_frozen:
             self._set_bn_eval(model, frozen)
-        engine.rebuild_optimizer()
         engine.log.update(trainable_ratio=ratio, frozen_layers=len(self.frozen),
                           trainable_conv_fraction=1 - len(frozen) / n, frozen_prefix_params=prefix_params)
 
-    def _release(self, model: nn.Module) -> None:
-        """Undo the previous epoch's freezing: all parameters train again."""
+    def _release_hooks(self, model: nn.Module) -> None:
+        """Undo the previous epoch's no-grad prefix and eval-mode BN layers (the frozen parameters thaw with the next
+        set_trainable)."""
         if self._prefix is not None:
             self._prefix.close()
             self._prefix = None
         for m in self._bn_eval:
             m.train(model.training)
         self._bn_eval = []
-        params = dict(model.named_parameters())
-        for n in self.touched:
-            params[n].requires_grad_(True)
-        self.touched = []
 
-    def _switch_off(self, module_name: str, module: nn.Module) -> int:
-        """Freeze the module's own parameters that train now; return how many."""
-        count = 0
-        for pn, p in module.named_parameters(recurse=False):
-            if p.requires_grad:
-                p.requires_grad_(False)
-                self.touched.append(f"{module_name}.{pn}" if module_name else pn)
-                count += 1
-        return count
-
-    def _freeze_prefix(self, model: nn.Module, frozen: set[str]) -> int:
-        """Switch autograd off below the lowest trainable conv; freeze the parameters that run there."""
+    def _freeze_prefix(self, model: nn.Module, frozen: set[str]) -> list[str]:
+        """Switch autograd off below the lowest trainable conv; return the names of the parameters that run there
+        (outside the frozen convs), to be frozen too."""
         conv_names = {n for n, _ in self._convs}
         modules = dict(model.named_modules())
         first = next((i for i, n in enumerate(self._order) if n in conv_names and n not in frozen), None)
         if first is None:  # every conv frozen: the prefix ends at the first module of the head
             first = next((i for i, n in enumerate(self._order) if isinstance(modules[n], nn.Linear)), None)
         if not first:  # the first module already trains: no prefix
-            return 0
-        count = sum(self._switch_off(name, modules[name]) for name in self._order[:first] if name not in frozen)
+            return []
         self._prefix = _NoGradPrefix(model, modules[self._order[first]])
-        return count
+        return [n for name in self._order[:first] if name not in frozen for n in _own_params(name, modules[name])]
 
     def _set_bn_eval(self, model: nn.Module, frozen: set[str]) -> None:
         """The normalisation layer called right after each frozen conv goes to eval mode for the epoch."""
@@ -253,8 +245,9 @@ class RandomFreeze(Strategy):
             m.eval()
 
     def after_fit(self, engine) -> None:
-        self._release(engine.model)  # leave the model as it came: all trainable, no hooks
-        engine.rebuild_optimizer()
+        self._release_hooks(engine.model)  # leave the model as it came: all trainable, no hooks
+        engine.set_trainable(self, thaw=self.touched)
+        self.touched = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"frozen": list(self.frozen), "touched": list(self.touched)}

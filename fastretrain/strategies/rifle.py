@@ -134,10 +134,7 @@ class Rifle(Strategy):
         for _, m in self.heads:
             reinit_(m, gen, self.weight_only)
         if self.reset_optimizer_state:
-            head_params = {f"{n}.{pn}" for n, m in self.heads for pn, _ in m.named_parameters()}
-            for name, state in engine.optimizer_state_by_name().items():
-                if name in head_params:
-                    state.clear()  # the same dict object as in the optimizer and the engine's stash
+            engine.forget_optimizer_state([m for _, m in self.heads])
         self.done += 1
         self.history.append((engine.epoch, engine.iter))
         engine.log["rifle_resets"] = engine.log.get("rifle_resets", 0) + 1
