@@ -319,25 +319,52 @@ def comparison_md(a: dict, env: dict | None) -> str:
             f"(../benchmarks/results/suite-v3/{a['id']}/delivered.png)\n")
 
 
+def _mean_acc(c: dict) -> float:
+    return float(np.mean(list(c["acc"].values())))
+
+
+def _levels(levels: list[float]) -> str:
+    return ", ".join(ev.LEVEL_NAMES[lv] for lv in levels)
+
+
 def which_lines(analyses: list[dict]) -> list[str]:
-    """Per comparison and budget, from the fixed rules: the method with the highest mean delivered accuracy among
-    those with a verdict, and fast-retrain's and the probe's verdicts against SGDM at that budget."""
+    """Per comparison, in plain words and by the fixed rules: at which budgets fast-retrain beats SGDM (a gain), at
+    which the linear probe is the right choice (the highest mean delivered accuracy of all rows, SGDM included, and
+    no loss against SGDM), and at which neither (SGDM, or another method, is the pick). Budgets whose rows lack
+    the seeds their rule needs are named as such."""
     out = []
     for a in analyses:
-        parts = []
+        fr_gain, probe_pick, neither, other, pending = [], [], [], [], []
         for lv in ev.LEVELS:
-            judged = [(m, a["table"][(m, lv)]) for m in a["rows"] if m != BASELINE and a["table"][(m, lv)]["verdict"]]
+            rows = {m: a["table"][(m, lv)] for m in a["rows"] if a["table"][(m, lv)]["acc"]}
+            judged = {m: c for m, c in rows.items() if c["verdict"]}
             if not judged:
+                pending.append(lv)
                 continue
-            fr, probe = a["table"].get(("fast-retrain", lv)), a["table"].get((PROBE, lv))
-            best = max(judged, key=lambda mc: np.mean(list(mc[1]["acc"].values())))
-            base_acc = np.mean(list(a["table"][(BASELINE, lv)]["acc"].values()))
-            best_acc = np.mean(list(best[1]["acc"].values()))
-            pick = best[0] if best_acc > base_acc else "sgdm"
-            parts.append(f"at {ev.LEVEL_NAMES[lv]}: best {pick}; fast-retrain {fr['verdict'] if fr else '—'}, "
-                         f"probe {probe['verdict'] if probe else '—'} vs SGDM")
-        if parts:
-            out.append(f"- **{a['id']}**: " + "; ".join(parts) + ".")
+            fr = judged.get("fast-retrain")
+            if fr and fr["verdict"] == "gain":
+                fr_gain.append((lv, _pm(fr["diffs"])))
+            cands = {**judged, BASELINE: rows[BASELINE]} if BASELINE in rows else judged
+            pick = max(cands, key=lambda m: _mean_acc(cands[m]))
+            if pick == PROBE and judged[PROBE]["verdict"] in ("gain", "no loss"):
+                probe_pick.append((lv, _pm(judged[PROBE]["diffs"])))
+            elif pick not in (PROBE, "fast-retrain") and not (fr and fr["verdict"] == "gain"):
+                (neither if pick == BASELINE else other).append((lv, pick))
+        parts = []
+        if fr_gain:
+            parts.append("fast-retrain beats SGDM at equal budget at " + "; ".join(
+                f"{ev.LEVEL_NAMES[lv]} ({d} pt)" for lv, d in fr_gain))
+        if probe_pick:
+            parts.append("the linear probe is the right choice at " + "; ".join(
+                f"{ev.LEVEL_NAMES[lv]} (the most accurate, {d} pt vs SGDM)" for lv, d in probe_pick))
+        if neither:
+            parts.append(f"neither at {_levels([lv for lv, _ in neither])} (SGDM is the most accurate)")
+        if other:
+            parts.append("another method is the most accurate at " + "; ".join(
+                f"{ev.LEVEL_NAMES[lv]} (`{m}`)" for lv, m in other))
+        if pending:
+            parts.append(f"no verdict yet at {_levels(pending)} (fewer than {ev.MIN_SEEDS} seeds)")
+        out.append(f"- **{a['id']}** ({len(a['seeds'])} seeds): " + "; ".join(parts) + ".")
     return out
 
 
@@ -422,8 +449,9 @@ def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:
               "2-core CPU, seeds interleaved within each comparison).\n", RULES + "\n", "Status:\n",
               *status_lines(), ""]
     if analyses:
-        report += ["Where each method stands, by the rules above (per budget: the most accurate method by mean "
-                   "delivered accuracy, else SGDM; fast-retrain's and the probe's verdicts against SGDM):\n",
+        report += ["Where each method stands, by the rules above (fast-retrain beats SGDM: a gain at that budget; "
+                   "the linear probe is the right choice: the most accurate row, SGDM included, with no loss against "
+                   "SGDM; neither: SGDM is the most accurate):\n",
                    *which_lines(analyses), ""]
     for a in analyses:
         report.append(comparison_md(a, next((r["env"] for r in load(a["id"])[sgdm_label(1.0)].values()

@@ -72,7 +72,14 @@ def test_fewer_seeds_than_the_rule_needs_are_counted_nowhere(cells):
     c = a["table"][("fast-retrain", 0.5)]
     assert c["n"] == 2 and c["verdict"] is None
     assert "needs 3, counted nowhere" in v3.verdict_text(c) and "counted nowhere" in v3.table_md(a)
-    assert v3.which_lines([a]) == []  # no verdict: no pick
+    assert v3.which_lines([a]) == ["- **c** (2 seeds): no verdict yet at 1/4, 1/2, 1 (fewer than 3 seeds)."]
+
+
+def test_which_lines_say_where_each_wins(cells):
+    (line,) = v3.which_lines([v3.analyse("c", cells, ["fast-retrain"])])
+    assert "fast-retrain beats SGDM at equal budget at 1/4 (+5.00 ± 0.00 pt); 1/2 (+2.00 ± 1.00 pt)" in line
+    assert "the linear probe is the right choice at 1/4 (the most accurate, +18.00 ± 0.00 pt vs SGDM); 1/2" in line
+    assert "neither at 1 (SGDM is the most accurate)" in line
 
 
 def test_a_cell_run_under_competing_load_is_pending(cells, tmp_path):
