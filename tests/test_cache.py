@@ -13,10 +13,11 @@ from torchvision.ops import roi_align
 
 from fastretrain import FastRetrainError, load_data
 from fastretrain import cache as cache_mod
-from fastretrain import data as data_mod
+from fastretrain import sources as data_mod
 from fastretrain.cache import Source, cached_decode, decode_bytes, decode_in_memory
-from fastretrain.data import (DiskImages, ImageTensors, _boxes_random_resized, balanced_indices, class_count_lines,
-                              class_weights, decode_image, prepare_images)  # fmt: skip
+from fastretrain.data import (DiskImages, ImageTensors, balanced_indices, class_count_lines, class_weights,
+                              decode_image, prepare_images)  # fmt: skip
+from fastretrain.transforms import _boxes_random_resized
 
 NORM = ((0.0,) * 3, (1 / 255,) * 3)  # (x - 0) / (1/255 * 255): prepare_images returns raw pixel values
 

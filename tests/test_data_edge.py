@@ -14,7 +14,8 @@ from PIL import Image
 
 from fastretrain import FastRetrainError, FastRetrainWarning, from_arrays, load_data
 from fastretrain.cli import main
-from fastretrain.data import _walk, stratified_split
+from fastretrain.data import stratified_split
+from fastretrain.sources import _walk
 from fastretrain.errors import format_warning
 
 
