@@ -31,6 +31,10 @@ from .checkpoint import atomic_json
 from .data import CROP_PCT, FeatureTensors, store_size
 from .engine import CHECKPOINT, Strategy
 from .errors import FastRetrainError
+from .evaluation import classification_report, collect_logits, report_text, write_report
+from .models import find_pretrained, normalization
+from .models import model_kwargs as kwargs_of  # model_spec's argument has the function's name
+from .version import __version__
 
 MODEL_JSON = "model.json"
 SAMPLES = "samples.safetensors"
@@ -47,8 +51,6 @@ def starting_weights(cfg) -> str:
     if cfg.weights:
         return f"the weight file {cfg.weights} (--weights; a head of another size is replaced)"
     if cfg.use_pretrained():
-        from .models import find_pretrained
-
         return f"{find_pretrained(cfg.model, cfg.pretrained_file).text}, with a new head"
     why = "--no-pretrained" if cfg.pretrained is False else f"no ImageNet weights ship for {cfg.model}"
     return f"random initialisation ({why})"
@@ -58,11 +60,7 @@ def model_spec(
     cfg, classes: list[str], norm, started_from: str = "", model_kwargs: dict | None = None
 ) -> dict[str, Any]:
     """The contents of model.json for a run of `cfg` on data with `classes`, normalised with `norm` = (mean, std)."""
-    from . import __version__
-
     if model_kwargs is None:
-        from .run import model_kwargs as kwargs_of
-
         model_kwargs = kwargs_of(cfg)
     mean, std = norm
     s = store_size(cfg.image_size)
@@ -160,8 +158,6 @@ class RunFiles(Strategy):
         self._tb = None
         if not self._active(engine):
             return
-        from .models import normalization
-
         spec = model_spec(engine.cfg, engine.data.classes, normalization(engine.model), self.started_from)
         spec["data"] = engine.data.name  # also when the data came in as a DataBundle
         if self.custom_model:
@@ -198,8 +194,6 @@ class RunFiles(Strategy):
 def test_report(engine, weights: Path) -> dict[str, Any]:
     """Per-class metrics and confusion matrix of `weights` (the best epoch's) on the test split, in RUN/test_report/."""
     from safetensors.torch import load_file
-
-    from .evaluation import classification_report, collect_logits, report_text, write_report
 
     model = copy.deepcopy(engine.model)  # the run's own model stays as it is (model_final is saved after this)
     model.load_state_dict(load_file(str(weights), device=str(engine.device)))

@@ -10,8 +10,17 @@ import ast
 import dataclasses
 import sys
 
+from . import distributed
 from .config import TrainConfig, read_config_file
+from .data import DATASETS
 from .errors import FastRetrainError
+from .eval_run import eval_command
+from .export import export_command
+from .lr_find import UNUSED, LRSweep, lr_find, report
+from .methods import RECIPES, load_all
+from .models import MODELS, PRETRAINED_FILES, list_models
+from .predict import predict_command
+from .run import resolve_config, train
 
 # common method options with their own flags: flag -> (method, field, type)
 SHORTHANDS = {"--subnets": ("decompose", "subnets", int), "--sub-epochs": ("decompose", "sub_epochs", int)}
@@ -66,9 +75,6 @@ def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
 
 def _config_from_args(args, skip=(), announce: bool = False) -> TrainConfig:
     """The config the flags and --config file give; `announce`: print what a --recipe changed."""
-    from . import distributed
-    from .run import resolve_config
-
     # only what the file states explicitly, so a recipe still applies to the rest
     given = read_config_file(args.config) if args.config else {}
     for f in dataclasses.fields(TrainConfig):
@@ -92,12 +98,8 @@ def _config_from_args(args, skip=(), announce: bool = False) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
-    from .run import train
-
     cfg = _config_from_args(args, announce=True)
     s = train(cfg)
-    from . import distributed
-
     if distributed.is_main():
         print(f"done: {_done_line(s)}, training wall time {s['wall_seconds']:.1f}s -> {cfg.out}")
     return 0
@@ -112,26 +114,18 @@ def _done_line(s: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import eval_command
-
     return eval_command(args)
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_command
-
     return predict_command(args)
 
 
 def cmd_export(args) -> int:
-    from .export import export_command
-
     return export_command(args)
 
 
 def cmd_lr_find(args) -> int:
-    from .lr_find import UNUSED, LRSweep, lr_find, report
-
     LRSweep(args.start_lr, args.end_lr, args.steps)  # bad sweep options fail before anything loads
     given = [f for f in UNUSED if getattr(args, f, None) is not None]
     cfg = _config_from_args(args, announce=True)
@@ -143,7 +137,7 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import compare
+    from .bench import compare  # lazy only because bench.py imports parse_options from here (a circle, issue 25)
 
     cfg = _config_from_args(args, skip=("method", "seed", "out"))
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("method", "seed", "out", "resume")}
@@ -155,8 +149,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .bench import compare
-    from .methods import load_all
+    from .bench import compare  # lazy only because bench.py imports parse_options from here (a circle, issue 25)
 
     methods = [m for m in DEMO_METHODS if m in load_all()]
     base = {"data": "fashion-mnist", "model": "tf_efficientnet_lite0", "pretrained": True, "image_size": 32,
@@ -176,30 +169,22 @@ def cmd_demo(args) -> int:
 
 def cmd_list(args) -> int:
     if args.command == "models":
-        from .models import MODELS, PRETRAINED_FILES, list_models
-
         names = [n for n in list_models() if not args.filter or args.filter in n]
         print("with shipped ImageNet weights (--pretrained): " + ", ".join(PRETRAINED_FILES))
         print("this package's: " + ", ".join(sorted(MODELS)))
         print(f"{len(names)} models" + (f" matching {args.filter!r}" if args.filter else "") + ":")
         print("\n".join(names[:200]) + ("\n..." if len(names) > 200 else ""))
     elif args.command == "methods":
-        from .methods import load_all
-
         for m in load_all().values():
             opts = ""
             if m.strategy is not None and dataclasses.is_dataclass(m.strategy):
                 opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.strategy))
             parts = f" = {' + '.join(m.parts)}" if m.parts else ""
             print(f"{m.name}{parts}: {m.help}" + (f"\n    options: {opts}" if opts else ""))
-        from .methods import RECIPES
-
         print("\nrecipes (--recipe NAME; flags given explicitly beat them):")
         for r in RECIPES.values():
             print(f"{r.name}: {r.help}\n    sets: " + ", ".join(f"{k}={v!r}" for k, v in r.fields.items()))
     else:
-        from .data import DATASETS
-
         print("\n".join(DATASETS))
     return 0
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models import BasicBlock
+from .models import BasicBlock, create_model
 from .widthnets import CompositionError, WidthNet
 
 # modules without parameters that act on each channel separately (so they commute with channel concat),
@@ -66,8 +66,6 @@ def decompose(model, K: int, num_classes: int | None = None, width: float = 1.0,
         seeds: one seed per sub-network for its initialisation (default: the current RNG stream).
     """
     if isinstance(model, str):
-        from .models import create_model
-
         if num_classes is None:
             raise CompositionError("decompose(name, K) needs num_classes")
         model = create_model(model, num_classes, width=width)

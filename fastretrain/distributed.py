@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import FastRetrainError
+
 
 _alone = 0  # depth of nested single_process() blocks
 
@@ -30,6 +32,20 @@ def single_process():
 
 def _grouped() -> bool:
     return not _alone and dist.is_available() and dist.is_initialized()
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The device of `--device` auto|cpu|cuda|cuda:N; "auto" and "cuda" pick this rank's GPU (LOCAL_RANK)."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise FastRetrainError(f"--device {spec}: CUDA is not available on this machine")
+    if spec == "cuda":
+        return torch.device(f"cuda:{local}")
+    if spec != "cpu" and not spec.startswith("cuda:"):
+        raise FastRetrainError(f"--device must be auto, cpu, cuda or cuda:N; got {spec!r}")
+    return torch.device(spec)
 
 
 def init_from_env(device: torch.device) -> None:

@@ -9,14 +9,13 @@ over classes, weighted = the mean weighted by support. The confusion matrix has 
 one column per predicted class.
 
 Used at the end of `fastretrain train` (the test split, best-by-validation weights, in RUN/test_report/) and
-by `fastretrain eval`.
+by `fastretrain eval` (eval_run.py). `tta_logits` (flip averaging) serves both and the Predictor.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import sys
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,8 @@ def collect_logits(model: torch.nn.Module, data, image_size: int, norm, device, 
     """Logits (N, C) float32 on the CPU of `model` in eval mode on ImageTensors `data`, in order.
 
     The images go through the engine's evaluation transform (`ImageTensors.prepare(..., train=False)`).
-    `tta`: flip averaging (`predict.tta_logits`, log of the mean softmax of each image and its horizontal flip).
+    `tta`: flip averaging (`tta_logits`, log of the mean softmax of each image and its horizontal flip).
     """
-    from .predict import tta_logits
-
     was = model.training
     model.eval()
     out = []
@@ -47,6 +44,17 @@ def collect_logits(model: torch.nn.Module, data, image_size: int, norm, device, 
         out.append((tta_logits(model, x) if tta else model(x).float()).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def tta_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation by flip averaging: log of the mean softmax of `model` on the preprocessed batch `x`
+    (B, 3, H, W) and on its horizontal flip, float32 (B, C).
+
+    Returned as log-probabilities so that everything downstream of logits works unchanged: their softmax is the
+    mean probability, their arg-max the TTA prediction, their cross-entropy -log of the mean probability.
+    """
+    logp = torch.stack([torch.log_softmax(model(v).float(), 1) for v in (x, x.flip(3))])  # (2, B, C)
+    return torch.logsumexp(logp, 0) - math.log(len(logp))
 
 
 def classification_report(
@@ -161,131 +169,3 @@ def plot_confusion(cm, classes: list[str], path: Path, title: str = "") -> None:
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                         color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
     fig.savefig(path, dpi=100)
-
-
-# --------------------------------------------------------------------------------------------------
-# `fastretrain eval`
-
-
-def _remap(images, data_classes: list[str], classes: list[str], what: str):
-    """ImageTensors with labels renumbered from `data_classes` to the run's `classes` (matched by name)."""
-    if list(data_classes) == list(classes):
-        return images
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in data_classes if c not in index]
-    if unknown:
-        raise FastRetrainError(f"{what} has classes the run does not know: {', '.join(unknown[:5])} "
-                               f"(the run's: {', '.join(classes[:10])})")  # fmt: skip
-    table = torch.tensor([index[c] for c in data_classes])
-    return images.with_labels(table[images.y])
-
-
-def _legacy_predictor(run: Path, cfg, classes: list[str], which: str, device):
-    """A Predictor for a run folder written before model.json existed, from its config and the data's classes."""
-    from safetensors.torch import load_file
-
-    from .artifacts import model_spec
-    from .models import create_model, normalization
-    from .predict import Predictor
-    from .run import model_kwargs
-
-    weights = run / f"model_{which}.safetensors"
-    if not weights.is_file():
-        raise FastRetrainError(f"weights not found: {weights}")
-    model = create_model(cfg.model, len(classes), **model_kwargs(cfg))
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise FastRetrainError(
-            f"{weights} does not fit {cfg.model} with {len(classes)} classes: {str(e).splitlines()[0]}"
-        ) from e
-    return Predictor(model, model_spec(cfg, classes, normalization(model)), device, str(weights))
-
-
-def evaluate_run(run: str | Path, which: str = "best", data: str | None = None, device: str | None = None,
-                 topk: int = 5, batch_size: int = 64, tta: bool = False,
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """(report, facts) of a run's weights on its own test split, or on `data`; `tta`: with flip averaging.
-
-    `data` may be a named dataset, an .npz, or a folder/zip with a test split (its test split is used), or a
-    folder/zip of class folders only (all its images are used; a folder name is the class, matched to the
-    run's class names). Without `data`: the run's own test split (its test fraction, split seed, ...).
-    """
-    from .artifacts import MODEL_JSON
-    from .config import TrainConfig
-    from .data import load_data
-    from .predict import find_images, load_model, predict_sources
-    from .integrity import check_run_folder
-    from .run import resolve_device
-
-    run = Path(run)
-    check_run_folder(run)  # one run's files, and a finished epoch (also for folders without model.json)
-    cfg = TrainConfig.load(run / "config.json") if (run / "config.json").is_file() else None
-    if cfg is None and not (run / MODEL_JSON).is_file():
-        raise FastRetrainError(f"not a run folder (no config.json or {MODEL_JSON}): {run}")
-    if data is None and cfg is None:
-        raise FastRetrainError(f"{run} has no config.json naming its data: give --data")
-    dev = resolve_device(device or (cfg.device if cfg else "auto"))
-    predictor = load_model(run, which, dev, tta=tta) if (run / MODEL_JSON).is_file() else None
-    facts: dict[str, Any] = {"run": str(run), "data": data or cfg.data, "test_set_id": None, "val_acc": None,
-                             "tta": "flip" if tta else None}  # fmt: skip
-    if data is not None and predictor is not None and Path(data).exists() and not Path(data).suffix.lower() == ".npz":
-        sources, bad = find_images([data], predictor.classes)
-        if sources and all(s.label is not None for s in sources):  # a labelled folder: every image is evaluated
-            for name, why in bad:
-                print(f"skipped {name}: {why}", file=sys.stderr)
-            res = predict_sources(predictor, sources, batch_size, progress=True, unreadable=bad)
-            if not res.names:
-                raise FastRetrainError(f"none of the {len(sources)} image file(s) in {data} could be read")
-            facts.update(split="all images (class = folder name)", unreadable=len(res.unreadable))
-            report = classification_report(res.logits, res.labels, predictor.classes, topk)
-            return report, {**facts, "weights": Path(predictor.weights).name}
-    if data is None:  # the run's own splits, drawn as training drew them
-        splits = dict(max_train=cfg.max_train, val_fraction=cfg.val_fraction)
-        bundle = load_data(
-            cfg.data, cfg.image_size, cfg.test_fraction, cfg.split_seed, cfg.skip_bad_images, cfg.data_root, **splits
-        )
-    else:
-        size = predictor.image_size if predictor else cfg.image_size
-        split = (cfg.test_fraction, cfg.split_seed) if cfg else (0.2, 0)
-        bundle = load_data(data, size, *split, skip_bad=True, data_root=cfg.data_root if cfg else None)
-    if predictor is None:
-        predictor = _legacy_predictor(run, cfg, bundle.classes, which, dev)
-    test = _remap(bundle.test, bundle.classes, predictor.classes, f"data {facts['data']}")
-    how = (predictor.image_size, predictor.norm, predictor.device, batch_size, tta)
-    logits = collect_logits(predictor.model, test, *how)
-    report = classification_report(logits, test.y, predictor.classes, topk)
-    if data is None and bundle.val is not None:
-        val = _remap(bundle.val, bundle.classes, predictor.classes, "validation split")
-        vl = collect_logits(predictor.model, val, *how)
-        facts["val_acc"] = float((vl.argmax(1) == val.y).double().mean())
-    facts.update(split="test", test_set_id=bundle.test_set_id, weights=Path(predictor.weights).name)
-    return report, facts
-
-
-def eval_command(args) -> int:
-    """`fastretrain eval --run RUN [--which best|final] [--data PATH] [--topk K] [--out DIR] [--json]`."""
-    tta = getattr(args, "tta", False)
-    report, facts = evaluate_run(args.run, args.which, args.data, args.device, args.topk, args.batch_size, tta)
-    name = (
-        ""
-        if args.data is None
-        else "_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(args.data).name)
-    )
-    name += "_tta" if tta else ""
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.which}{name}"
-    title = f"{facts['weights']} on {facts['data']} ({facts['split']}{', TTA flip' if tta else ''})"
-    write_report(report, out, title, facts)
-    if args.json:
-        print(json.dumps({**facts, "test_images": report["images"], "test_loss": round(report["loss"], 6),
-                          "test_acc": round(report["accuracy"], 6), "top_k_accuracy": report["top_k_accuracy"],
-                          "macro_f1": round(report["macro"]["f1"], 6), "report": str(out)}))  # fmt: skip
-    else:
-        where = f", test set {facts['test_set_id']}" if facts.get("test_set_id") else ""
-        tta_text = ", TTA: mean softmax of each image and its horizontal flip" if tta else ""
-        print(f"{facts['weights']} of {facts['run']} on {facts['data']} ({facts['split']}{where}{tta_text}):")
-        print(report_text(report))
-        if facts.get("val_acc") is not None:
-            print(f"validation accuracy {facts['val_acc']:.4f}")
-        print(f"per-class metrics and confusion matrix: {out}/")
-    return 0

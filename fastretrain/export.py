@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 from .artifacts import SAMPLES
+from .data import prepare_images
 from .errors import FastRetrainError
+from .predict import decoded_batches, find_images, load_model  # the file handling of `fastretrain predict`
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4  # max |logit difference| accepted in fp32
@@ -46,11 +48,7 @@ def require_onnx() -> None:
 
 def parity_images(predictor, run: Path, images=None) -> tuple[torch.Tensor, str]:
     """Preprocessed real images (B, 3, size, size) for the check, and where they came from."""
-    from .data import prepare_images
-
     if images:
-        from .predict import decoded_batches, find_images  # the file handling of `fastretrain predict`
-
         sources, _ = find_images(images, predictor.classes)
         xs = [x for _, x, _ in decoded_batches(sources[:64], predictor.store_size, 64) if x is not None]
         if not xs:
@@ -127,8 +125,6 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
 
     Raises FastRetrainError when the largest absolute logit difference exceeds `tol` (the file is kept).
     """
-    from .predict import load_model
-
     if fmt not in FORMATS:
         raise FastRetrainError(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx":

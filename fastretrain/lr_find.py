@@ -27,6 +27,7 @@ import torch
 from .config import TrainConfig
 from .engine import StopFit, Strategy
 from .errors import FastRetrainError
+from .run import build_engine
 
 BETA = 0.98  # smoothing of the loss (fastai's, for its 100 steps); shorter sweeps smooth less (`beta_for`)
 DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its minimum (fastai's)
@@ -131,8 +132,6 @@ def lr_find(cfg: TrainConfig, bundle=None, module: torch.nn.Module | None = None
         plot: where to write the PNG (None: no plot).
     Returns: {'lrs', 'losses', 'smoothed', 'beta', 'steep', 'min_div10', 'suggested', 'stopped', 'steps', 'plot'}.
     """
-    from .run import build_engine
-
     sweep = LRSweep(start_lr, end_lr, steps)  # bad sweep options fail before data and model load
     cfg = dataclasses.replace(cfg, out=None, resume=False, budget=None, patience=None, ema=None, progress=False,
                               save_checkpoint=False, save_weights=False)

@@ -16,9 +16,7 @@ class names of the run is labelled: each image's class is its sub-folder, and ac
 from __future__ import annotations
 
 import csv
-import io
 import json
-import math
 import os
 import re
 import sys
@@ -36,8 +34,11 @@ import torch
 
 from .artifacts import read_spec
 from .data import IMAGE_EXTS, decode_image, prepare_images
+from .distributed import resolve_device
 from .errors import FastRetrainError
+from .evaluation import tta_logits
 from .integrity import check_run_folder
+from .models import create_model
 
 
 @dataclass
@@ -51,17 +52,6 @@ class Prediction:
     def label(self) -> str:
         """The predicted class."""
         return self.classes[0]
-
-
-def tta_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Test-time augmentation by flip averaging: log of the mean softmax of `model` on the preprocessed batch `x`
-    (B, 3, H, W) and on its horizontal flip, float32 (B, C).
-
-    Returned as log-probabilities so that everything downstream of logits works unchanged: their softmax is the
-    mean probability, their arg-max the TTA prediction, their cross-entropy -log of the mean probability.
-    """
-    logp = torch.stack([torch.log_softmax(model(v).float(), 1) for v in (x, x.flip(3))])  # (2, B, C)
-    return torch.logsumexp(logp, 0) - math.log(len(logp))
 
 
 class Predictor:
@@ -145,9 +135,6 @@ def load_model(
     or whose run never finished an epoch, is refused (`integrity.check_run_folder`).
     """
     from safetensors.torch import load_file
-
-    from .models import create_model
-    from .run import resolve_device
 
     run = Path(run)
     check_run_folder(run)  # one run's files, and a finished epoch (integrity.py)

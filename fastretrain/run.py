@@ -13,11 +13,12 @@ from .artifacts import RunFiles, starting_weights
 from .checkpoint import atomic_json
 from .config import TrainConfig
 from .data import DataBundle, class_count_lines, load_data
+from .distributed import resolve_device
 from .engine import Engine, Strategy
 from .errors import FastRetrainError
 from .integrity import check_out_folder, start_run_folder
 from .methods import METHODS, build_strategies, method_names, recipe_fields
-from .models import create_model
+from .models import create_model, model_kwargs
 from .training_aids import aid_strategies
 
 
@@ -67,30 +68,6 @@ def _option_default(method: str, name: str):
     if not dataclasses.is_dataclass(cls):
         return None
     return next((f.default for f in dataclasses.fields(cls) if f.name == name), None)
-
-
-def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """Constructor arguments the config gives the model (the width multiplier, when set)."""
-    if cfg.width is None:
-        return {}
-    from .models import MODELS
-
-    if cfg.model not in MODELS:
-        raise FastRetrainError(f"--width applies to this package's width-parametrised models (vgg-small, resnet20, ...), not {cfg.model!r}")
-    return {"width": cfg.width}
-
-
-def resolve_device(spec: str) -> torch.device:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec == "auto":
-        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise FastRetrainError(f"--device {spec}: CUDA is not available on this machine")
-    if spec == "cuda":
-        return torch.device(f"cuda:{local}")
-    if spec != "cpu" and not spec.startswith("cuda:"):
-        raise FastRetrainError(f"--device must be auto, cpu, cuda or cuda:N; got {spec!r}")
-    return torch.device(spec)
 
 
 def check_backbone(cfg: TrainConfig, strategies: list[Strategy]) -> None:

@@ -7,7 +7,7 @@ import tempfile
 
 import torch
 
-from .data import DataBundle, from_arrays
+from .data import FASHION_CLASSES, PACKAGE_DATA, DataBundle, from_arrays
 
 
 def tiny_images(n_per_class: int = 16, classes: int = 3, size: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +86,6 @@ def write_photo_folders(root: str | os.PathLike = ".", per_class: int = 30, new_
 
     import numpy as np
     from PIL import Image
-
-    from .data import FASHION_CLASSES, PACKAGE_DATA
 
     folders = (Path(root) / "my_photos", Path(root) / "new_photos")
     with np.load(PACKAGE_DATA / "fashion_mnist_2k.npz") as z:

@@ -40,6 +40,7 @@ from ..data import DataBundle
 from ..engine import CHECKPOINT, Engine, Strategy, seed_from
 from ..errors import FastRetrainError
 from ..methods import check_options, register_method
+from ..widthnets import WidthNet
 
 
 @dataclass
@@ -147,8 +148,6 @@ class Decompose(Strategy):
         self.info: dict[str, Any] = {}  # what the sub-network phase measured (state for resume, not an option)
 
     def _sub_epochs(self, engine) -> int:
-        from ..widthnets import WidthNet
-
         if not isinstance(engine.model, WidthNet):
             raise FastRetrainError(f"method decompose needs a width-parametrised model of this package "
                                    f"(vgg-small, resnet20, resnet32, resnet18-cifar), not {engine.cfg.model!r}")
