@@ -36,7 +36,6 @@ from .bundle import (DataBundle, DiskImages, FeatureTensors, ImageTensors, Split
 from .errors import FastRetrainError, FastRetrainWarning, unknown_name
 from .sources import (IMAGE_EXTS, decoded_images, default_cache_dir, from_csv, from_folder,  # noqa: F401
                       odd_file_warnings)  # fmt: skip
-from .sources import _Files  # noqa: F401 - benchmarks/data_path.py imports it from here
 from .transforms import (CROP_PCT, decode_image, prepare_images, resize_short, resize_square,  # noqa: F401
                          square_crops, store_size)  # fmt: skip
 
