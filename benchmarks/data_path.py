@@ -102,7 +102,7 @@ def cmd_rss(args) -> dict:
 
 def cmd_decode(args) -> dict:
     from fastretrain.cache import Source, cached_decode
-    from fastretrain.data import _Files
+    from fastretrain.sources import _Files
 
     results = {}
     for n in args.n:

@@ -30,7 +30,11 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import atomic_json
+from .errors import FastRetrainError
 from .evidence import delivered
+from .methods import method_names, recipe_fields
+from .options import parse_options
+from .run import make_config, train
 
 # What defines a comparison's training recipe (docs/BENCHMARKS.md: one recipe for every method unless a cell differs).
 RECIPE_KEYS = ("recipe", "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size", "epochs",
@@ -82,9 +86,6 @@ def cell_config(base: dict[str, Any], label: str, per_method: dict | None = None
     `fast-retrain[random-freeze.policy=uniform;mp-refine.until=None]` (an ablation variant in a suite's method
     list) or `freeze-unfreeze@fastai` (a method's own recipe as its own row: the preset's settings replace the
     comparison's). Options in `base` reach only the methods the cell's spec runs."""
-    from .cli import parse_options
-    from .methods import method_names, recipe_fields
-
     spec, _, rest = label.partition("[")
     spec, _, recipe = spec.partition("@")
     own = parse_options([o for o in rest.rstrip("]").split(";") if o]) if rest else {}
@@ -113,8 +114,6 @@ def run_cells(base: dict[str, Any], methods: list[str], seeds: list[int], out: P
     before any cell runs) as its environment.json.
     """
     failed = {} if failed is None else failed
-    from .errors import FastRetrainError
-    from .run import make_config, train
 
     env = env or environment()
     records = []

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 
 from . import distributed
+from .bench import compare
 from .config import TrainConfig, read_config_file
 from .data import DATASETS
 from .errors import FastRetrainError
@@ -19,31 +20,13 @@ from .export import export_command
 from .lr_find import UNUSED, LRSweep, lr_find, report
 from .methods import RECIPES, load_all
 from .models import MODELS, PRETRAINED_FILES, list_models
+from .options import parse_options
 from .predict import predict_command
 from .run import resolve_config, train
 
 # common method options with their own flags: flag -> (method, field, type)
 SHORTHANDS = {"--subnets": ("decompose", "subnets", int), "--sub-epochs": ("decompose", "sub_epochs", int)}
 DEMO_METHODS = ["sgdm", "linear-probe", "freeze-unfreeze", "fast-retrain", "rifle", "kernel-rescale"]
-
-
-def _parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_options(items: list[str] | None) -> dict[str, dict]:
-    """['rifle.period=2', 'mp-refine.lam=0.5'] -> {'rifle': {'period': 2}, 'mp-refine': {'lam': 0.5}}."""
-    out: dict[str, dict] = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not (eq and dot and method and name):
-            raise FastRetrainError(f"bad option {item!r}: expected METHOD.FIELD=VALUE, e.g. rifle.period=2")
-        out.setdefault(method, {})[name.replace("-", "_")] = _parse_value(value)
-    return out
 
 
 def _add_config_args(p: argparse.ArgumentParser, skip=()) -> None:
@@ -137,7 +120,6 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import compare  # lazy only because bench.py imports parse_options from here (a circle, issue 25)
 
     cfg = _config_from_args(args, skip=("method", "seed", "out"))
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("method", "seed", "out", "resume")}
@@ -149,7 +131,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .bench import compare  # lazy only because bench.py imports parse_options from here (a circle, issue 25)
 
     methods = [m for m in DEMO_METHODS if m in load_all()]
     base = {"data": "fashion-mnist", "model": "tf_efficientnet_lite0", "pretrained": True, "image_size": 32,
