@@ -15,7 +15,8 @@ val_loss, and a tie on both to the earlier epoch. Without a validation split the
 Nothing the engine chooses reads test; a strategy that chooses or stops (a switch, early stopping) must read
 `engine.log["val_loss"]`/["val_acc"] or evaluate `engine.val_data` itself. A strategy may set
 `engine.best_eligible = False` in after_eval to keep this epoch out of the best-epoch choice (kernel-rescale
-does so in its low-resolution phase). With `engine.val_data` and `engine.test_data` both None, nothing is
+does so in its low-resolution phase), or in before_fit/before_epoch to keep a model offered before epoch 1
+(`offer_model`) out of it. With `engine.val_data` and `engine.test_data` both None, nothing is
 evaluated (decompose's sub-networks).
 
 Everything a strategy may read or change is an attribute set in `Engine.__init__` (documented there) or a
@@ -106,6 +107,9 @@ class Strategy:
 
     order: int = 0  # lower runs first
     name: str = ""  # the method name it is registered under
+    # methods this one cannot run with, and why (method name -> reason): `--method` with both is refused in one line
+    # when the strategies are built (methods.check_conflicts); declared on either side
+    conflicts: dict[str, str] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

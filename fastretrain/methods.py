@@ -1,6 +1,8 @@
 """Method registry (a method name maps to strategy classes) and named recipes (presets of optimisation settings).
 
-Methods compose: `--method a,b` instantiates the strategies of both. A method may be made of other
+Methods compose: `--method a,b` instantiates the strategies of both, unless one declares that it cannot run with
+the other (its strategy's `conflicts`, method name -> why): then the pair is refused in one line naming both, before
+any data or model is loaded (tests/test_method_pairs.py runs every pair). A method may be made of other
 methods (e.g. `fast-retrain` = `random-freeze` + `mp-refine`). Options reach a strategy by its method
 name: `-o rifle.period=2` sets the `period` field of the RIFLE strategy's dataclass. A strategy checks its
 options when it is built (`check_options` in its `__post_init__`), so a bad option fails before any data or
@@ -149,7 +151,27 @@ def build_strategies(spec: str, options: dict[str, dict[str, Any]] | None = None
             raise FastRetrainError(f"unknown option(s) for {name}: {', '.join(bad)}" + (f"; {hint}" if hint else "")
                                    + f" ({name}'s options: {known})")
         out.append(cls(**opts))
+    check_conflicts(spec, out)
     return out
+
+
+def check_conflicts(spec: str, strategies: list[Strategy]) -> None:
+    """Refuse, in one line naming both, two methods of `spec` that cannot run together: a strategy's `conflicts`
+    (method name -> why) names the methods it cannot compose with; declaring it on one side is enough."""
+    given = [raw.strip() for raw in spec.split(",")]
+    part_of = {part: m for m in given for part in METHODS[m].parts}
+    names = {s.name for s in strategies}
+
+    def called(name: str) -> str:
+        return f"{name} (part of {part_of[name]})" if name in part_of else name
+
+    for s in strategies:
+        for other, why in s.conflicts.items():
+            if other not in METHODS:  # a misspelt declaration would silently never refuse
+                raise FastRetrainError(f"{s.name}.conflicts names {other!r}, which is not a method")
+            if other in names:
+                both = f"{called(s.name)} and {called(other)}"
+                raise FastRetrainError(f"--method {spec}: {both} cannot be combined: {why}")
 
 
 def option_names(method: str) -> list[str]:

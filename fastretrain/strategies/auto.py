@@ -55,6 +55,12 @@ def choose(left: float | None, full_epoch: float) -> tuple[str, tuple, int] | No
 @dataclass
 class Auto(Strategy):
     order = -20  # its parts run inside its hooks, in fast-retrain's order (freezing, then the refinement)
+    conflicts = {
+        "random-freeze": "auto runs its own random-freeze, with the depth it chooses",
+        "mp-refine": "auto runs its own mp-refine (its ridge head and refinements)",
+        "freeze-unfreeze": "auto chooses which layers train",
+        "kernel-rescale": "auto delivers its ridge head from before epoch 1, which has kernel-rescale's small kernels",
+    }
     judge_after: float = 0.5  # judge whether fine-tuning pays once this fraction of the run has passed
 
     def __post_init__(self):

@@ -127,7 +127,7 @@ def run_subnets(jobs: list[SubnetJob], parallel: str = "processes") -> None:
 class Decompose(Strategy):
     """Train K width-wise sub-networks in parallel, compose them into the global network's init, train it."""
 
-    order = -100  # the global network's weights are set before any other strategy looks at them
+    order = -200  # the global network's weights are set before any other strategy looks at them (linear-probe's)
     subnets: int = 2  # K: sub-networks (must divide every hidden width of --model)
     sub_epochs: int | None = None  # epochs of the sub-network phase, taken from --epochs (None: epochs // 2)
     shards: str = "whole"  # whole: every sub-network sees all training images; disjoint: image i goes to one

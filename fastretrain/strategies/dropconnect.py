@@ -40,7 +40,9 @@ class DropConnect(Strategy):
         if not isinstance(head, nn.Linear):
             raise FastRetrainError(f"dropconnect needs an nn.Linear classifier, {type(engine.model).__name__} has {type(head).__name__}")
         self._engine = engine
-        self._handle = head.register_forward_hook(self._hook)
+        # a closure, not the bound method: RIFLE deep-copies the head with its hooks, and copying a bound method
+        # would copy this strategy and its engine
+        self._handle = head.register_forward_hook(lambda module, args, out: self._hook(module, args, out))
 
     def _hook(self, module: nn.Linear, args, out):
         if not module.training or self.p == 0:

@@ -35,7 +35,8 @@ switch and keeps the engine consistent:
   shapes changed.
 - evaluation in phase 1 runs at the low resolution (it is the model as it trains; metrics.jsonl marks
   each epoch's `kernel_rescale_phase`). Phase-1 epochs are excluded from the best-epoch choice
-  (`engine.best_eligible = False`), so `model_best.safetensors` and the summary's best epoch are always
+  (`engine.best_eligible = False`), and so is a model offered before epoch 1 (mp-refine's ridge head, fitted
+  with the small kernels), so `model_best.safetensors` and the summary's best epoch are always
   full-resolution weights with full-size kernels; a phase-1 checkpoint holds the small kernels (resume
   handles them). If a run ends in phase 1 (fixed `switch_epoch` ≥ epochs, or StopFit), `after_fit`
   switches so the final weights are full size (their full-resolution accuracy is then not measured), no
@@ -152,6 +153,7 @@ class KernelRescale(Strategy):
         self._handles = follow_loaded_shapes(engine.model, self.geometry)
         engine.rebuild_optimizer()
         engine.image_size = self.low_size(engine)
+        engine.best_eligible = False  # a model offered before epoch 1 (mp-refine's head) has the small kernels too
 
     # ------------------------------------------------------------------ phase 1: when to switch
     def _monitor_slice(self, engine) -> ImageTensors:

@@ -18,6 +18,13 @@ from ..models import FeatureTap, classifier
 class LinearProbe(Strategy):
     order = -100  # sets up data and net before anything else looks at them
     freezes_backbone = True  # a randomly initialised backbone is refused unless random_backbone (run.py)
+    conflicts = {  # what acts on the backbone's training has nothing to act on: it is frozen and runs once, in eval
+        "random-freeze": "linear-probe's backbone is frozen throughout, there is nothing left to freeze",
+        "freeze-unfreeze": "linear-probe's backbone is never unfrozen",
+        "stochastic-depth": "linear-probe runs the backbone once, in eval mode, where drop-path does nothing",
+        "kernel-rescale": "the head would train on features of the full-size kernels that kernel-rescale resamples",
+        "auto": "auto fine-tunes the backbone that linear-probe keeps frozen",
+    }
 
     random_backbone: bool = False  # run even on a randomly initialised backbone (no pretrained weights, no --weights)
 

@@ -51,6 +51,7 @@ def set_drop_path(model: nn.Module, rate: float) -> list[tuple[str, float]]:
 @dataclass
 class StochasticDepth(Strategy):
     rate: float = 0.2  # drop-path probability of the last residual block (block i of n: rate·i/n)
+    conflicts = {"decompose": "decompose's width-parametrised models have no drop-path slots"}
 
     def __post_init__(self) -> None:
         check_options("stochastic-depth", [(0 <= self.rate < 1, f"rate must be in [0, 1), got {self.rate}")])
