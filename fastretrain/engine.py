@@ -48,11 +48,8 @@ public method; nothing else of the engine is meant for strategies. What they may
 - time: `engine.elapsed()` is the training time so far; under a budget, `engine.epoch_end_reserve` is the
   time a strategy expects its after_epoch work to take this epoch (the budget stop keeps it free).
 
-Budget (`cfg.budget`, docs/budget.md): the LR schedule's progress is elapsed training time over the budget, so it
-ends when the budget does; the epochs are planned from the measured step cost after the first steps and again
-after every epoch (`cfg.epochs` is only the first plan); when fewer than 4 epochs fit, an epoch is shortened to a
-quarter of the steps that fit, so validation scores at least 4 models; a step that would end past the budget (with
-the strategies' reserve) is not started. Under DDP the ranks plan from averaged timings and stop together.
+Budget (`cfg.budget`, docs/budget.md): the LR schedule's progress is training time over the budget; the planner
+(epochs, shortened epochs, the stop before a step that would overrun) is budget.py.
 """
 from __future__ import annotations
 
@@ -76,6 +73,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from . import budget
 from . import distributed as dist
 from .checkpoint import atomic_json, atomic_torch_save, load_checkpoint, save_weights
 from .config import TrainConfig, parse_duration
@@ -462,7 +460,7 @@ class Engine:
 
     def _set_lr(self) -> None:
         if self.budget is not None:  # annealed to the budget: progress is training time over the budget
-            t = min(self._now / self.budget, 1.0) * self.cfg.epochs  # the ranks' agreed clock (_budget_stop)
+            t = min(self._now / self.budget, 1.0) * self.cfg.epochs  # the ranks' agreed clock (budget.py)
         else:  # with --accumulate N: the progress at the start of the step's N batches, as with N x the batch
             t = self.epoch + (self.iter - self.iter % self.cfg.accumulate) / max(self.num_batches(), 1)
         self.lr = self.cfg.lr * self.schedule(t)
@@ -491,9 +489,10 @@ class Engine:
             for self.iter, (self.x, self.y) in enumerate(self.batches(train=True)):
                 if self.max_batches is not None and self.iter >= self.max_batches:  # a shortened epoch (budget)
                     break
-                if self.budget is not None and self._budget_stop(loop0):
-                    stop = True
-                    break
+                if self.budget is not None:
+                    stop, self._now = budget.stop_before_step(self, loop0)
+                    if stop:
+                        break
                 try:
                     self._train_batch()
                 except SkipBatch:
@@ -528,54 +527,6 @@ class Engine:
                         images_per_second=count / seconds, lr=self.lr)
         if stop:
             raise StopFit
-
-    # ---------------------------------------------------------------- the budget
-    def _agreed(self, *values: float) -> list[float]:
-        """`values` averaged over ranks (identical on every rank, so every rank plans and stops alike)."""
-        if dist.world() == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        return (dist.all_reduce_sum(t) / dist.world()).tolist()
-
-    def _budget_stop(self, loop0: float) -> bool:
-        """Before batch `self.iter`: plan after the first steps, and whether the next step would end past the budget
-        (with the strategies' after_epoch reserve). The step cost is this epoch's mean so far."""
-        steps = self.iter
-        now, step = self._agreed(self.elapsed(), (self.elapsed() - loop0) / max(steps, 1))
-        self._now = now
-        if steps == 0:  # the first epoch always trains; a later one starts only if time is left after its setup
-            return bool(self.history) and now + self.epoch_end_reserve >= self.budget
-        if self.epoch == self.start_epoch and steps == min(4, self.num_batches() - 1):
-            self._plan(now, step, first=True)
-        return now + step + self.epoch_end_reserve > self.budget
-
-    def _plan(self, now: float, step: float, first: bool = False, epoch_cost: float | None = None) -> None:
-        """Set the planned epochs (and, when fewer than 4 would be scored, shorter epochs) from measured costs."""
-        left = max(self.budget - now, 0.0)
-        nb = self.num_batches()
-        if first:
-            done = self.iter  # steps of this (first) epoch done
-            fit = done + left / max(step, 1e-9)  # steps that fit in the whole run from here on
-            evaluations = len(self.history)  # models scored so far (a head offered as epoch 0 counts)
-            if fit < 4 * nb and self.val_data is not None:  # fewer than 4 epochs fit: shorter ones, >= 4 scores
-                self.max_batches = max(1, math.ceil(fit / max(4 - evaluations, 1)))
-            per = min(nb, self.max_batches or nb)
-            epochs = self.epoch + max(1, math.ceil(fit / per))
-        else:
-            epochs = self.epoch + 1 + math.ceil(left / max(epoch_cost, 1e-9))
-        if epochs != self.cfg.epochs:
-            self.set_epochs(max(epochs, self.epoch + 1))
-
-    def _budget_continues(self) -> bool:
-        """After an epoch under a budget: re-plan from that epoch's cost; whether another epoch starts (at least a
-        few steps' worth of time is left)."""
-        last = self.history[-1]
-        step = last["epoch_seconds"] / max(1, min(self.num_batches(), self.max_batches or self.num_batches()))
-        now, cost, step = self._agreed(self.wall_seconds, last["epoch_seconds"], step)
-        if self.budget - now < 2 * step:
-            return False
-        self._plan(now, step, epoch_cost=cost)
-        return True
 
     def _accumulation(self) -> tuple[bool, int]:
         """(whether batch `iter` is not the last of its --accumulate group, the group's size in batches): groups of
@@ -707,7 +658,7 @@ class Engine:
                         self._end_epoch()
                     break
                 self._end_epoch()
-                if self.budget is not None and not self._budget_continues():
+                if self.budget is not None and not budget.continues(self):
                     break
                 self.epoch += 1
         except StopFit:  # raised in after_eval
