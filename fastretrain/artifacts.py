@@ -10,7 +10,8 @@ metrics of metrics.jsonl as a table), a TensorBoard log in `tensorboard/` when `
 and at the end `test_report/`: per-class metrics and the confusion matrix of the best epoch's weights
 (chosen on validation) on the test split (see evaluation.py).
 
-`RunFiles` is the built-in strategy that writes them; `build_engine` adds it to every run.
+`RunFiles` is the built-in strategy that writes them; `build_engine` adds it to every run. The files every training
+run writes (metrics.jsonl, model_best/model_final, checkpoint.pt, summary.json) are run_folder.py's.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import torch
 from . import distributed as dist
 from .checkpoint import atomic_json
 from .data import CROP_PCT, FeatureTensors, store_size
-from .engine import CHECKPOINT, Strategy
+from .engine import Strategy
 from .errors import FastRetrainError
 from .evaluation import classification_report, collect_logits, report_text, write_report
 from .models import find_pretrained, normalization
 from .models import model_kwargs as kwargs_of  # model_spec's argument has the function's name
+from .run_folder import CHECKPOINT
 from .version import __version__
 
 MODEL_JSON = "model.json"

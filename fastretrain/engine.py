@@ -56,12 +56,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import json
 import math
 import random
 import sys
 import time
-import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -75,12 +73,13 @@ from tqdm.auto import tqdm
 
 from . import budget
 from . import distributed as dist
-from .checkpoint import atomic_json, atomic_torch_save, load_checkpoint, save_weights
+from . import run_folder
 from .config import TrainConfig, parse_duration
 from .data import DataBundle, balanced_indices, class_weights
-from .errors import FastRetrainError, FastRetrainWarning, NonFiniteLossError
-from .load import load_snapshot, run_load_warning
+from .errors import FastRetrainError, NonFiniteLossError
+from .load import load_snapshot
 from .models import normalization
+from .run_folder import CHECKPOINT
 from .schedules import parse_schedule
 from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
 from .trainable import TrainableSet
@@ -89,7 +88,6 @@ EVENTS = (
     "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
     "after_eval", "after_fit",
 )
-CHECKPOINT = "checkpoint.pt"
 
 
 class SkipBatch(Exception):
@@ -169,7 +167,8 @@ class Engine:
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.schedule = parse_schedule(cfg.schedule, cfg.epochs)  # progress in epochs -> LR multiplier
         self.lr_scale: dict[str, float] = {}  # parameter name -> LR multiplier (read only: set_trainable merges it)
-        self._trainable = TrainableSet()  # who holds which parameter frozen and scales whose LR (set_trainable)
+        # who holds which parameter frozen and scales whose LR (read only: change it with set_trainable)
+        self.trainable = TrainableSet()
         self.optimizer: torch.optim.Optimizer | None = None
         self._opt_stash: dict[str, dict] = {}  # optimizer state by parameter name, kept across rebuilds
         self.net: nn.Module = self.model  # the trainable module the training forward runs (set_net changes it)
@@ -240,7 +239,7 @@ class Engine:
             if self.test_data is not None and (improved or self.cfg.test_eval == "every"):
                 log["test_loss"], log["test_acc"] = self.evaluate(self.test_data)
             self.history.append(log)
-            self._write(log, improved)
+            run_folder.record(self, log, improved)
         return improved
 
     def set_epochs(self, epochs: int) -> None:
@@ -261,14 +260,14 @@ class Engine:
         """
         key = owner if isinstance(owner, str) else (getattr(owner, "name", "") or type(owner).__name__)
         freeze, thaw = self._param_names(freeze), self._param_names(thaw)
-        self._trainable.update(key, freeze, thaw, lr_scale)
+        self.trainable.update(key, freeze, thaw, lr_scale)
         params = dict(self.model.named_parameters())
         for n in thaw:
-            params[n].requires_grad_(not self._trainable.is_frozen(n))
+            params[n].requires_grad_(not self.trainable.is_frozen(n))
         for n in freeze:
             params[n].requires_grad_(False)
         if lr_scale is not None:
-            self.lr_scale = self._trainable.lr_scale()
+            self.lr_scale = self.trainable.lr_scale()
         self.rebuild_optimizer()
 
     def forget_optimizer_state(self, params) -> None:
@@ -305,7 +304,7 @@ class Engine:
         wrapper is rebuilt too, since DDP fixes its set of parameters when constructed.
         """
         for n, p in self.model.named_parameters():
-            if p.requires_grad and self._trainable.is_frozen(n):
+            if p.requires_grad and self.trainable.is_frozen(n):
                 p.requires_grad_(False)
         if self.optimizer is not None:
             for n, p in self.model.named_parameters():
@@ -329,6 +328,12 @@ class Engine:
             if n in self._opt_stash:
                 self.optimizer.state[p] = self._opt_stash[n]
         self.set_net(self.net)
+
+    def load_optimizer_state(self, by_name: dict[str, dict]) -> None:
+        """Replace the optimizer state by `by_name` (parameter name -> state, as optimizer_state_by_name gives) and
+        rebuild the optimizer (a resumed checkpoint)."""
+        self._opt_stash, self.optimizer = dict(by_name), None
+        self.rebuild_optimizer()
 
     def optimizer_state_by_name(self) -> dict[str, dict]:
         state = dict(self._opt_stash)
@@ -592,27 +597,13 @@ class Engine:
         self.history.append(dict(self.log))
         if dist.is_main() and self.cfg.progress:
             tqdm.write(self._epoch_line())
-        self._write(self.log, improved, checkpoint=True)
+        run_folder.record(self, self.log, improved, checkpoint=True)
         if stop:
             raise StopFit
 
-    def _write(self, log: dict[str, Any], improved: bool, checkpoint: bool = False) -> None:
-        """Append `log` to metrics.jsonl; save model_best when `improved`, and the checkpoint after an epoch."""
-        if not (self.out and dist.is_main()):
-            return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(self.stamped(log)) + "\n")
-        if improved and self.cfg.save_weights:
-            save_weights(self.model, self.out / "model_best.safetensors", self._weights_metadata(log["epoch"]))
-        if checkpoint and self.cfg.save_checkpoint:
-            atomic_torch_save(self._checkpoint(), self.out / CHECKPOINT)
-
     def stamped(self, record: dict[str, Any]) -> dict[str, Any]:
         """`record` with the run's id, as every file of the run folder carries it (unchanged without an id)."""
-        return {**record, "run_id": self.run_id} if self.run_id else record
-
-    def _weights_metadata(self, epoch: int) -> dict[str, str] | None:
-        return {"run_id": self.run_id, "epoch": str(epoch)} if self.run_id else None
+        return run_folder.stamped(record, self.run_id)
 
     def _epoch_line(self) -> str:
         log = self.log
@@ -633,21 +624,15 @@ class Engine:
 
     def fit(self) -> dict[str, Any]:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
-        if self.out and dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-        self._load_start = load_snapshot()  # another process's load slows the clock: noted at start and end
+        run_folder.prepare(self)
+        load_start = load_snapshot()  # another process's load slows the clock: noted at start and end
         self._untimed = self._untimed_cpu = 0.0
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         self._call("before_fit")  # setup work (e.g. feature caching) is training time too, but not untimed() work
         self.wall_seconds += time.perf_counter() - self._t0 - self._untimed
         self.cpu_seconds += time.process_time() - self._c0 - self._untimed_cpu
         self._t0 = None
-        if self.cfg.resume and self.out and (self.out / CHECKPOINT).is_file():
-            self._restore(load_checkpoint(self.out / CHECKPOINT))
-        elif self.out and dist.is_main():
-            if self.cfg.resume:
-                print(f"note: no checkpoint in {self.out}; starting from scratch")
-            (self.out / "metrics.jsonl").write_text("")
+        run_folder.start(self)  # --resume: continue the checkpoint; else a fresh metrics.jsonl
         self.epoch = self.start_epoch
         try:
             while self.epoch < self.cfg.epochs:
@@ -664,107 +649,7 @@ class Engine:
         except StopFit:  # raised in after_eval
             pass
         self._call("after_fit")
-        return self._finish()
-
-    def _finish(self) -> dict[str, Any]:
-        epochs = [h for h in self.history if h["epoch"] > 0]
-        last = epochs[-1] if epochs else {}
-        best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
-        if last and "test_acc" not in last and self.test_data is not None:  # test_eval=improved: score the final
-            last["test_loss"], last["test_acc"] = self.evaluate(self.test_data)
-        cfg, data = self.cfg, self.data
-        speeds = [h["images_per_second"] for h in epochs]
-        summary = {
-            "method": cfg.method, "recipe": cfg.recipe, "model": cfg.model, "data": data.name,
-            "test_set_id": data.test_set_id, "epochs": len(epochs),
-            # chosen on validation (the last eligible epoch without it); test_acc is measured at that epoch
-            "best_epoch": self.best_epoch, "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
-            "final_val_acc": last.get("val_acc"), "final_test_acc": last.get("test_acc"),
-            "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds,
-            "budget_seconds": self.budget, "images_per_second": float(np.mean(speeds)) if speeds else None,
-            "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0,
-            "test_images": len(data.test), "num_classes": data.num_classes, "split_seed": cfg.split_seed,
-            "device": str(self.device), "world_size": dist.world(), "torch": torch.__version__, "seed": cfg.seed,
-            "load": {"start": self._load_start, "end": load_snapshot()},
-        }
-        summary = self.stamped(summary)
-        warning = run_load_warning(summary["load"]["start"], summary["load"]["end"])
-        if warning:
-            summary["load_warning"] = warning
-            if cfg.progress and dist.is_main():
-                warnings.warn(warning, FastRetrainWarning, stacklevel=2)
-        if self.out and dist.is_main():
-            if self.cfg.save_weights:
-                save_weights(self.model, self.out / "model_final.safetensors", self._weights_metadata(len(epochs)))
-            atomic_json(summary, self.out / "summary.json")
-        return summary
-
-    # ---------------------------------------------------------------- checkpoints
-    def _strategy_key(self, i: int, s: Strategy) -> str:
-        return f"{i}:{type(s).__name__}"
-
-    def _checkpoint(self) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "run_id": self.run_id,
-            "epoch": self.epoch + 1,  # epochs completed
-            "config": self.cfg.to_dict(),
-            "num_classes": self.data.num_classes,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
-            "lr_scale": dict(self.lr_scale),
-            "trainable_by": self._trainable.state_dict(),  # which owner holds what (set_trainable)
-            "optimizer": {n: _map_tensors(st, lambda v: v.cpu()) for n, st in self.optimizer_state_by_name().items()},
-            "strategies": {self._strategy_key(i, s): s.state_dict() for i, s in enumerate(self.strategies)},
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "best_key": list(self.best_key) if self.best_key is not None else None,
-            "wall_seconds": self.wall_seconds,
-            "cpu_seconds": self.cpu_seconds,
-            "max_batches": self.max_batches,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,  # --amp fp16: the loss scale
-        }
-
-    def _restore(self, ck: dict[str, Any]) -> None:
-        where = self.out / CHECKPOINT
-        if ck.get("run_id") and self.run_id and ck["run_id"] != self.run_id:
-            raise FastRetrainError(f"cannot resume {where}: it is run {ck['run_id']}'s, the folder's config.json names "
-                                   f"run {self.run_id}")
-        if ck.get("num_classes") != self.data.num_classes:
-            raise FastRetrainError(f"cannot resume {where}: it has {ck.get('num_classes')} classes, "
-                                   f"the data has {self.data.num_classes}")
-        for key in ("model", "method"):
-            then, now = ck["config"].get(key), getattr(self.cfg, key)
-            if then != now:
-                raise FastRetrainError(f"cannot resume {where}: it was run with {key}={then!r}, not {now!r}")
-        try:
-            self.model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise FastRetrainError(f"incompatible checkpoint {where}: {str(e).splitlines()[0]}") from e
-        keep = set(ck["trainable"])
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(n in keep)
-        self.lr_scale = dict(ck["lr_scale"])
-        if "trainable_by" in ck:  # checkpoints before set_trainable have only the trainable set itself
-            self._trainable.load_state_dict(ck["trainable_by"])
-        for i, s in enumerate(self.strategies):
-            s.load_state_dict(ck["strategies"].get(self._strategy_key(i, s), {}))
-        # scalar tensors (Adam's step) stay on the CPU, as torch.optim keeps them
-        to_device = lambda v: v.to(self.device) if v.ndim > 0 else v  # noqa: E731
-        self._opt_stash = {n: _map_tensors(st, to_device) for n, st in ck["optimizer"].items()}
-        self.optimizer = None
-        self.rebuild_optimizer()
-        self.start_epoch, self.history = ck["epoch"], list(ck["history"])
-        self.best_epoch, self.wall_seconds = ck.get("best_epoch"), ck["wall_seconds"]
-        self.cpu_seconds, self.max_batches = ck.get("cpu_seconds", 0.0), ck.get("max_batches")
-        if self.budget is not None and ck["config"].get("epochs") != self.cfg.epochs:  # the plan it had made
-            self.set_epochs(max(ck["config"]["epochs"], self.start_epoch + 1))
-        self.best_key = tuple(ck["best_key"]) if ck.get("best_key") is not None else None
-        if self.scaler is not None and ck.get("scaler"):
-            self.scaler.load_state_dict(ck["scaler"])
-        if dist.is_main():
-            (self.out / "metrics.jsonl").write_text("".join(json.dumps(self.stamped(h)) + "\n" for h in self.history))
-            print(f"resumed {where} after epoch {self.start_epoch}")
+        return run_folder.summary(self, load_start)  # written as summary.json, with model_final
 
 
 def _sums(logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
@@ -772,6 +657,3 @@ def _sums(logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor) -> torc
     count = torch.tensor(len(y), device=logits.device, dtype=torch.float64)
     return torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double(), count])
 
-
-def _map_tensors(state: dict[str, Any], fn) -> dict[str, Any]:
-    return {k: fn(v) if torch.is_tensor(v) else v for k, v in state.items()}
