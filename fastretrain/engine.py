@@ -58,7 +58,6 @@ import dataclasses
 import difflib
 import math
 import random
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -69,10 +68,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from . import budget
 from . import distributed as dist
+from . import progress
 from . import run_folder
 from .config import TrainConfig, parse_duration
 from .data import DataBundle, balanced_indices, class_weights
@@ -483,10 +482,7 @@ class Engine:
         t0 = self._t0 = time.perf_counter()
         self._c0 = time.process_time()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
-        shown = self.cfg.progress and dist.is_main() and sys.stderr.isatty()
-        total = min(self.num_batches(), self.max_batches or self.num_batches())
-        bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, disable=not shown)
+        bar = progress.EpochBar(self, t0)
         stop = False
         try:
             self._call("before_epoch")
@@ -503,14 +499,9 @@ class Engine:
                 except SkipBatch:
                     continue
                 finally:
-                    bar.update(1)
+                    bar.advance()
                 sums += _sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
-                if self.iter % 10 == 0 and not bar.disable:
-                    loss, correct, count = sums.tolist()
-                    speed = count * dist.world() / (time.perf_counter() - t0)
-                    left = {} if self.budget is None else {"left": f"{self.budget - self.elapsed():.0f}s"}
-                    bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}", img_s=f"{speed:.0f}",
-                                    **left)
+                bar.show(sums)
             if self.device.type != "cpu" and self.loss is not None:
                 self._check_finite(force=True)
             self._sync_buffers()
@@ -595,8 +586,7 @@ class Engine:
         if self.test_data is not None and not every and improved:  # the delivered model changed: score it
             self.log["test_loss"], self.log["test_acc"] = self.evaluate(self.test_data)
         self.history.append(dict(self.log))
-        if dist.is_main() and self.cfg.progress:
-            tqdm.write(self._epoch_line())
+        progress.report_epoch(self)
         run_folder.record(self, self.log, improved, checkpoint=True)
         if stop:
             raise StopFit
@@ -604,12 +594,6 @@ class Engine:
     def stamped(self, record: dict[str, Any]) -> dict[str, Any]:
         """`record` with the run's id, as every file of the run folder carries it (unchanged without an id)."""
         return run_folder.stamped(record, self.run_id)
-
-    def _epoch_line(self) -> str:
-        log = self.log
-        accs = "".join(f"{k} {log[k]:.4f}  " for k in ("train_loss", "train_acc", "val_acc", "test_acc") if k in log)
-        return (f"epoch {self.epoch + 1}/{self.cfg.epochs}  {accs}{log['epoch_seconds']:.1f}s  "
-                f"{log['images_per_second']:.0f} img/s")
 
     def _is_best(self, log: dict[str, Any], epoch: int) -> bool:
         """Whether `log` (of `epoch`, 0: a model offered before epoch 1) becomes the best: by (val_acc, -val_loss),
