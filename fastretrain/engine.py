@@ -81,7 +81,7 @@ from .models import normalization
 from .run_folder import CHECKPOINT
 from .schedules import parse_schedule
 from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
-from .trainable import TrainableSet
+from .trainable import TrainableSet, build_optimizer, param_names, states_by_name
 
 EVENTS = (
     "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
@@ -258,7 +258,7 @@ class Engine:
                 parameter's multiplier is the product of every owner's.
         """
         key = owner if isinstance(owner, str) else (getattr(owner, "name", "") or type(owner).__name__)
-        freeze, thaw = self._param_names(freeze), self._param_names(thaw)
+        freeze, thaw = param_names(self.model, freeze), param_names(self.model, thaw)
         self.trainable.update(key, freeze, thaw, lr_scale)
         params = dict(self.model.named_parameters())
         for n in thaw:
@@ -272,28 +272,11 @@ class Engine:
     def forget_optimizer_state(self, params) -> None:
         """Drop the optimizer state (momentum, Adam's moments) of `params` (names, Parameters or modules): they
         restart from their next gradient. Call it after re-initialising them, or before replacing the Parameters."""
-        names = set(self._param_names(params))
+        names = set(param_names(self.model, params))
         # the state dicts are the optimizer's and the by-name stash's alike: emptied in place, gone from both
         for n, state in self.optimizer_state_by_name().items():
             if n in names:
                 state.clear()
-
-    def _param_names(self, items) -> list[str]:
-        """The model's names of `items`: parameter names, Parameters or modules (each module's parameters)."""
-        by_id = {id(p): n for n, p in self.model.named_parameters()}
-        known = set(by_id.values())
-        out: list[str] = []
-        for item in items:
-            if isinstance(item, nn.Module):
-                out += [by_id[id(p)] for p in item.parameters()]
-            elif isinstance(item, str) or id(item) in by_id:
-                name = item if isinstance(item, str) else by_id[id(item)]
-                if name not in known:
-                    raise FastRetrainError(f"{type(self.model).__name__} has no parameter {name!r}")
-                out.append(name)
-            else:
-                raise FastRetrainError(f"not a parameter of {type(self.model).__name__}: {type(item).__name__}")
-        return out
 
     def rebuild_optimizer(self) -> None:
         """Build the optimizer over parameters that require grad; keep optimizer state by name.
@@ -305,27 +288,8 @@ class Engine:
         for n, p in self.model.named_parameters():
             if p.requires_grad and self.trainable.is_frozen(n):
                 p.requires_grad_(False)
-        if self.optimizer is not None:
-            for n, p in self.model.named_parameters():
-                if p in self.optimizer.state:
-                    self._opt_stash[n] = self.optimizer.state[p]
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not named:
-            raise FastRetrainError("no trainable parameters left (every parameter has requires_grad=False)")
-        groups: dict[float, list] = {}
-        for n, p in named:
-            groups.setdefault(float(self.lr_scale.get(n, 1.0)), []).append(p)
-        pgs = [{"params": ps, "lr_scale": s, "lr": self.cfg.lr * s} for s, ps in groups.items()]
-        lr, wd = self.cfg.lr, self.cfg.weight_decay
-        if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(pgs, lr=lr, momentum=self.cfg.momentum, weight_decay=wd)
-        elif self.cfg.optimizer == "adam":  # weight decay as an L2 term in the gradient, as torch.optim.Adam does
-            self.optimizer = torch.optim.Adam(pgs, lr=lr, weight_decay=wd)
-        else:
-            self.optimizer = torch.optim.AdamW(pgs, lr=lr, weight_decay=wd)
-        for n, p in named:
-            if n in self._opt_stash:
-                self.optimizer.state[p] = self._opt_stash[n]
+        self._opt_stash.update(states_by_name(self.model, self.optimizer))
+        self.optimizer = build_optimizer(self.cfg, self.model, self.lr_scale, self._opt_stash)
         self.set_net(self.net)
 
     def load_optimizer_state(self, by_name: dict[str, dict]) -> None:
@@ -335,12 +299,8 @@ class Engine:
         self.rebuild_optimizer()
 
     def optimizer_state_by_name(self) -> dict[str, dict]:
-        state = dict(self._opt_stash)
-        if self.optimizer is not None:
-            for n, p in self.model.named_parameters():
-                if p in self.optimizer.state:
-                    state[n] = self.optimizer.state[p]
-        return state
+        """Every parameter's optimizer state by name, also of parameters that do not train now."""
+        return {**self._opt_stash, **states_by_name(self.model, self.optimizer)}
 
     def batches(self, data=None, train: bool = False, shard: bool = True, batch_size: int | None = None):
         """Yield prepared (x, y) batches of `data` (default: training data) on the device.

@@ -5,12 +5,19 @@ Several strategies may freeze, thaw and rescale the same model (random-freeze's 
 freeze-unfreeze's frozen body). Each owner's requests are kept apart, by parameter name: a parameter trains unless
 some owner holds it frozen, so one owner's thaw never undoes another's freeze; its LR multiplier is the product of
 every owner's. (Lightning's `BaseFinetuning` gives one callback freeze/unfreeze; here the engine is the one owner
-of what trains and strategies ask it.) Pure bookkeeping on names: the engine applies it to the parameters.
+of what trains and strategies ask it.) `TrainableSet` is pure bookkeeping on names: the engine applies it to the
+parameters. Below it, the optimizer built over the parameters that train, with its state kept by parameter name
+(`build_optimizer`, `states_by_name`), and `param_names`, which turns what a strategy names into parameter names.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import FastRetrainError
 
 
 class TrainableSet:
@@ -47,3 +54,52 @@ class TrainableSet:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.frozen = {o: set(h) for o, h in state.get("frozen", {}).items()}
         self.scales = {o: dict(s) for o, s in state.get("scales", {}).items()}
+
+
+def param_names(model: nn.Module, items) -> list[str]:
+    """The names in `model` of `items`: parameter names, Parameters or modules (each module's parameters)."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    known = set(by_id.values())
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            out += [by_id[id(p)] for p in item.parameters()]
+        elif isinstance(item, str) or id(item) in by_id:
+            name = item if isinstance(item, str) else by_id[id(item)]
+            if name not in known:
+                raise FastRetrainError(f"{type(model).__name__} has no parameter {name!r}")
+            out.append(name)
+        else:
+            raise FastRetrainError(f"not a parameter of {type(model).__name__}: {type(item).__name__}")
+    return out
+
+
+def states_by_name(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, dict]:
+    """The optimizer's per-parameter state (the same dicts, not copies) by the parameters' names in `model`."""
+    if optimizer is None:
+        return {}
+    return {n: optimizer.state[p] for n, p in model.named_parameters() if p in optimizer.state}
+
+
+def build_optimizer(cfg, model: nn.Module, lr_scale: dict[str, float], stash: dict[str, dict]) -> torch.optim.Optimizer:
+    """`cfg.optimizer` (sgd with momentum, adam, adamw) over the parameters of `model` that require grad, one group
+    per LR multiplier (`lr_scale`, name -> factor; each group carries its "lr_scale"), each parameter's state taken
+    from `stash` (name -> state) where it has one."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise FastRetrainError("no trainable parameters left (every parameter has requires_grad=False)")
+    groups: dict[float, list] = {}
+    for n, p in named:
+        groups.setdefault(float(lr_scale.get(n, 1.0)), []).append(p)
+    pgs = [{"params": ps, "lr_scale": s, "lr": cfg.lr * s} for s, ps in groups.items()]
+    lr, wd = cfg.lr, cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(pgs, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    elif cfg.optimizer == "adam":  # weight decay as an L2 term in the gradient, as torch.optim.Adam does
+        optimizer = torch.optim.Adam(pgs, lr=lr, weight_decay=wd)
+    else:
+        optimizer = torch.optim.AdamW(pgs, lr=lr, weight_decay=wd)
+    for n, p in named:
+        if n in stash:
+            optimizer.state[p] = stash[n]
+    return optimizer
