@@ -199,7 +199,6 @@ class Engine:
         self.best_key: tuple[float, float] | None = None
         self.best_eligible = True  # set False in after_eval to keep this epoch out of the best-epoch choice
         self._untimed = 0.0
-        self._trained_images = 0.0  # images trained on in this epoch, over all ranks
         self._rngs: dict[str, torch.Generator] = {}
         self.lr = cfg.lr  # the scheduled LR of the current step (before lr_scale)
         self.rebuild_optimizer()
@@ -431,7 +430,16 @@ class Engine:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr * g["lr_scale"]
 
-    def _train_epoch(self) -> None:
+    def _stopped(self, work, *args) -> bool:
+        """Run `work(*args)`; whether it asked to stop: it returned True, or a hook raised StopFit (the one place
+        StopFit is caught; the run ends after this epoch's bookkeeping)."""
+        try:
+            return bool(work(*args))
+        except StopFit:
+            return True
+
+    def _train_epoch(self) -> tuple[bool, float]:
+        """One epoch's training pass, timed; (whether to stop after it, images trained on over all ranks)."""
         self.log = {"epoch": self.epoch + 1}
         self._untimed = self._untimed_cpu = 0.0
         self.epoch_end_reserve = 0.0
@@ -443,31 +451,8 @@ class Engine:
         self._c0 = time.process_time()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
         bar = progress.EpochBar(self, t0)
-        stop = False
         try:
-            self._call("before_epoch")
-            loop0 = self.elapsed()  # the steps' own clock starts after before_epoch's work (a head, a switch)
-            for self.iter, (self.x, self.y) in enumerate(self.batches(train=True)):
-                if self.max_batches is not None and self.iter >= self.max_batches:  # a shortened epoch (budget)
-                    break
-                if self.budget is not None:
-                    stop, self._now = budget.stop_before_step(self, loop0)
-                    if stop:
-                        break
-                try:
-                    self._train_batch()
-                except SkipBatch:
-                    continue
-                finally:
-                    bar.advance()
-                sums += _sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
-                bar.show(sums)
-            if self.device.type != "cpu" and self.loss is not None:
-                self._check_finite(force=True)
-            self._sync_buffers()
-            self._call("after_epoch")
-        except StopFit:
-            stop = True
+            stop = self._stopped(self._train_pass, sums, bar)
         finally:
             bar.close()
         self.sync()
@@ -475,14 +460,39 @@ class Engine:
         cpu = time.process_time() - self._c0 - self._untimed_cpu
         self._t0 = None
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
-        self._trained_images = count
         self.wall_seconds += seconds
         self.cpu_seconds += cpu
         self.log.update(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1), epoch_seconds=seconds,
                         wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds,
                         images_per_second=count / seconds, lr=self.lr)
-        if stop:
-            raise StopFit
+        return stop, count
+
+    def _train_pass(self, sums: torch.Tensor, bar) -> bool:
+        """before_epoch, the batches, after_epoch; adds each batch's (loss, correct, count) to `sums`; True when
+        the budget stops the epoch before a step."""
+        stop = False
+        self._call("before_epoch")
+        loop0 = self.elapsed()  # the steps' own clock starts after before_epoch's work (a head, a switch)
+        for self.iter, (self.x, self.y) in enumerate(self.batches(train=True)):
+            if self.max_batches is not None and self.iter >= self.max_batches:  # a shortened epoch (budget)
+                break
+            if self.budget is not None:
+                stop, self._now = budget.stop_before_step(self, loop0)
+                if stop:
+                    break
+            try:
+                self._train_batch()
+            except SkipBatch:
+                continue
+            finally:
+                bar.advance()
+            sums += _sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
+            bar.show(sums)
+        if self.device.type != "cpu" and self.loss is not None:
+            self._check_finite(force=True)
+        self._sync_buffers()
+        self._call("after_epoch")
+        return stop
 
     def _accumulation(self) -> tuple[bool, int]:
         """(whether batch `iter` is not the last of its --accumulate group, the group's size in batches): groups of
@@ -526,8 +536,9 @@ class Engine:
             self.scaler.update()
         self._call("after_step")
 
-    def _end_epoch(self) -> None:
-        """Evaluate validation and test (off the clock), log, pick the best epoch by validation, save."""
+    def _end_epoch(self) -> bool:
+        """Evaluate validation and test (off the clock), log, pick the best epoch by validation, save; whether
+        after_eval asked to stop."""
         if self.val_data is not None:
             val_loss, val_acc = self.evaluate(self.val_data)
             self.log.update(val_loss=val_loss, val_acc=val_acc)
@@ -535,11 +546,8 @@ class Engine:
         if self.test_data is not None and every:
             test_loss, test_acc = self.evaluate(self.test_data)
             self.log.update(test_loss=test_loss, test_acc=test_acc)
-        self.best_eligible, stop = True, False
-        try:
-            self._call("after_eval")
-        except StopFit:  # the epoch is recorded and saved first
-            stop = True
+        self.best_eligible = True
+        stop = self._stopped(self._call, "after_eval")  # the epoch is recorded and saved first
         if not self.best_eligible:
             self.log["eligible"] = False
         improved = self._is_best(self.log, self.epoch + 1)
@@ -548,8 +556,7 @@ class Engine:
         self.history.append(dict(self.log))
         progress.report_epoch(self)
         run_folder.record(self, self.log, improved, checkpoint=True)
-        if stop:
-            raise StopFit
+        return stop
 
     def stamped(self, record: dict[str, Any]) -> dict[str, Any]:
         """`record` with the run's id, as every file of the run folder carries it (unchanged without an id)."""
@@ -578,20 +585,13 @@ class Engine:
         self._t0 = None
         run_folder.start(self)  # --resume: continue the checkpoint; else a fresh metrics.jsonl
         self.epoch = self.start_epoch
-        try:
-            while self.epoch < self.cfg.epochs:
-                try:
-                    self._train_epoch()
-                except StopFit:
-                    if self._trained_images:  # some training happened this epoch: evaluate and save it
-                        self._end_epoch()
-                    break
-                self._end_epoch()
-                if self.budget is not None and not budget.continues(self):
-                    break
-                self.epoch += 1
-        except StopFit:  # raised in after_eval
-            pass
+        while self.epoch < self.cfg.epochs:
+            stop, trained = self._train_epoch()
+            if stop and not trained:  # stopped before this epoch trained on anything: nothing to evaluate or save
+                break
+            if self._end_epoch() or stop or (self.budget is not None and not budget.continues(self)):
+                break
+            self.epoch += 1
         self._call("after_fit")
         return run_folder.summary(self, load_start)  # written as summary.json, with model_final
 
