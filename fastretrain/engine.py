@@ -1,11 +1,7 @@
-"""The training engine: one epoch/batch loop with named events that strategies hook.
+"""The training engine: the epoch/batch loop, calling the strategies' hooks at named events.
 
-Events, in order (fastai's names): before_fit, then per epoch before_epoch, per batch before_batch,
-after_loss, before_step, after_step; after_epoch (after the training pass, before evaluation; work done
-here counts as training time), after_eval; finally after_fit. A strategy overrides the hooks it needs,
-receives the engine in each, and may raise SkipBatch or StopFit. Strategies run sorted by `order`. A public
-method named `before_*` or `after_*` that is not one of these events (a misspelt hook) is refused when the
-engine is built. Guides: README.md ("The engine"), docs/*.md (one per method).
+The events, `Strategy`, `SkipBatch` / `StopFit`, and what a strategy may read or change (the engine's public
+surface, set in `Engine.__init__`): events.py, re-exported here. Guides: docs/engine.md, docs/strategies.md.
 
 Evaluation and selection (the comparison protocol, docs/BENCHMARKS.md "How methods are compared"): after
 every epoch, off the clock, the engine evaluates the validation split (`engine.val_data`, None when there is
@@ -19,47 +15,22 @@ does so in its low-resolution phase), or in before_fit/before_epoch to keep a mo
 (`offer_model`) out of it. With `engine.val_data` and `engine.test_data` both None, nothing is
 evaluated (decompose's sub-networks).
 
-Everything a strategy may read or change is an attribute set in `Engine.__init__` (documented there) or a
-public method; nothing else of the engine is meant for strategies. What they may change, and how:
-- which parameters train, and their LR multipliers: `engine.set_trainable(self, freeze=..., thaw=..., lr_scale=...)`
-  (trainable.py): each strategy's holds are kept apart, so a thaw releases only the caller's own freezes, and LR
-  multipliers are merged as the product of every strategy's (`engine.lr_scale`, name -> float, is that product);
-  the optimizer is rebuilt, keeping momentum buffers by parameter name (also for parameters that leave it and
-  come back later). `engine.forget_optimizer_state(params)` drops the state of re-initialised or replaced
-  parameters. (Setting `requires_grad` by hand and calling `engine.rebuild_optimizer()` still works, outside
-  this bookkeeping.)
-- the batch: `engine.x`, `engine.y` in before_batch (e.g. new labels); `engine.loss` in after_loss.
-- whether a batch ends in an optimizer step: `engine.accumulating = True` (in before_batch, or after_loss) keeps its
-  gradients for the next batch to add to: no zero_grad, no step, no before_step/after_step. `--accumulate N`
-  (`cfg.accumulate`) sets it on all but the last batch of every N (the epoch's last group may be shorter), scales each
-  batch's loss by 1/(group size) for the backward (`engine.loss` stays the batch's own), runs the accumulating batches
-  under DDP's `no_sync()`, and takes the LR schedule's progress at the group's first batch, so N batches of B follow
-  the schedule of one batch of N·B (under a budget the progress is time, as always). A SkipBatch on a group's last
-  batch carries the group's gradients into the next group; an epoch's unfinished group (a budget stop) is dropped.
-- weights: write into modules under `torch.no_grad()`.
-- input resolution: `engine.image_size`; the LR schedule: `engine.schedule`; the run's length (in
-  before_fit): `engine.set_epochs(n)`.
-- extra passes over data: iterate `engine.batches(data, train=False)`; exclude evaluation-only work
-  from the clock with `with engine.untimed():` (in any hook, before_fit included).
-- what the training forward runs and on which data: `engine.set_net(module)`, `engine.train_data`,
-  and what evaluation runs on: `engine.val_data`, `engine.test_data` (e.g. cached features).
-- a model before epoch 1 (a closed-form head): `engine.offer_model(info)` scores the current weights on
-  validation (off the clock) and logs them as epoch 0, eligible as the best epoch like any other.
-- time: `engine.elapsed()` is the training time so far; under a budget, `engine.epoch_end_reserve` is the
-  time a strategy expects its after_epoch work to take this epoch (the budget stop keeps it free).
-
-Budget (`cfg.budget`, docs/budget.md): the LR schedule's progress is training time over the budget; the planner
-(epochs, shortened epochs, the stop before a step that would overrun) is budget.py.
+What the loop calls but is not the loop:
+- the run folder's files (metrics.jsonl, model_best / model_final, checkpoint.pt, summary.json) and the run's
+  summary: run_folder.py; what a checkpoint holds and how `--resume` restores it: checkpointing.py;
+- the time budget's planner (epochs, shortened epochs, the stop before a step that would overrun): budget.py (the
+  engine keeps the clock, `elapsed()`, and anneals the LR over the budget);
+- the epoch's progress bar and its closing line: progress.py;
+- the optimizer (one group per LR multiplier, state kept by parameter name) and who holds what frozen: trainable.py;
+- mixed precision (autocast dtype, GradScaler) and `--compile`: speed.py.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import math
 import random
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -76,57 +47,13 @@ from . import run_folder
 from .config import TrainConfig, parse_duration
 from .data import DataBundle, balanced_indices, class_weights
 from .errors import FastRetrainError, NonFiniteLossError
+from .events import EVENTS, SkipBatch, StopFit, Strategy, check_hooks, seed_from  # noqa: F401 (re-exported)
 from .load import load_snapshot
 from .models import normalization
 from .run_folder import CHECKPOINT
 from .schedules import parse_schedule
 from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
 from .trainable import TrainableSet, build_optimizer, param_names, states_by_name
-
-EVENTS = (
-    "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
-    "after_eval", "after_fit",
-)
-
-
-class SkipBatch(Exception):
-    """Raise in a batch hook to skip the rest of this batch (no step)."""
-
-
-class StopFit(Exception):
-    """Raise in any hook to end training after the current epoch's bookkeeping."""
-
-
-class Strategy:
-    """Base class of everything that changes training. Override hooks; keep state in `state_dict`."""
-
-    order: int = 0  # lower runs first
-    name: str = ""  # the method name it is registered under
-    # methods this one cannot run with, and why (method name -> reason): `--method` with both is refused in one line
-    # when the strategies are built (methods.check_conflicts); declared on either side
-    conflicts: dict[str, str] = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-def seed_from(*parts) -> int:
-    """A 32-bit seed derived from `parts` (e.g. the run seed, an epoch, a tag): the same parts, the same seed."""
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
-def check_hooks(strategy) -> None:
-    """Refuse a strategy with a public `before_*` / `after_*` method that is not an event (a misspelt hook
-    would otherwise never run), naming the closest event."""
-    for name in dir(type(strategy)):
-        if name.startswith(("before_", "after_")) and name not in EVENTS and callable(getattr(strategy, name, None)):
-            close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0)
-            raise FastRetrainError(f"{type(strategy).__name__}.{name} is not an engine event (did you mean "
-                                   f"{close[0]}?); events: {', '.join(EVENTS)}")
-
 
 class Engine:
     """Trains `model` on `data` under `cfg`, with `strategies` hooked into the loop.
