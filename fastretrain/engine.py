@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import random
 import time
 from pathlib import Path
@@ -38,14 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DistributedSampler
 
 from . import budget
 from . import distributed as dist
+from . import passes
 from . import progress
 from . import run_folder
 from .config import TrainConfig, parse_duration
-from .data import DataBundle, balanced_indices, class_weights
+from .data import DataBundle, class_weights
 from .errors import FastRetrainError, NonFiniteLossError
 from .events import EVENTS, SkipBatch, StopFit, Strategy, check_hooks, seed_from  # noqa: F401 (re-exported)
 from .load import load_snapshot
@@ -229,43 +228,17 @@ class Engine:
         return {**self._opt_stash, **states_by_name(self.model, self.optimizer)}
 
     def batches(self, data=None, train: bool = False, shard: bool = True, batch_size: int | None = None):
-        """Yield prepared (x, y) batches of `data` (default: training data) on the device.
+        """Yield prepared (x, y) batches of `data` (default: training data) on the device (passes.py).
 
         train=True: this epoch's shuffled shard (DistributedSampler), random crop + flip, a trailing
         batch of one dropped (batch norm). train=False: in order, eval transform; `shard=False` gives
         every rank all of the data.
         """
-        data = self.train_data if data is None else data
-        n = len(data)
-        if train and self.cfg.balance == "sampler":  # class-balanced draw, as many per rank as the sampler gives
-            per_rank = math.ceil(n / dist.world())
-            idx = balanced_indices(data.y, per_rank * dist.world(), self.rng("balance"))[dist.rank() :: dist.world()]
-        elif train:
-            sampler = DistributedSampler(data, dist.world(), dist.rank(), shuffle=True, seed=self.cfg.seed)
-            sampler.set_epoch(self.epoch)
-            idx = torch.tensor(list(sampler))
-        else:
-            idx = torch.arange(n)
-            if shard and dist.world() > 1:
-                idx = idx[dist.rank() :: dist.world()]
-        bs = batch_size or (self.cfg.batch_size if train else 2 * self.cfg.batch_size)
-        chunks = list(idx.split(bs))
-        if train and len(chunks) > 1 and len(chunks[-1]) == 1:
-            chunks.pop()
-        gen = self.rng("augment", per_rank=True) if train else None
-        if hasattr(data, "read_ahead"):  # disk-backed images: read the next batches while this one trains
-            data.read_ahead(chunks)
-        for chunk in chunks:
-            x, y = data.prepare(chunk, train, self.image_size, self.norm, gen, self.device)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+        return passes.batches(self, data, train, shard, batch_size)
 
     def num_batches(self) -> int:
         """Training batches per epoch on this rank."""
-        per_rank = math.ceil(len(self.train_data) / dist.world())
-        n = math.ceil(per_rank / self.cfg.batch_size)
-        return n - 1 if n > 1 and per_rank % self.cfg.batch_size == 1 else n
+        return passes.num_batches(len(self.train_data), self.cfg.batch_size)
 
     @contextlib.contextmanager
     def untimed(self):
@@ -290,7 +263,6 @@ class Engine:
             return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
-    @torch.no_grad()
     def evaluate(self, data=None, module: nn.Module | None = None) -> tuple[float, float]:
         """(mean loss, accuracy) of the current net (or `module`, on the engine's device) in eval mode on `data`.
 
@@ -298,17 +270,7 @@ class Engine:
         (No argument: the test data, kept for reporting code written before the validation split.)
         """
         data = self.test_data if data is None else data
-        net = self.net if module is None else module
-        was = net.training
-        net.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
-        for x, y in self.batches(data, train=False):
-            with self.autocast():
-                logits = net(x).float()
-            sums += _sums(logits, y, nn.functional.cross_entropy(logits, y, reduction="sum"))
-        net.train(was)
-        loss, correct, count = dist.all_reduce_sum(sums).tolist()
-        return loss / max(count, 1), correct / max(count, 1)
+        return passes.evaluate(self, data, self.net if module is None else module)
 
     # ---------------------------------------------------------------- the loop
     def _call(self, event: str) -> None:  # each strategy's hook for `event`, in order
@@ -413,7 +375,7 @@ class Engine:
                 continue
             finally:
                 bar.advance()
-            sums += _sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
+            sums += passes.sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
             bar.show(sums)
         if self.device.type != "cpu" and self.loss is not None:
             self._check_finite(force=True)
@@ -521,10 +483,4 @@ class Engine:
             self.epoch += 1
         self._call("after_fit")
         return run_folder.summary(self, load_start)  # written as summary.json, with model_final
-
-
-def _sums(logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
-    """(summed loss, correct, count) of one batch as float64 on its device: added up without host syncs."""
-    count = torch.tensor(len(y), device=logits.device, dtype=torch.float64)
-    return torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double(), count])
 
