@@ -89,6 +89,15 @@ def average(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t).div_(world())
 
 
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average `module`'s floating-point buffers (BN running stats) over ranks, so every replica evaluates alike."""
+    if world() > 1:
+        for b in module.buffers():
+            if b.is_floating_point():
+                b.copy_(all_reduce_sum(b.clone()) / world())
+
+
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s values into `t` on every rank, in place (returns t); identity for one process."""
     if world() > 1:

@@ -51,7 +51,7 @@ from .load import load_snapshot
 from .models import normalization
 from .run_folder import CHECKPOINT
 from .schedules import parse_schedule
-from .speed import CompiledForward, compile_options, grad_scaler, resolve_amp
+from .speed import speed_setup
 from .trainable import TrainableSet, build_optimizer, param_names, states_by_name
 
 class Engine:
@@ -76,13 +76,10 @@ class Engine:
         self.strategies = sorted(strategies, key=lambda s: s.order)  # stable: equal orders keep their given order
         self.out = Path(out_dir) if out_dir else None  # the run folder (None: nothing written)
         self.run_id = run_id  # the run's id, in every file of the run folder (read only)
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = resolve_amp(cfg.amp, self.device)  # autocast dtype of the forward, None: off (speed.py)
+        # speed.py: the forward's autocast dtype (None: off), float16's GradScaler (else None), --compile's compiled
+        # forward (else None), whether inputs and model are channels-last
+        self.amp_dtype, self.scaler, self._compiled, self.channels_last = speed_setup(cfg, self.device)
         self.amp = self.amp_dtype is not None
-        self.scaler = grad_scaler(self.amp_dtype, self.device)  # float16: loss scaling (None otherwise)
-        options = compile_options(cfg.compile)  # --compile: the training forward through torch.compile
-        self._compiled = CompiledForward(**options) if options is not None else None
-        self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.image_size = cfg.image_size  # input side in pixels of the batches prepared now
@@ -183,13 +180,7 @@ class Engine:
                 parameter's multiplier is the product of every owner's.
         """
         key = owner if isinstance(owner, str) else (getattr(owner, "name", "") or type(owner).__name__)
-        freeze, thaw = param_names(self.model, freeze), param_names(self.model, thaw)
-        self.trainable.update(key, freeze, thaw, lr_scale)
-        params = dict(self.model.named_parameters())
-        for n in thaw:
-            params[n].requires_grad_(not self.trainable.is_frozen(n))
-        for n in freeze:
-            params[n].requires_grad_(False)
+        self.trainable.apply(self.model, key, freeze, thaw, lr_scale)
         if lr_scale is not None:
             self.lr_scale = self.trainable.lr_scale()
         self.rebuild_optimizer()
@@ -278,14 +269,6 @@ class Engine:
             hook = getattr(s, event, None)
             if hook is not None:
                 hook(self)
-
-    @torch.no_grad()
-    def _sync_buffers(self) -> None:
-        """Average floating-point buffers (BN running stats) over ranks so every replica evaluates alike."""
-        if dist.world() > 1:
-            for b in self.model.buffers():
-                if b.is_floating_point():
-                    b.copy_(dist.all_reduce_sum(b.clone()) / dist.world())
 
     def sync(self) -> None:
         """Wait for the device (CUDA) so that wall-clock timings are right."""
@@ -379,7 +362,7 @@ class Engine:
             bar.show(sums)
         if self.device.type != "cpu" and self.loss is not None:
             self._check_finite(force=True)
-        self._sync_buffers()
+        dist.average_buffers(self.model)  # BN statistics alike on every rank
         self._call("after_epoch")
         return stop
 

@@ -107,3 +107,14 @@ def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.Gr
     if dtype != torch.float16:
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def speed_setup(cfg, device: torch.device) -> tuple[torch.dtype | None, Any, CompiledForward | None, bool]:
+    """The engine's (autocast dtype or None, GradScaler or None, compiled forward or None, channels-last) for `cfg`
+    on `device`: --amp, --compile and --channels-last (default: on CUDA only)."""
+    dtype = resolve_amp(cfg.amp, device)
+    scaler = grad_scaler(dtype, device)
+    options = compile_options(cfg.compile)
+    compiled = CompiledForward(**options) if options is not None else None
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    return dtype, scaler, compiled, channels_last

@@ -38,6 +38,17 @@ class TrainableSet:
         if lr_scale is not None:
             self.scales[owner] = {n: float(s) for n, s in lr_scale.items()}
 
+    def apply(self, model: nn.Module, owner: str, freeze=(), thaw=(), lr_scale: dict[str, float] | None = None) -> None:
+        """`update` with what `freeze`/`thaw` name in `model` (see param_names), then set those parameters'
+        `requires_grad`: a thawed one trains unless another owner holds it frozen."""
+        freeze, thaw = param_names(model, freeze), param_names(model, thaw)
+        self.update(owner, freeze, thaw, lr_scale)
+        params = dict(model.named_parameters())
+        for n in thaw:
+            params[n].requires_grad_(not self.is_frozen(n))
+        for n in freeze:
+            params[n].requires_grad_(False)
+
     def is_frozen(self, name: str) -> bool:
         """Whether some owner holds `name` frozen."""
         return any(name in held for held in self.frozen.values())
