@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from . import distributed as dist
 from . import passes
 from . import progress
 from . import run_folder
+from .clock import Span
 from .config import TrainConfig, parse_duration
 from .data import DataBundle, class_weights
 from .errors import FastRetrainError, NonFiniteLossError
@@ -113,15 +113,12 @@ class Engine:
         self.budget = parse_duration(cfg.budget)  # training seconds allowed (None: run cfg.epochs)
         self.epoch_end_reserve = 0.0  # seconds a strategy expects its after_epoch work to take this epoch
         self.max_batches: int | None = None  # under a budget that fits fewer than 4 epochs: batches per epoch
-        self._t0: float | None = None  # perf_counter at the start of the current epoch's clock (None: between)
-        self._c0 = 0.0
-        self._untimed_cpu = 0.0
+        self._span = Span()  # the clock's current span (clock.py): before_fit, or an epoch's training pass
         self._now = 0.0  # under a budget: the training time all ranks agreed on before this step
         # the best epoch so far: 1-based epoch, its (val_acc, -val_loss) key (None without validation)
         self.best_epoch: int | None = None
         self.best_key: tuple[float, float] | None = None
         self.best_eligible = True  # set False in after_eval to keep this epoch out of the best-epoch choice
-        self._untimed = 0.0
         self._rngs: dict[str, torch.Generator] = {}
         self.lr = cfg.lr  # the scheduled LR of the current step (before lr_scale)
         self.rebuild_optimizer()
@@ -143,15 +140,13 @@ class Engine:
 
     def elapsed(self) -> float:
         """Training time so far, the current epoch's part included (evaluations and untimed() work excluded)."""
-        if self._t0 is None:
-            return self.wall_seconds
-        return self.wall_seconds + time.perf_counter() - self._t0 - self._untimed
+        return self._span.wall(self.wall_seconds)
 
     def offer_model(self, info: dict[str, Any] | None = None) -> bool:
         """Offer the current weights, before epoch 1, as a model the run can return (epoch 0): scored on validation
         (and test) off the clock, logged as epoch 0 with `info`, and saved as model_best when validation prefers it.
         Returns whether it became the best so far."""
-        now, cpu = self.elapsed(), self._cpu_elapsed()
+        now, cpu = self.elapsed(), self._span.cpu(self.cpu_seconds)
         log = {"epoch": 0, **(info or {}), "wall_seconds": now, "cpu_seconds": cpu}
         with self.untimed():
             if self.val_data is not None:
@@ -231,22 +226,9 @@ class Engine:
         """Training batches per epoch on this rank."""
         return passes.num_batches(len(self.train_data), self.cfg.batch_size)
 
-    @contextlib.contextmanager
     def untimed(self):
-        """Exclude the enclosed work (e.g. an extra evaluation) from the training clock."""
-        self.sync()
-        t, c = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.sync()
-            self._untimed += time.perf_counter() - t
-            self._untimed_cpu += time.process_time() - c
-
-    def _cpu_elapsed(self) -> float:
-        if self._t0 is None:
-            return self.cpu_seconds
-        return self.cpu_seconds + time.process_time() - self._c0 - self._untimed_cpu
+        """Exclude the enclosed work (e.g. an extra evaluation) from the training clock (a context manager)."""
+        return self._span.untimed(self.sync)
 
     def autocast(self):
         """The forward's autocast context (--amp: bf16, or fp16 with the engine's GradScaler), else a no-op."""
@@ -313,24 +295,20 @@ class Engine:
     def _train_epoch(self) -> tuple[bool, float]:
         """One epoch's training pass, timed; (whether to stop after it, images trained on over all ranks)."""
         self.log = {"epoch": self.epoch + 1}
-        self._untimed = self._untimed_cpu = 0.0
         self.epoch_end_reserve = 0.0
         self._grads_kept = False  # gradients never carry over from an epoch's unfinished group
         self._seed_epoch()
         self.model.train()
         self.sync()
-        t0 = self._t0 = time.perf_counter()
-        self._c0 = time.process_time()
+        self._span.start()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
-        bar = progress.EpochBar(self, t0)
+        bar = progress.EpochBar(self, self._span.t0)
         try:
             stop = self._stopped(self._train_pass, sums, bar)
         finally:
             bar.close()
         self.sync()
-        seconds = time.perf_counter() - t0 - self._untimed
-        cpu = time.process_time() - self._c0 - self._untimed_cpu
-        self._t0 = None
+        seconds, cpu = self._span.stop()
         loss, correct, count = dist.all_reduce_sum(sums).tolist()
         self.wall_seconds += seconds
         self.cpu_seconds += cpu
@@ -449,12 +427,11 @@ class Engine:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
         run_folder.prepare(self)
         load_start = load_snapshot()  # another process's load slows the clock: noted at start and end
-        self._untimed = self._untimed_cpu = 0.0
-        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        self._span.start()
         self._call("before_fit")  # setup work (e.g. feature caching) is training time too, but not untimed() work
-        self.wall_seconds += time.perf_counter() - self._t0 - self._untimed
-        self.cpu_seconds += time.process_time() - self._c0 - self._untimed_cpu
-        self._t0 = None
+        wall, cpu = self._span.stop()
+        self.wall_seconds += wall
+        self.cpu_seconds += cpu
         run_folder.start(self)  # --resume: continue the checkpoint; else a fresh metrics.jsonl
         self.epoch = self.start_epoch
         while self.epoch < self.cfg.epochs:
