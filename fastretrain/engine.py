@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -45,13 +43,13 @@ from . import run_folder
 from .clock import Span
 from .config import TrainConfig, parse_duration
 from .data import DataBundle, class_weights
-from .errors import FastRetrainError, NonFiniteLossError
-from .events import EVENTS, SkipBatch, StopFit, Strategy, check_hooks, seed_from  # noqa: F401 (re-exported)
+from .errors import FastRetrainError
+from .events import EVENTS, SkipBatch, StopFit, Strategy, check_hooks, seed_everything, seed_from  # noqa: F401
 from .load import load_snapshot
 from .models import normalization
-from .run_folder import CHECKPOINT
+from .run_folder import CHECKPOINT  # noqa: F401 (re-exported)
 from .schedules import parse_schedule
-from .speed import speed_setup
+from .speed import autocast, speed_setup
 from .trainable import TrainableSet, build_optimizer, param_names, states_by_name
 
 class Engine:
@@ -232,9 +230,7 @@ class Engine:
 
     def autocast(self):
         """The forward's autocast context (--amp: bf16, or fp16 with the engine's GradScaler), else a no-op."""
-        if self.amp_dtype is not None:
-            return torch.autocast(self.device.type, dtype=self.amp_dtype)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.amp_dtype)
 
     def evaluate(self, data=None, module: nn.Module | None = None) -> tuple[float, float]:
         """(mean loss, accuracy) of the current net (or `module`, on the engine's device) in eval mode on `data`.
@@ -256,24 +252,6 @@ class Engine:
         """Wait for the device (CUDA) so that wall-clock timings are right."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _seed_epoch(self) -> None:
-        self._rngs = {}
-        s = seed_from(self.cfg.seed, self.epoch, "global")
-        torch.manual_seed(s)
-        random.seed(s)
-        np.random.seed(s % 2**32)
-
-    def _check_finite(self, force: bool = False) -> None:
-        # a host sync per batch is free on CPU; on GPU check every 20 batches
-        if not (force or self.device.type == "cpu" or self.iter % 20 == 0):
-            return
-        bad = torch.tensor(0.0 if torch.isfinite(self.loss.detach()).all() else 1.0, device=self.device)
-        if dist.all_reduce_sum(bad).item() > 0:
-            where = f" (last good checkpoint: {self.out / CHECKPOINT})" if self.out and self.epoch > 0 else ""
-            loss = float(self.loss.detach())
-            raise NonFiniteLossError(f"training loss is {loss:.4g} at epoch {self.epoch + 1}, batch {self.iter + 1}; "
-                                     f"stopped (try a lower --lr){where}")
 
     def _set_lr(self) -> None:
         if self.budget is not None:  # annealed to the budget: progress is training time over the budget
@@ -297,7 +275,8 @@ class Engine:
         self.log = {"epoch": self.epoch + 1}
         self.epoch_end_reserve = 0.0
         self._grads_kept = False  # gradients never carry over from an epoch's unfinished group
-        self._seed_epoch()
+        self._rngs = {}
+        seed_everything(seed_from(self.cfg.seed, self.epoch, "global"))
         self.model.train()
         self.sync()
         self._span.start()
@@ -339,22 +318,14 @@ class Engine:
             sums += passes.sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
             bar.show(sums)
         if self.device.type != "cpu" and self.loss is not None:
-            self._check_finite(force=True)
+            passes.check_finite(self, force=True)
         dist.average_buffers(self.model)  # BN statistics alike on every rank
         self._call("after_epoch")
         return stop
 
-    def _accumulation(self) -> tuple[bool, int]:
-        """(whether batch `iter` is not the last of its --accumulate group, the group's size in batches): groups of
-        cfg.accumulate batches from the epoch's start, the last one shorter when the epoch's batches run out."""
-        n = self.cfg.accumulate
-        total = min(self.num_batches(), self.max_batches or self.num_batches())
-        start = self.iter - self.iter % n
-        size = max(min(n, total - start), 1)
-        return self.iter - start + 1 < size, size
-
     def _train_batch(self) -> None:
-        self.accumulating, group = self._accumulation()
+        total = min(self.num_batches(), self.max_batches or self.num_batches())
+        self.accumulating, group = passes.accumulation(self.iter, self.cfg.accumulate, total)
         self._call("before_batch")
         self._set_lr()
         # DDP: a batch that accumulates keeps its gradients local; the group's last backward all-reduces the sum
@@ -364,7 +335,7 @@ class Engine:
                 self.logits = self._forward(self.x) if self._compiled is None else self._compiled(self._forward, self.x)
                 self.loss = self.loss_fn(self.logits.float(), self.y)
             self._call("after_loss")
-            self._check_finite()
+            passes.check_finite(self)
             if not self._grads_kept:
                 self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss if group == 1 else self.loss / group  # the group's gradient: that of its mean loss

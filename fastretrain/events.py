@@ -39,8 +39,12 @@ public method; nothing else of the engine is meant for strategies. What they may
 from __future__ import annotations
 
 import difflib
+import random
 import zlib
 from typing import Any
+
+import numpy as np
+import torch
 
 from .errors import FastRetrainError
 
@@ -87,3 +91,10 @@ def check_hooks(strategy) -> None:
             close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0)
             raise FastRetrainError(f"{type(strategy).__name__}.{name} is not an engine event (did you mean "
                                    f"{close[0]}?); events: {', '.join(EVENTS)}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's, Python's and NumPy's global generators (the engine does so at every epoch)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)

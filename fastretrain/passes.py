@@ -16,6 +16,8 @@ from torch.utils.data import DistributedSampler
 
 from . import distributed as dist
 from .bundle import balanced_indices
+from .errors import NonFiniteLossError
+from .run_folder import CHECKPOINT
 
 
 def batches(engine, data, train: bool = False, shard: bool = True, batch_size: int | None = None):
@@ -73,3 +75,24 @@ def evaluate(engine, data, net: nn.Module) -> tuple[float, float]:
     net.train(was)
     loss, correct, count = dist.all_reduce_sum(total).tolist()
     return loss / max(count, 1), correct / max(count, 1)
+
+
+def accumulation(i: int, n: int, total: int) -> tuple[bool, int]:
+    """(whether batch `i` is not the last of its --accumulate group, the group's size in batches): groups of `n`
+    batches from the epoch's start, the last one shorter when the epoch's `total` batches run out."""
+    start = i - i % n
+    size = max(min(n, total - start), 1)
+    return i - start + 1 < size, size
+
+
+def check_finite(engine, force: bool = False) -> None:
+    """Stop the run (NonFiniteLossError, naming the last good checkpoint if any) when `engine.loss` is not finite
+    on some rank. A host sync per batch is free on CPU; on GPU only every 20 batches, and at the epoch's end."""
+    if not (force or engine.device.type == "cpu" or engine.iter % 20 == 0):
+        return
+    bad = torch.tensor(0.0 if torch.isfinite(engine.loss.detach()).all() else 1.0, device=engine.device)
+    if dist.all_reduce_sum(bad).item() > 0:
+        where = f" (last good checkpoint: {engine.out / CHECKPOINT})" if engine.out and engine.epoch > 0 else ""
+        loss = float(engine.loss.detach())
+        raise NonFiniteLossError(f"training loss is {loss:.4g} at epoch {engine.epoch + 1}, batch {engine.iter + 1}; "
+                                 f"stopped (try a lower --lr){where}")

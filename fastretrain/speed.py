@@ -20,6 +20,7 @@ scaler and the scale lowered (PyTorch's recipe, torch.amp docs "Automatic Mixed 
 """
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Any
 
@@ -118,3 +119,8 @@ def speed_setup(cfg, device: torch.device) -> tuple[torch.dtype | None, Any, Com
     compiled = CompiledForward(**options) if options is not None else None
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     return dtype, scaler, compiled, channels_last
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The forward's autocast context in `dtype` on `device`, or a no-op for None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
