@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from . import distributed as dist
+from . import run_folder
 from .artifacts import RunFiles, starting_weights
-from .checkpoint import atomic_json
 from .config import TrainConfig
 from .data import DataBundle, class_count_lines, load_data
 from .distributed import resolve_device
@@ -139,6 +139,6 @@ def build_engine(
     if out and dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         run_id = start_run_folder(cfg, cfg.progress)  # --overwrite: the earlier run's files go first
-        atomic_json({**cfg.to_dict(), **({"run_id": run_id} if run_id else {})}, out / "config.json")
+        run_folder.write_config(out, cfg, run_id)
     files = RunFiles(custom_model=module is not None, started_from=starting_weights(cfg) if module is None else "")
     return Engine(model, data, cfg, all_strategies + [files], device=device, out_dir=out, run_id=run_id)

@@ -6,7 +6,8 @@ model offered as epoch 0): a line of metrics.jsonl, model_best.safetensors when 
 (`cfg.save_weights`), and checkpoint.pt (`cfg.save_checkpoint`, checkpointing.py holds what it contains). At the
 end: model_final.safetensors and summary.json. Every record carries the run's id (integrity.py), the weights in
 their metadata. The bundle's files beside them (model.json, samples, metrics.csv, TensorBoard, test_report/) are
-artifacts.py's `RunFiles`; config.json and environment.json are written by run.py before the engine starts.
+artifacts.py's `RunFiles`; config.json is written here too (`write_config`, called by run.py before the engine
+starts), environment.json by the benchmark cells (bench.py).
 """
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def _weights_metadata(engine, epoch: int) -> dict[str, str] | None:
 def _write_metrics(engine) -> None:
     lines = "".join(json.dumps(engine.stamped(h)) + "\n" for h in engine.history)
     (engine.out / METRICS).write_text(lines)
+
+
+def write_config(out: Path, cfg, run_id: str | None) -> None:
+    """config.json, as a run starts (run.py, on the main process): the resolved config with the run's id."""
+    atomic_json({**cfg.to_dict(), **({"run_id": run_id} if run_id else {})}, out / "config.json")
 
 
 def prepare(engine) -> None:
