@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import fastretrain as fr
+import fastretrain.cli
 from fastretrain import load
 from fastretrain.cli import main
 from fastretrain.errors import FastRetrainWarning
@@ -68,11 +69,9 @@ def test_a_run_records_the_load_and_warns_once_when_contended(cfg, bundle, monke
 
 
 def test_demo_names_the_cells_that_ran_under_load(monkeypatch, capsys):
-    import fastretrain.bench
-
     quiet, busy = {"summary": {}}, {"summary": {"load_warning": "the 1-minute load average was ..."}}
     records = [{"method": "sgdm", **busy}, {"method": "linear-probe", **quiet}, {"method": "rifle", **busy}]
-    monkeypatch.setattr(fastretrain.bench, "compare", lambda *a, **k: {"table": "| table |", "records": records})
+    monkeypatch.setattr(fastretrain.cli, "compare", lambda *a, **k: {"table": "| table |", "records": records})
     assert main(["demo", "--quick", "--out", "demo"]) == 0
     out = capsys.readouterr().out
     assert "warning: another process competed for the cores during sgdm, rifle: their times" in out
