@@ -52,6 +52,7 @@ from .schedules import parse_schedule
 from .speed import autocast, speed_setup
 from .trainable import TrainableSet, build_optimizer, param_names, states_by_name
 
+
 class Engine:
     """Trains `model` on `data` under `cfg`, with `strategies` hooked into the loop.
 
