@@ -180,7 +180,8 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
                     if m == PROBE else runs[s]["summary"]["wall_seconds"]
                 if s in base and m != BASELINE:
                     diffs.append(100 * (acc - ev.final(base[s]["history"])))
-            table[(m, level)] = {"acc": accs, "seconds": used, "diffs": diffs, "n": len(diffs),
+            heads = sum(runs[s]["summary"].get("best_epoch") == 0 for s in seeds if s in runs)
+            table[(m, level)] = {"acc": accs, "seconds": used, "diffs": diffs, "n": len(diffs), "heads": heads,
                                  "verdict": ev.verdict(diffs) if m != BASELINE else None,
                                  "budget": [level * t8[s] for s in seeds]}
     finals = [ev.final(cells[sgdm_label(1.0)][s]["history"]) for s in seeds]
@@ -343,7 +344,8 @@ def which_lines(analyses: list[dict]) -> list[str]:
                 continue
             fr = judged.get("fast-retrain")
             if fr and fr["verdict"] == "gain":
-                fr_gain.append((lv, _pm(fr["diffs"])))
+                head = f", its ridge head in {fr['heads']} of {len(fr['acc'])} runs" if fr.get("heads") else ""
+                fr_gain.append((lv, _pm(fr["diffs"]) + " pt" + head))
             cands = {**judged, BASELINE: rows[BASELINE]} if BASELINE in rows else judged
             pick = max(cands, key=lambda m: _mean_acc(cands[m]))
             if pick == PROBE and judged[PROBE]["verdict"] in ("gain", "no loss"):
@@ -353,7 +355,7 @@ def which_lines(analyses: list[dict]) -> list[str]:
         parts = []
         if fr_gain:
             parts.append("fast-retrain beats SGDM at equal budget at " + "; ".join(
-                f"{ev.LEVEL_NAMES[lv]} ({d} pt)" for lv, d in fr_gain))
+                f"{ev.LEVEL_NAMES[lv]} ({d})" for lv, d in fr_gain))
         if probe_pick:
             parts.append("the linear probe is the right choice at " + "; ".join(
                 f"{ev.LEVEL_NAMES[lv]} (the most accurate, {d} pt vs SGDM)" for lv, d in probe_pick))
