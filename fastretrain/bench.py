@@ -31,7 +31,7 @@ import numpy as np
 
 from .checkpoint import atomic_json
 from .errors import FastRetrainError
-from .evidence import delivered
+from .evidence import delivered, mean_std  # noqa: F401 (mean_std: also bench's, for benchmarks/run.py)
 from .methods import method_names, recipe_fields
 from .options import parse_options
 from .run import make_config, train
@@ -228,12 +228,6 @@ def recipe_text(recipe: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Paired statistics
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof 1; NaN for one value) of a non-empty list."""
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
 
 
 def pm(values: list[float] | None, fmt: str = "{:+.2f}") -> str:

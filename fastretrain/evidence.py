@@ -69,6 +69,7 @@ def final(history: list[dict]) -> float | None:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; NaN for one value) of a non-empty list."""
     a = np.asarray(values, dtype=float)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
 
