@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 import run as v2  # noqa: E402  (benchmarks/run.py: the cpu-v2 configs this suite re-runs)
 from fastretrain import evidence as ev  # noqa: E402
 from fastretrain.bench import cell_config, environment, slug  # noqa: E402
+from fastretrain.bench import pm as _pm  # noqa: E402  (mean ± std over seeds, as every table prints it)
 from fastretrain.checkpoint import atomic_json  # noqa: E402
 
 ROOT = HERE / "results" / "suite-v3"
@@ -207,13 +208,6 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering (every number below is computed from the cells)
-
-
-def _pm(values: list[float], fmt: str = "{:+.2f}") -> str:
-    if not values:
-        return "—"
-    m, s = ev.mean_std(values)
-    return fmt.format(m) if math.isnan(s) else f"{fmt.format(m)} ± {fmt.format(s).lstrip('+')}"
 
 
 def verdict_text(cell_: dict) -> str:
