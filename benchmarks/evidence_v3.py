@@ -8,8 +8,10 @@ the same load, one cell at a time with all cores:
      cost). Identical work (`evidence.control_work`) is timed before and after every cell: its spread over a
      comparison's cells is the timing noise, and a time ratio inside it is "unresolved".
 Every run scores test only when validation improves (`test_eval=improved`: the delivered model) and records
-process CPU time beside wall time. A finished cell (summary.json) is never rerun, except one that ran under
-competing load (its summary's `load_warning`): rerun the same command to continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
+process CPU time beside wall time. A finished cell (summary.json) is never rerun, except one that did not get
+its cores (`contended`: process CPU time below MIN_CPU_SHARE of wall time x its threads) and a budgeted cell
+whose budget no longer matches its seed's SGDM-8 time (that SGDM-8 cell was rerun): rerun the same command to
+continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
 docs/BENCHMARKS.md's v3 section and README's "which method when" block are rendered from them (--render).
 
 Usage: python benchmarks/evidence_v3.py [--only CID ...] [--methods M ...] [--seeds 3] [--budget-minutes N]
@@ -66,11 +68,40 @@ def cell(out: Path, label: str, seed: int) -> Path:
     return out / slug(label) / f"seed{seed}"
 
 
-def done(path: Path) -> bool:
-    """Finished, and not under competing load: a cell whose run recorded that another process competed for the
-    cores (summary's `load_warning`) is run again when the suite resumes (its times would not compare)."""
+MIN_CPU_SHARE = 0.9  # of its threads' wall time a cell's process must have computed to count (see `contended`)
+
+
+def contended(summary: dict) -> str | None:
+    """Why a finished cell's times do not count, or None: its process computed for less than MIN_CPU_SHARE of
+    wall time x min(threads, CPUs), so another process had part of its cores (measured over the whole cell).
+
+    Rule change (2026-12-02, after the flowers5-128-lite0 cells ran, stated in the report): this replaced the
+    1-minute load average (`load_warning`), which missed bursts inside cells (flowers seed 2's cells computed
+    for 1.29-1.63 of 2 threads and passed) and flagged idle niced processes that took no CPU. Uncontended cells of
+    the first two comparisons computed for 1.84-1.99 of 2 threads."""
+    end = summary.get("load", {}).get("end", {})
+    cores = min(end.get("threads") or 0, end.get("cpu_count") or 0)
+    if not cores or not summary.get("wall_seconds") or "cpu_seconds" not in summary:
+        return summary.get("load_warning")  # no CPU time recorded: the load average is all there is
+    share = summary["cpu_seconds"] / summary["wall_seconds"] / cores
+    if share < MIN_CPU_SHARE:
+        return f"computed for {share:.0%} of {cores} thread(s)' wall time (< {MIN_CPU_SHARE:.0%})"
+    return None
+
+
+def budget_matches(summary: dict, t8: float | None, level: float) -> bool:
+    """A budgeted cell counts only under its seed's current budget, level x that seed's SGDM-8 time."""
+    return t8 is not None and abs(summary.get("budget_seconds", -1.0) - round(level * t8, 2)) <= 0.011
+
+
+def done(path: Path, t8: float | None = None, level: float | None = None) -> bool:
+    """Finished with its cores (`contended` is None) and, for a budgeted cell (`level` given), under its seed's
+    current budget; any other cell is run again when the suite resumes."""
     summary = path / "summary.json"
-    return summary.is_file() and not json.loads(summary.read_text()).get("load_warning")
+    if not summary.is_file():
+        return False
+    s = json.loads(summary.read_text())
+    return contended(s) is None and (level is None or budget_matches(s, t8, level))
 
 
 def run_cell(path: Path, fields: dict, env: dict) -> bool:
@@ -115,7 +146,7 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
     for method in methods:
         for level in sorted(ev.LEVELS, reverse=True):
             path = cell(out, f"{method}#{LEVEL_TAG[level]}", seed)
-            if done(path) or (path / "failed.json").is_file():
+            if done(path, t8, level) or (path / "failed.json").is_file():
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -135,11 +166,15 @@ def load(cid: str) -> dict:
     cells: dict[str, dict[int, dict]] = {}
     if not out.is_dir():
         return cells
+    levels = {tag: lv for lv, tag in LEVEL_TAG.items()}
+    t8s = {int(f.parent.name[4:]): json.loads(f.read_text())["wall_seconds"]
+           for f in out.glob(f"{sgdm_label(1.0)}/seed*/summary.json") if done(f.parent)}
     for summary in sorted(out.glob("*/seed*/summary.json")):
         folder = summary.parent
-        if not done(folder):  # ran under competing load: pending its rerun, counted nowhere
-            continue
         label, seed = folder.parent.name.replace("+", ","), int(folder.name[4:])
+        level = levels.get(label.rpartition("#")[2]) if "#" in label else None
+        if not done(folder, t8s.get(seed), level):  # contended, or a stale budget: pending its rerun, counted nowhere
+            continue
         hist = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
         envf = folder / "environment.json"
         cells.setdefault(label, {})[seed] = {"summary": json.loads(summary.read_text()), "history": hist,
@@ -419,7 +454,12 @@ RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a 
          f"−{ev.NO_LOSS_FLOOR_PT} pt; else **loss**; fewer than {ev.MIN_SEEDS} seeds: no verdict, counted nowhere. "
          f"Time to target: the first time the delivered curve reaches SGDM-8's mean delivered accuracy minus "
          f"{ev.TARGET_BELOW_PT} pt (never counts as never); a time ratio inside the same-work control's spread "
-         "(identical work timed before and after every cell) is unresolved.")
+         "(identical work timed before and after every cell) is unresolved. A cell counts only when its process "
+         f"computed for at least {MIN_CPU_SHARE:.0%} of its threads' wall time (else it ran beside another "
+         "process and is rerun; a budgeted cell is also rerun when its seed's SGDM-8 cell was). Rule change, "
+         "2026-12-02, after the flowers5-128-lite0 cells ran: this CPU-share test replaced the 1-minute load "
+         "average, which had passed cells that computed for well under their threads' time; the flowers cells that "
+         "fail it were rerun and everything was re-rendered.")
 
 
 def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:

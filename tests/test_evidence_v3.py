@@ -10,15 +10,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import evidence_v3 as v3  # noqa: E402
 
 
-def write(root, label, seed, points, wall, control=(1.0, 1.0), classes=4, test_images=1000):
+def write(root, label, seed, points, wall, control=(1.0, 1.0), classes=4, test_images=1000, budget=None):
     """A finished cell: `points` are (wall_seconds, val_acc, test_acc) per scored model, epochs from 1."""
     folder = root / label / f"seed{seed}"
     folder.mkdir(parents=True)
     lines = [{"epoch": i + 1, "wall_seconds": t, "val_acc": v, "val_loss": 1.0, "test_acc": a}
              for i, (t, v, a) in enumerate(points)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cores = {"threads": 2, "cpu_count": 2}
     (folder / "summary.json").write_text(json.dumps({"wall_seconds": wall, "cpu_seconds": 2 * wall,
-                                                     "test_images": test_images, "num_classes": classes}))
+                                                     "test_images": test_images, "num_classes": classes,
+                                                     "budget_seconds": budget, "load": {"end": cores}}))
     (folder / "environment.json").write_text(json.dumps({"control_seconds": list(control),
                                                          "load_average": [1.0, 2.0]}))
 
@@ -35,9 +37,11 @@ def cells(tmp_path, monkeypatch):
         write(cid, "linear-probe", s, [(5.0, 0.8, 0.88)], 5.0)
         # fast-retrain: at 1/4 it returns 0.75 (its second model came 1 s past the budget x 1.05: not counted),
         # at 1/2 0.86 + s/100, at 1 nothing within the budget for seed 2 (chance), else 0.95
-        write(cid, "fast-retrain#b1of4", s, [(t8 / 8, 0.6, 0.75), (t8 / 4 * 1.05 + 1, 0.9, 0.99)], t8 / 4)
-        write(cid, "fast-retrain#b1of2", s, [(t8 / 2, 0.8, 0.86 + s / 100)], t8 / 2)
-        write(cid, "fast-retrain#b1", s, [(t8 * 2 if s == 2 else t8 / 2, 0.8, 0.95)], t8, control=(0.9, 1.0))
+        write(cid, "fast-retrain#b1of4", s, [(t8 / 8, 0.6, 0.75), (t8 / 4 * 1.05 + 1, 0.9, 0.99)], t8 / 4,
+              budget=t8 / 4)
+        write(cid, "fast-retrain#b1of2", s, [(t8 / 2, 0.8, 0.86 + s / 100)], t8 / 2, budget=t8 / 2)
+        write(cid, "fast-retrain#b1", s, [(t8 * 2 if s == 2 else t8 / 2, 0.8, 0.95)], t8, control=(0.9, 1.0),
+              budget=t8)
     return v3.load("c")
 
 
@@ -82,7 +86,28 @@ def test_which_lines_say_where_each_wins(cells):
     assert "neither at 1 (SGDM is the most accurate)" in line
 
 
-def test_a_cell_run_under_competing_load_is_pending(cells, tmp_path):
+def test_a_cell_that_did_not_get_its_cores_is_pending(cells, tmp_path):
     summary = tmp_path / "c" / "sgdm-e2" / "seed0" / "summary.json"
-    summary.write_text(json.dumps({**json.loads(summary.read_text()), "load_warning": "another process competed"}))
+    record = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**record, "cpu_seconds": 0.89 * 2 * record["wall_seconds"]}))
+    assert "89% of 2 thread(s)" in v3.contended(json.loads(summary.read_text()))
     assert not v3.done(summary.parent) and 0 not in v3.load("c")["sgdm-e2"]
+    summary.write_text(json.dumps({**record, "cpu_seconds": 0.91 * 2 * record["wall_seconds"],
+                                   "load_warning": "the 1-minute load average was 3.4"}))  # niced, idle neighbours
+    assert v3.done(summary.parent) and 0 in v3.load("c")["sgdm-e2"]
+
+
+def test_without_cpu_time_the_load_warning_decides(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"wall_seconds": 10.0, "load_warning": "competed"}))
+    assert not v3.done(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"wall_seconds": 10.0}))
+    assert v3.done(tmp_path)
+
+
+def test_a_rerun_sgdm8_makes_its_seeds_budgeted_cells_pending(cells, tmp_path):
+    assert 1 in v3.load("c")["fast-retrain#b1of2"]
+    summary = tmp_path / "c" / "sgdm-e8" / "seed1" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "wall_seconds": 90.0, "cpu_seconds": 180.0}))
+    reloaded = v3.load("c")
+    assert 1 not in reloaded["fast-retrain#b1of2"] and 0 in reloaded["fast-retrain#b1of2"]
+    assert not v3.done(summary.parent.parent.parent / "fast-retrain#b1of2" / "seed1", 90.0, 0.5)
