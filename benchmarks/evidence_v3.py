@@ -496,10 +496,14 @@ def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:
         if goal:
             report += [f"Issue 23's goal for `auto` on {a['id']}:\n", *goal, ""]
     (ROOT / "report.md").write_text("\n".join(report) + "\n")
-    readme = ROOT.parent.parent.parent / "README.md"
+    repo = ROOT.parent.parent.parent
     block = "\n".join(which_lines(analyses)) or "No v3 comparison has finished yet."
-    readme.write_text(v2.fill_blocks(readme.read_text(), {"v3": block}))
-    written += [ROOT / "report.md", readme, *v2.render_all(plots=False)]
+    goals = [part for a in analyses if (goal := auto_goal(a)) for part in (f"**{a['id']}**:\n", *goal, "")]
+    pages = {repo / "README.md": {"v3": block}, repo / "docs" / "fast_retrain.md": {"v3": block},
+             repo / "docs" / "budget.md": {"v3-auto": "\n".join(goals).strip() or "No v3 comparison has finished yet."}}
+    for page, blocks in pages.items():
+        page.write_text(v2.fill_blocks(page.read_text(), blocks))
+    written += [ROOT / "report.md", *pages, *v2.render_all(plots=False)]
     return written, analyses
 
 
