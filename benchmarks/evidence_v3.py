@@ -112,7 +112,8 @@ def run_cell(path: Path, fields: dict, env: dict) -> bool:
     if path.exists():  # an interrupted cell (no summary.json): start it afresh
         shutil.rmtree(path)
     load0, before = os.getloadavg()[0], ev.control_work()
-    print(f"== {path.relative_to(ROOT)}  budget={fields.get('budget')}", flush=True)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path  # other suites reuse run_cell (papers.py)
+    print(f"== {shown}  budget={fields.get('budget')}", flush=True)
     try:
         train(make_config(**fields, out=str(path)))
     except FastRetrainError as e:
