@@ -2,10 +2,10 @@
 
 A checkpoint is the run's state after a finished epoch: the model's weights, which parameters train and who holds
 which frozen (set_trainable), the LR multipliers, the optimizer state by parameter name, every strategy's
-`state_dict()`, the epoch history and best epoch, the training clock, the budget's epoch plan and shortened epochs,
+`state_dict()` (built-ins keep none), the epoch history and best epoch, the training clock, the budget's epoch plan and shortened epochs,
 and the fp16 loss scale. No RNG state: the engine reseeds every generator from (seed, epoch, tag), so a resumed
-run is bit-identical on CPU. The file itself (`checkpoint.pt`, written atomically after every epoch) is the run
-folder's (run_folder.py); these functions read and set the engine's public surface only.
+run is bit-identical on CPU. The file itself (`CHECKPOINT`, written atomically after every epoch, read by `--resume`) is
+the run folder's (run_folder.py's RunFolder); these functions read and set the engine's public surface only.
 """
 from __future__ import annotations
 
@@ -17,10 +17,17 @@ import torch
 from .errors import FastRetrainError
 
 FORMAT = 1
+CHECKPOINT = "checkpoint.pt"
 
 
 def _strategy_key(i: int, s) -> str:
     return f"{i}:{type(s).__name__}"
+
+
+def _kept(engine) -> list:
+    """The strategies whose state a checkpoint holds: every one but the built-ins (engine.builtins)."""
+    builtins = {id(b) for b in engine.builtins.values()}
+    return [s for s in engine.strategies if id(s) not in builtins]
 
 
 def map_tensors(state: dict[str, Any], fn) -> dict[str, Any]:
@@ -41,7 +48,7 @@ def state(engine) -> dict[str, Any]:
         "lr_scale": dict(engine.lr_scale),
         "trainable_by": engine.trainable.state_dict(),  # which owner holds what (set_trainable)
         "optimizer": {n: map_tensors(st, lambda v: v.cpu()) for n, st in engine.optimizer_state_by_name().items()},
-        "strategies": {_strategy_key(i, s): s.state_dict() for i, s in enumerate(engine.strategies)},
+        "strategies": {_strategy_key(i, s): s.state_dict() for i, s in enumerate(_kept(engine))},
         "history": engine.history,
         "best_epoch": engine.best_epoch,
         "best_key": list(engine.best_key) if engine.best_key is not None else None,
@@ -75,7 +82,7 @@ def restore(engine, ck: dict[str, Any], where: Path) -> None:
     engine.lr_scale = dict(ck["lr_scale"])
     if "trainable_by" in ck:  # checkpoints before set_trainable have only the trainable set itself
         engine.trainable.load_state_dict(ck["trainable_by"])
-    for i, s in enumerate(engine.strategies):
+    for i, s in enumerate(_kept(engine)):
         s.load_state_dict(ck["strategies"].get(_strategy_key(i, s), {}))
     # scalar tensors (Adam's step) stay on the CPU, as torch.optim keeps them
     to_device = lambda v: v.to(engine.device) if v.ndim > 0 else v  # noqa: E731

@@ -16,11 +16,11 @@ does so in its low-resolution phase), or in before_fit/before_epoch to keep a mo
 evaluated (decompose's sub-networks).
 
 What the loop calls but is not the loop:
-- the run folder's files (metrics.jsonl, model_best / model_final, checkpoint.pt, summary.json) and the run's
-  summary: run_folder.py; what a checkpoint holds and how `--resume` restores it: checkpointing.py;
+- the built-in strategies (`builtins`: swap or drop them by name, docs/strategies.md): "run-folder" writes every
+  file of the run folder and resumes a checkpoint (run_folder.py; what a checkpoint holds: checkpointing.py),
+  "progress" shows the epoch's bar and prints its line (progress.py); the run's summary: run_folder.summary;
 - the time budget's planner (epochs, shortened epochs, the stop before a step that would overrun): budget.py (the
   engine keeps the clock, `elapsed()`, and anneals the LR over the budget);
-- the epoch's progress bar and its closing line: progress.py;
 - the optimizer (one group per LR multiplier, state kept by parameter name) and who holds what frozen: trainable.py;
 - mixed precision (autocast dtype, GradScaler) and `--compile`: speed.py.
 """
@@ -38,7 +38,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import budget
 from . import distributed as dist
 from . import passes
-from . import progress
 from . import run_folder
 from .clock import Span
 from .config import TrainConfig, parse_duration
@@ -47,10 +46,16 @@ from .errors import FastRetrainError
 from .events import EVENTS, SkipBatch, StopFit, Strategy, check_hooks, seed_everything, seed_from  # noqa: F401
 from .load import load_snapshot
 from .models import normalization
-from .run_folder import CHECKPOINT  # noqa: F401 (re-exported)
+from .progress import Progress
+from .run_folder import CHECKPOINT, RunFolder  # noqa: F401 (CHECKPOINT re-exported)
 from .schedules import parse_schedule
 from .speed import autocast, speed_setup
 from .trainable import TrainableSet, build_optimizer, param_names, states_by_name
+
+
+def default_builtins() -> dict[str, Strategy]:
+    """The built-in strategies every engine installs, by name: the progress bar, then the run folder's files."""
+    return {"progress": Progress(), "run-folder": RunFolder()}
 
 
 class Engine:
@@ -59,10 +64,15 @@ class Engine:
     Args:
         out_dir: where metrics, weights and the checkpoint go (None: keep nothing on disk).
         run_id: the run's id (integrity.py), written into every file the run writes (None: none).
+        builtins: changes to `default_builtins()`: name -> the strategy to install in its place (None: none); a new
+            name adds one. Built-ins run among the strategies by their order; a checkpoint keeps no built-in's state.
     """
 
     def __init__(self, model: nn.Module, data: DataBundle, cfg: TrainConfig, strategies=(), device="cpu",
-                 out_dir=None, run_id: str | None = None):
+                 out_dir=None, run_id: str | None = None, builtins: dict[str, Strategy | None] | None = None):
+        # the built-in strategies installed, by name (read only)
+        self.builtins = {k: b for k, b in {**default_builtins(), **(builtins or {})}.items() if b is not None}
+        strategies = [*strategies, *self.builtins.values()]
         for s in strategies:
             check_hooks(s)
         # The public surface: what strategies may read (and, where the module docstring says so, change).
@@ -106,6 +116,9 @@ class Engine:
         self.accumulating = False
         self._grads_kept = False  # the previous batch accumulated: its gradients are still in .grad
         self.history: list[dict[str, Any]] = []  # one log per finished epoch
+        self.improved = False  # whether the log just recorded (history[-1], in after_log) became the best epoch
+        self.sums = torch.zeros(3, dtype=torch.float64)  # this epoch's (summed loss, correct, count) on this rank
+        self.summary: dict[str, Any] | None = None  # the run's summary, from after_fit on (what fit returns)
         self.log: dict[str, Any] = {}  # this epoch's metrics line (strategies add keys)
         self.wall_seconds = 0.0  # training time so far (evaluations and untimed() work excluded)
         self.cpu_seconds = 0.0  # this process's CPU time over the same spans (beside wall time: load shows here)
@@ -154,7 +167,8 @@ class Engine:
             if self.test_data is not None and (improved or self.cfg.test_eval == "every"):
                 log["test_loss"], log["test_acc"] = self.evaluate(self.test_data)
             self.history.append(log)
-            run_folder.record(self, log, improved)
+            self.improved = improved
+            self._call("after_log")
         return improved
 
     def set_epochs(self, epochs: int) -> None:
@@ -213,12 +227,9 @@ class Engine:
         return {**self._opt_stash, **states_by_name(self.model, self.optimizer)}
 
     def batches(self, data=None, train: bool = False, shard: bool = True, batch_size: int | None = None):
-        """Yield prepared (x, y) batches of `data` (default: training data) on the device (passes.py).
-
-        train=True: this epoch's shuffled shard (DistributedSampler), random crop + flip, a trailing
-        batch of one dropped (batch norm). train=False: in order, eval transform; `shard=False` gives
-        every rank all of the data.
-        """
+        """Yield prepared (x, y) batches of `data` (default: training data) on the device (passes.py). train=True:
+        this epoch's shuffled shard (DistributedSampler), random crop + flip, a trailing batch of one dropped (batch
+        norm); train=False: in order, eval transform; `shard=False` gives every rank all of the data."""
         return passes.batches(self, data, train, shard, batch_size)
 
     def num_batches(self) -> int:
@@ -234,11 +245,8 @@ class Engine:
         return autocast(self.device, self.amp_dtype)
 
     def evaluate(self, data=None, module: nn.Module | None = None) -> tuple[float, float]:
-        """(mean loss, accuracy) of the current net (or `module`, on the engine's device) in eval mode on `data`.
-
-        Pass the data explicitly: `engine.val_data` for anything that chooses, `engine.test_data` to report.
-        (No argument: the test data, kept for reporting code written before the validation split.)
-        """
+        """(mean loss, accuracy) of the current net (or `module`, on the engine's device) in eval mode on `data`:
+        `engine.val_data` for anything that chooses, `engine.test_data` to report (None: the test data)."""
         data = self.test_data if data is None else data
         return passes.evaluate(self, data, self.net if module is None else module)
 
@@ -281,15 +289,11 @@ class Engine:
         self.model.train()
         self.sync()
         self._span.start()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
-        bar = progress.EpochBar(self, self._span.t0)
-        try:
-            stop = self._stopped(self._train_pass, sums, bar)
-        finally:
-            bar.close()
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, count
+        stop = self._stopped(self._train_pass)
         self.sync()
         seconds, cpu = self._span.stop()
-        loss, correct, count = dist.all_reduce_sum(sums).tolist()
+        loss, correct, count = dist.all_reduce_sum(self.sums).tolist()
         self.wall_seconds += seconds
         self.cpu_seconds += cpu
         self.log.update(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1), epoch_seconds=seconds,
@@ -297,9 +301,9 @@ class Engine:
                         images_per_second=count / seconds, lr=self.lr)
         return stop, count
 
-    def _train_pass(self, sums: torch.Tensor, bar) -> bool:
-        """before_epoch, the batches, after_epoch; adds each batch's (loss, correct, count) to `sums`; True when
-        the budget stops the epoch before a step."""
+    def _train_pass(self) -> bool:
+        """before_epoch, the batches (after_batch after each), after_epoch; adds each batch's (loss, correct, count)
+        to `sums`; True when the budget stops the epoch before a step."""
         stop = False
         self._call("before_epoch")
         loop0 = self.elapsed()  # the steps' own clock starts after before_epoch's work (a head, a switch)
@@ -312,12 +316,10 @@ class Engine:
                     break
             try:
                 self._train_batch()
+                self.sums += passes.sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
             except SkipBatch:
-                continue
-            finally:
-                bar.advance()
-            sums += passes.sums(self.logits, self.y, self.loss.detach().double() * len(self.y))
-            bar.show(sums)
+                pass
+            self._call("after_batch")  # also after a skipped batch (progress counts it)
         if self.device.type != "cpu" and self.loss is not None:
             passes.check_finite(self, force=True)
         dist.average_buffers(self.model)  # BN statistics alike on every rank
@@ -359,8 +361,8 @@ class Engine:
         self._call("after_step")
 
     def _end_epoch(self) -> bool:
-        """Evaluate validation and test (off the clock), log, pick the best epoch by validation, save; whether
-        after_eval asked to stop."""
+        """Evaluate validation and test (off the clock), log, pick the best epoch by validation, record (after_log:
+        the run folder saves); whether after_eval or after_log asked to stop."""
         if self.val_data is not None:
             val_loss, val_acc = self.evaluate(self.val_data)
             self.log.update(val_loss=val_loss, val_acc=val_acc)
@@ -376,9 +378,8 @@ class Engine:
         if self.test_data is not None and not every and improved:  # the delivered model changed: score it
             self.log["test_loss"], self.log["test_acc"] = self.evaluate(self.test_data)
         self.history.append(dict(self.log))
-        progress.report_epoch(self)
-        run_folder.record(self, self.log, improved, checkpoint=True)
-        return stop
+        self.improved = improved
+        return self._stopped(self._call, "after_log") or stop
 
     def stamped(self, record: dict[str, Any]) -> dict[str, Any]:
         """`record` with the run's id, as every file of the run folder carries it (unchanged without an id)."""
@@ -397,14 +398,13 @@ class Engine:
 
     def fit(self) -> dict[str, Any]:
         """Train for cfg.epochs (continuing a checkpoint when cfg.resume); return the summary."""
-        run_folder.prepare(self)
         load_start = load_snapshot()  # another process's load slows the clock: noted at start and end
         self._span.start()
         self._call("before_fit")  # setup work (e.g. feature caching) is training time too, but not untimed() work
         wall, cpu = self._span.stop()
         self.wall_seconds += wall
         self.cpu_seconds += cpu
-        run_folder.start(self)  # --resume: continue the checkpoint; else a fresh metrics.jsonl
+        self._call("after_setup")  # the run folder: --resume continues the checkpoint, else a fresh metrics.jsonl
         self.epoch = self.start_epoch
         while self.epoch < self.cfg.epochs:
             stop, trained = self._train_epoch()
@@ -414,5 +414,7 @@ class Engine:
                 break
             self.epoch += 1
         self._call("after_fit")
-        return run_folder.summary(self, load_start)  # written as summary.json, with model_final
+        self.summary = run_folder.summary(self, load_start)
+        self._call("after_summary")  # the run folder: summary.json, with model_final
+        return self.summary
 

@@ -2,10 +2,16 @@
 
 Events, in order (fastai's names): before_fit, then per epoch before_epoch, per batch before_batch, after_loss,
 before_step, after_step; after_epoch (after the training pass, before evaluation; work done here counts as training
-time), after_eval; finally after_fit. A strategy overrides the hooks it needs, receives the engine in each, and may
-raise SkipBatch or StopFit. Strategies run sorted by `order`. A public method named `before_*` or `after_*` that is
-not one of these events (a misspelt hook) is refused when the engine is built (`check_hooks`). The engine
-(engine.py) imports these names and re-exports them. Guide: docs/strategies.md.
+time), after_eval; finally after_fit. Four more, `RECORD_EVENTS`, are where what the loop did is recorded (the
+built-in strategies, progress.py and run_folder.py, write and show there; any strategy may use them): after_setup
+(once, after before_fit, off the clock: a checkpoint is resumed here), after_batch (after every training batch,
+skipped ones too; `engine.sums` holds the epoch's running sums), after_log (an epoch's log, or an offered model's,
+is final: `engine.history[-1]`, `engine.improved`) and after_summary (after after_fit: `engine.summary`). A strategy
+overrides the hooks it needs, receives the engine in each, and may raise SkipBatch or StopFit (StopFit is caught in
+one place, the engine's `_stopped`: in the epoch's hooks and after_eval/after_log). Strategies run sorted by
+`order`. A public method named `before_*` or `after_*` that is not one of these events (a misspelt hook) is refused
+when the engine is built (`check_hooks`). The engine (engine.py) imports these names and re-exports them. Guide:
+docs/strategies.md.
 
 Everything a strategy may read or change is an attribute set in `Engine.__init__` (documented there) or a
 public method; nothing else of the engine is meant for strategies. What they may change, and how:
@@ -52,6 +58,7 @@ EVENTS = (
     "before_fit", "before_epoch", "before_batch", "after_loss", "before_step", "after_step", "after_epoch",
     "after_eval", "after_fit",
 )
+RECORD_EVENTS = ("after_setup", "after_batch", "after_log", "after_summary")
 
 
 class SkipBatch(Exception):
@@ -86,11 +93,12 @@ def seed_from(*parts) -> int:
 def check_hooks(strategy) -> None:
     """Refuse a strategy with a public `before_*` / `after_*` method that is not an event (a misspelt hook
     would otherwise never run), naming the closest event."""
+    events = EVENTS + RECORD_EVENTS
     for name in dir(type(strategy)):
-        if name.startswith(("before_", "after_")) and name not in EVENTS and callable(getattr(strategy, name, None)):
-            close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0)
+        if name.startswith(("before_", "after_")) and name not in events and callable(getattr(strategy, name, None)):
+            close = difflib.get_close_matches(name, events, n=1, cutoff=0)
             raise FastRetrainError(f"{type(strategy).__name__}.{name} is not an engine event (did you mean "
-                                   f"{close[0]}?); events: {', '.join(EVENTS)}")
+                                   f"{close[0]}?); events: {', '.join(events)}")
 
 
 def seed_everything(seed: int) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from . import distributed as dist
 from . import run_folder
-from .artifacts import RunFiles, starting_weights
+from .artifacts import starting_weights
 from .config import TrainConfig
 from .data import DataBundle, class_count_lines, load_data
 from .distributed import resolve_device
@@ -19,6 +19,7 @@ from .errors import FastRetrainError
 from .integrity import check_out_folder, start_run_folder
 from .methods import METHODS, build_strategies, method_names, recipe_fields
 from .models import create_model, model_kwargs
+from .run_folder import RunFolder
 from .training_aids import aid_strategies
 
 
@@ -85,14 +86,15 @@ def check_backbone(cfg: TrainConfig, strategies: list[Strategy]) -> None:
                            "to run it anyway")
 
 
-def train(cfg: TrainConfig | None = None, *, bundle=None, module=None, strategies=None, **kwargs) -> dict[str, Any]:
+def train(cfg: TrainConfig | None = None, *, bundle=None, module=None, strategies=None, builtins=None,
+          **kwargs) -> dict[str, Any]:
     """Run one training job and return its summary (also written to OUT/summary.json).
 
     Args:
         cfg: the configuration; or give its fields as keyword arguments (`train(epochs=3, ...)`).
-        bundle, module, strategies: objects to use, as in `build_engine`.
+        bundle, module, strategies, builtins: objects to use, as in `build_engine`.
     """
-    return build_engine(cfg or make_config(**kwargs), bundle, module, strategies).fit()
+    return build_engine(cfg or make_config(**kwargs), bundle, module, strategies, builtins).fit()
 
 
 def build_engine(
@@ -100,6 +102,7 @@ def build_engine(
     bundle: DataBundle | None = None,
     module: torch.nn.Module | None = None,
     strategies: list[Strategy] | None = None,
+    builtins: dict[str, Strategy | None] | None = None,
 ) -> Engine:
     """Set up device, process group, data, model and strategies; return the engine, ready to `fit()`.
 
@@ -108,6 +111,8 @@ def build_engine(
             A given bundle is used as it is: its `val` (None: no validation split) and `test`, whatever
             `cfg.val_fraction`, `cfg.test_fraction` and `cfg.max_train` say.
         strategies: extra strategy objects, added to those of `cfg.method`.
+        builtins: built-in strategies to swap (name -> strategy) or drop (name -> None), as in `Engine`; the run
+            folder's ("run-folder") here also writes the model bundle (model.json, samples, metrics.csv, ...).
     """
     cfg.validate()
     recipe_fields(cfg.recipe, cfg.method)  # an unknown recipe name fails before data and model load
@@ -140,5 +145,7 @@ def build_engine(
         out.mkdir(parents=True, exist_ok=True)
         run_id = start_run_folder(cfg, cfg.progress)  # --overwrite: the earlier run's files go first
         run_folder.write_config(out, cfg, run_id)
-    files = RunFiles(custom_model=module is not None, started_from=starting_weights(cfg) if module is None else "")
-    return Engine(model, data, cfg, all_strategies + [files], device=device, out_dir=out, run_id=run_id)
+    files = RunFolder(bundle=True, custom_model=module is not None,
+                      started_from=starting_weights(cfg) if module is None else "")
+    return Engine(model, data, cfg, all_strategies, device=device, out_dir=out, run_id=run_id,
+                  builtins={"run-folder": files, **(builtins or {})})

@@ -219,7 +219,7 @@ def test_untimed_in_before_fit_is_off_the_clock(cfg, bundle):
 
 def _strategy_sources():
     root = Path(fastretrain.__file__).parent
-    paths = sorted((root / "strategies").glob("*.py")) + [root / "artifacts.py"]  # RunFiles is a strategy too
+    paths = sorted((root / "strategies").glob("*.py")) + [root / "run_folder.py", root / "progress.py"]  # built-ins
     return [(p, ast.parse(p.read_text())) for p in paths]
 
 
@@ -267,3 +267,41 @@ def test_load_all_registers_every_strategy_module_and_the_package_imports_nothin
     for m in methods.values():
         if m.strategy is not None:
             check_hooks(m.strategy())  # the built-in strategies' hooks are all events
+
+
+# ---------------------------------------------------------------- built-in strategies
+def test_builtins_are_installed_by_default_and_swapped_or_dropped_by_name(cfg, bundle, tmp_path, capsys):
+    engine = build_engine(cfg, bundle)
+    assert list(engine.builtins) == ["progress", "run-folder"] and engine.builtins["run-folder"].bundle
+    assert all(any(s is b for s in engine.strategies) for b in engine.builtins.values())
+    engine.fit()
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert not [k for k in ck["strategies"] if k.endswith(("RunFolder", "Progress"))]  # built-ins keep no state
+
+    cfg.out, cfg.progress = str(tmp_path / "quiet"), True
+    lines = []
+
+    class Lines(Strategy):
+        def after_log(self, engine):
+            lines.append(engine.history[-1]["epoch"])
+
+    train(cfg, bundle=bundle, builtins={"run-folder": None, "progress": Lines()})
+    assert sorted(p.name for p in (tmp_path / "quiet").iterdir()) == ["config.json"]  # build_engine's, as it starts
+    assert lines == [1, 2] and "epoch 1/2" not in capsys.readouterr().out
+
+
+def test_record_events_come_after_the_loops_own(cfg, bundle):
+    log = []
+
+    class Records(Strategy):
+        def __getattr__(self, name):
+            if name.startswith(("before_", "after_")):
+                return lambda engine: log.append(name)
+            raise AttributeError(name)
+
+    cfg.epochs, cfg.out = 1, None
+    engine = build_engine(cfg, bundle, strategies=[Records()])
+    n = engine.num_batches()
+    engine.fit()
+    assert log[:2] == ["before_fit", "after_setup"] and log[-3:] == ["after_log", "after_fit", "after_summary"]
+    assert log.count("after_batch") == n and log[-5:-3] == ["after_epoch", "after_eval"]
