@@ -23,7 +23,7 @@ from .errors import FastRetrainError
 from .run_folder import CHECKPOINT
 
 CONFIG_JSON = "config.json"  # written when a run starts: its id is the run's
-# the files and folders a run writes into its folder (run_folder.py, artifacts.py, decompose, bench's cell records)
+# the files and folders a run writes into its folder (run_folder.py; decompose's subnets/, bench's cell records)
 RUN_FILES = (
     CONFIG_JSON, "metrics.jsonl", "metrics.csv", "summary.json", "model.json", "samples.safetensors",
     "model_best.safetensors", "model_final.safetensors", CHECKPOINT, "environment.json", "failed.json",
