@@ -1,4 +1,4 @@
-"""The GPU suite's device run (issue 14, part 2): the stages of `GPU_STAGES` (benchmarks/run.py) under one time
+"""The GPU suite's device run (issue 14, part 2): the stages of `GPU_STAGES` (benchmarks/suites.py) under one time
 budget, in one process. benchmarks/gpu_run.sh sets up the machine, runs this and packs the results.
 
 Stages, in order: the precision / memory-layout check (gpu_precision.py), Flowers-5 at 224 px with the core rows,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import sys
@@ -32,19 +31,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import engine_overhead  # noqa: E402
 import gpu_precision  # noqa: E402
+import suites as suite  # noqa: E402  (the GPU suite's comparisons and stages)
 
 from fastretrain.bench import cell_done, compare, environment, run_cells  # noqa: E402
 from fastretrain.checkpoint import atomic_json  # noqa: E402
 
 
-def _suite_module():
-    spec = importlib.util.spec_from_file_location("suite_runner", ROOT / "benchmarks" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-suite = _suite_module()
 RESERVE_S = 30  # no cell starts later than this before the budget's end (one 224 px cell: ~10-20 s, estimated)
 ESTIMATE_S = {"precision": 60, "throughput": 120}  # estimated H100 seconds of the measurement stages
 PRECISION = ["--device", "cuda"]

@@ -23,7 +23,14 @@ def _load(name):
     return mod
 
 
-suite = _load("run")
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the runner's modules; benchmarks/run.py is its command line
+import findings  # noqa: E402
+import pages  # noqa: E402
+import report  # noqa: E402
+import suites  # noqa: E402
+import verdicts as rules  # noqa: E402  (`verdicts` below is a helper of these tests)
+
+cli = _load("run")
 prep = _load("prepare_gpu_data")
 
 
@@ -52,29 +59,29 @@ def comp(records, data="cifar10-subset", size=32, pretrained=True, cid="c1"):
     records = json.loads(json.dumps(records))  # SGDM is shared between tests
     for r in records:
         r["summary"]["data"] = data
-    return suite.make_comparison(cid, records, {"image_size": size, "pretrained": pretrained, "data": data})
+    return suites.make_comparison(cid, records, {"image_size": size, "pretrained": pretrained, "data": data})
 
 
 def verdicts(key, records, **kw):
-    return [v for _, v in suite.CHECKS[key](comp(records, **kw))]
+    return [v for _, v in rules.CHECKS[key](comp(records, **kw))]
 
 
 def test_criteria_by_hand():
-    assert suite.gain([1.0, 1.2, 0.8])  # mean 1.0 > std 0.2
-    assert not suite.gain([2.0, 0.0, -0.5])  # mean 0.5 < std 1.32: inside the noise
-    assert not suite.gain([5.0])  # one seed has no std: a gain cannot be shown
-    assert not suite.gain([0.4, 0.4], at_least=0.5) and suite.gain([0.6, 0.6], at_least=0.5)
-    assert suite.no_loss([-0.3, -0.3]) and not suite.no_loss([-0.31, -0.31])
+    assert rules.gain([1.0, 1.2, 0.8])  # mean 1.0 > std 0.2
+    assert not rules.gain([2.0, 0.0, -0.5])  # mean 0.5 < std 1.32: inside the noise
+    assert not rules.gain([5.0])  # one seed has no std: a gain cannot be shown
+    assert not rules.gain([0.4, 0.4], at_least=0.5) and rules.gain([0.6, 0.6], at_least=0.5)
+    assert rules.no_loss([-0.3, -0.3]) and not rules.no_loss([-0.31, -0.31])
     p = {"median_time_ratio": 0.5}
-    assert suite.faster(p, 0.5) and not suite.faster(p, 0.5, strict=True)
-    assert not suite.faster({"median_time_ratio": None}, 10.0)  # never
+    assert rules.faster(p, 0.5) and not rules.faster(p, 0.5, strict=True)
+    assert not rules.faster({"median_time_ratio": None}, 10.0)  # never
 
 
 def test_fast_retrain_rules():
     # +2.0 ± 0.5 pt, reaching SGDM's final at 40 of SGDM's 100 s (0.4x <= 1/1.5): reproduced
     fast = cells("fast-retrain", [0.82, 0.815, 0.825], [70] * 3, [[(0.80, 40), (0.82, 70)]] * 3)
     mp = flat("mp-refine", 0.82, 100)
-    (t1, v1), (t2, v2) = suite.check_fast(comp(SGDM + fast + mp))
+    (t1, v1), (t2, v2) = rules.check_fast(comp(SGDM + fast + mp))
     assert v1 == v2 == "reproduced"
     assert "+2.00 ± 0.50 pt vs SGDM (gain beyond one std: yes)" in t1 and "0.40× (3 of 3 reached)" in t1
     assert "30.0% less time (± 0.0%)" in t2 and "(≥ 15%: yes)" in t2 and "+0.00 ± 0.50 pt (≥ −0.3: yes)" in t2
@@ -83,7 +90,7 @@ def test_fast_retrain_rules():
     assert verdicts("fast", SGDM + noisy)[0] == "not reproduced"
     # faster convergence needs the median over seeds, never-reached seeds counted: 1 of 3 reached -> never
     late = cells("fast-retrain", [0.83, 0.79, 0.79], [70] * 3, [[(0.83, 40)], [(0.79, 70)], [(0.79, 70)]])
-    t, v = suite.check_fast(comp(SGDM + late))[0]
+    t, v = rules.check_fast(comp(SGDM + late))[0]
     assert v == "not reproduced" and "never (1 of 3 reached)" in t
     # a 0.7x median time ratio is not the claimed 1.5x
     slow = cells("fast-retrain", [0.82, 0.815, 0.825], [70] * 3, [[(0.80, 70), (0.82, 71)]] * 3)
@@ -100,20 +107,20 @@ def test_goal_rule_half_the_time_and_at_most_a_third_of_a_point_below():
     """Issue 13's goal on a headline comparison: median time ratio <= 0.5 and final acc >= SGDM - 0.3 pt."""
     probe = flat("linear-probe", 0.78, 20)
     fast = cells("fast-retrain", [0.798, 0.797, 0.799], [60] * 3, [[(0.80, 50), (0.798, 60)]] * 3)
-    text = "\n".join(suite.goal_text([comp(SGDM + fast + probe, size=128)]))
+    text = "\n".join(findings.goal_text([comp(SGDM + fast + probe, size=128)]))
     assert "0.50× (3 of 3 reached)" in text and "-0.20 ± 0.10" in text and "**met**" in text
     assert "ahead: `fast-retrain`" in text and "Goal met in 1 of 1" in text
     # 0.4 pt below SGDM is outside the tolerance, however fast
     lower = cells("fast-retrain", [0.796] * 3, [60] * 3, [[(0.80, 10), (0.796, 60)]] * 3)
-    assert "**not met**" in "\n".join(suite.goal_text([comp(SGDM + lower + probe, size=128)]))
+    assert "**not met**" in "\n".join(findings.goal_text([comp(SGDM + lower + probe, size=128)]))
     # 0.6x is too slow; a seed that never reaches SGDM's final counts as never
     slow = cells("fast-retrain", [0.80] * 3, [60] * 3, [[(0.80, 60)]] * 3)
-    assert "**not met**" in "\n".join(suite.goal_text([comp(SGDM + slow, size=128)]))
+    assert "**not met**" in "\n".join(findings.goal_text([comp(SGDM + slow, size=128)]))
     never = cells("fast-retrain", [0.81, 0.79, 0.79], [60] * 3, [[(0.81, 10)], [(0.79, 60)], [(0.79, 60)]])
-    text = "\n".join(suite.goal_text([comp(SGDM + never, size=128)]))
+    text = "\n".join(findings.goal_text([comp(SGDM + never, size=128)]))
     assert "never (1 of 3 reached)" in text and "**not met**" in text
     # only headline comparisons (>= 96 px) count
-    assert "No headline comparison" in "\n".join(suite.goal_text([comp(SGDM + fast, size=32)]))
+    assert "No headline comparison" in "\n".join(findings.goal_text([comp(SGDM + fast, size=32)]))
 
 
 def test_ablation_goal_column_and_tally_against_the_default():
@@ -122,7 +129,7 @@ def test_ablation_goal_column_and_tally_against_the_default():
     fast = cells("fast-retrain", [0.80] * 3, [60] * 3, [[(0.80, 60)]] * 3)  # 0.6x: not met
     quick = cells("fast-retrain[mp-refine.until=0]", [0.80] * 3, [60] * 3, [[(0.80, 10)]] * 3)  # 0.1x: met
     two = cells("fast-retrain[mp-refine.init_head=False]", [0.80] * 2, [60] * 2, [[(0.80, 10)]] * 2)
-    text = "\n".join(suite.ablation_text([comp(SGDM + fast + quick + two, size=128)]))
+    text = "\n".join(findings.ablation_text([comp(SGDM + fast + quick + two, size=128)]))
     assert "| 0.60× (3 of 3 reached) | 0.60 ± 0.00× | not met |" in text
     assert "| 0.10× (3 of 3 reached) | 0.60 ± 0.00× | met |" in text and "| n < 3 |" in text
     assert "| `fast-retrain[mp-refine.until=0]` | 1 | 1 | 0 | +0.00 ± 0.00 | 1.00 ± 0.00× | yes |" in text
@@ -131,7 +138,7 @@ def test_ablation_goal_column_and_tally_against_the_default():
     up = cells("fast-retrain[mp-refine.until=0]", [0.81, 0.812, 0.808], [60] * 3, [[(0.80, 60)]] * 3)
     noisy = cells("fast-retrain[mp-refine.until=0]", [0.81, 0.79, 0.81], [60] * 3, [[(0.80, 60)]] * 3)
     for variant, better in ((up, "yes"), (noisy, "no")):
-        v = suite.better_than_default([comp(SGDM + fast + variant, size=128)], "fast-retrain[mp-refine.until=0]")
+        v = rules.better_than_default([comp(SGDM + fast + variant, size=128)], "fast-retrain[mp-refine.until=0]")
         assert v["met"] == v["met_default"] == 0 and v["better"] == (better == "yes")
 
 
@@ -144,25 +151,25 @@ def test_timing_control_compares_the_same_work_in_two_cells():
              "test_acc": 0.8, "wall_seconds": 15},
             {"epoch_seconds": 4, "trainable_ratio": 0.5, "frozen_layers": 3, "test_acc": 0.8, "wall_seconds": 19}]
     fast = [{"method": "fast-retrain", "seed": 0, "summary": {**summary, "wall_seconds": 19}, "history": hist}]
-    assert suite.timing_control([comp(base + fast, size=128)]) == [1.2]  # (15 - 2 - 1) / 10; epoch 2 is frozen
-    assert suite.timing_control([comp(base + fast, size=32)]) == []  # headline comparisons only
-    assert "1.20–1.20× SGDM's time" in "\n".join(suite.timing_control_text([comp(base + fast, size=128)]))
+    assert rules.timing_control([comp(base + fast, size=128)]) == [1.2]  # (15 - 2 - 1) / 10; epoch 2 is frozen
+    assert rules.timing_control([comp(base + fast, size=32)]) == []  # headline comparisons only
+    assert "1.20–1.20× SGDM's time" in "\n".join(findings.timing_control_text([comp(base + fast, size=128)]))
 
 
 def test_rifle_rule_needs_half_a_point_over_every_trick():
     tricks = flat("dropout", 0.80, 100) + flat("cyclic-lr", 0.79, 100)
     assert verdicts("rifle", SGDM + tricks + flat("rifle", 0.806, 100)) == ["reproduced"]  # +0.6 / +1.6 pt
     assert verdicts("rifle", SGDM + tricks + flat("rifle", 0.804, 100)) == ["not reproduced"]  # +0.4 vs dropout
-    text = suite.check_rifle(comp(SGDM + tricks + flat("rifle", 0.804, 100)))[0][0]
+    text = rules.check_rifle(comp(SGDM + tricks + flat("rifle", 0.804, 100)))[0][0]
     assert "vs `dropout` +0.40 ± 0.00 pt (no), vs `cyclic-lr` +1.40 ± 0.00 pt (yes); vs SGDM +0.40" in text
-    assert suite.check_rifle(comp(SGDM + flat("rifle", 0.9, 100))) == []  # no trick ran: nothing to check
+    assert rules.check_rifle(comp(SGDM + flat("rifle", 0.9, 100))) == []  # no trick ran: nothing to check
 
 
 def test_kernel_rule_time_and_accuracy():
     assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.798, 75)) == ["reproduced"]  # 25% less, -0.2 pt
     assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.79, 75)) == ["not reproduced"]  # -1 pt
     assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.80, 90)) == ["not reproduced"]  # 10% less
-    text = suite.check_kernel(comp(SGDM + flat("kernel-rescale", 0.80, 110)))[0][0]
+    text = rules.check_kernel(comp(SGDM + flat("kernel-rescale", 0.80, 110)))[0][0]
     assert "10.0% more time" in text
     # legacy results whose test split came from the run seed are shown but not comparable
     assert verdicts("kernel", SGDM + flat("kernel-rescale", 0.798, 75), data="flowers5") == ["not comparable"]
@@ -171,7 +178,7 @@ def test_kernel_rule_time_and_accuracy():
 def test_decompose_rule():
     good = flat("decompose", 0.81, 100, reach_at=60, first=0.75)  # starts better; reaches 0.80 sooner; +1 pt
     assert verdicts("decompose", SGDM + good) == ["reproduced"]
-    t = suite.check_decompose(comp(SGDM + good))[0][0]
+    t = rules.check_decompose(comp(SGDM + good))[0][0]
     assert "after the first epoch +5.00 ± 0.00 pt (gain beyond one std: yes)" in t and "0.60× (3 of 3" in t
     assert verdicts("decompose", SGDM + flat("decompose", 0.80, 100, first=0.75)) == ["not reproduced"]  # not sooner
     assert verdicts("decompose", SGDM + flat("decompose", 0.81, 100, reach_at=60, first=0.70)) == ["not reproduced"]
@@ -183,24 +190,24 @@ def test_current_protocol_compares_test_acc_at_the_val_best_epoch():
     kr = cells("kernel-rescale", [0.80] * 3, [75] * 3, [[(0.80, 75)]] * 3, test=[0.78] * 3)  # -2 pt at val-best
     c = comp(base + kr)
     assert c["protocol"]["kind"] == "current"
-    text, verdict = suite.check_kernel(c)[0]
+    text, verdict = rules.check_kernel(c)[0]
     assert verdict == "not reproduced" and "test acc -2.00 ± 0.00 pt" in text
 
 
 def test_overall_counts():
     R, N, X = "reproduced", "not reproduced", "not comparable"
-    assert suite.overall([R, N, N, N, N, N, N]) == "**not reproduced** (reproduced in 1 of 7)"
-    assert suite.overall([R, R, N, N]) == "**partly** (reproduced in 2 of 4)"
-    assert suite.overall([R, N, N]) == "**not reproduced** (reproduced in 1 of 3)"
-    assert suite.overall([R, R, X]) == "**reproduced** (reproduced in 2 of 2; 1 not comparable, re-run pending)"
-    assert suite.overall([X, X]) == "**not measured** (2 not comparable, re-run pending)"
-    assert suite.overall([]) == "**not measured**"
+    assert rules.overall([R, N, N, N, N, N, N]) == "**not reproduced** (reproduced in 1 of 7)"
+    assert rules.overall([R, R, N, N]) == "**partly** (reproduced in 2 of 4)"
+    assert rules.overall([R, N, N]) == "**not reproduced** (reproduced in 1 of 3)"
+    assert rules.overall([R, R, X]) == "**reproduced** (reproduced in 2 of 2; 1 not comparable, re-run pending)"
+    assert rules.overall([X, X]) == "**not measured** (2 not comparable, re-run pending)"
+    assert rules.overall([]) == "**not measured**"
 
 
 def test_claims_are_split_by_input_size():
     small = comp(SGDM + flat("kernel-rescale", 0.798, 75), cid="small")
     big = comp(SGDM + flat("kernel-rescale", 0.79, 75), size=224, cid="big")
-    out = suite.claims([small, big])["kernel"]
+    out = rules.claims([small, big])["kernel"]
     assert [(x["id"], x["tier"], x["verdict"]) for x in out] == [("small", "appendix", "reproduced"),
                                                                    ("big", "headline", "not reproduced")]
 
@@ -209,39 +216,39 @@ def test_combinations_and_overview():
     recs = SGDM + flat("fast-retrain", 0.81, 70) + flat("rifle", 0.79, 100) + flat("fast-retrain,rifle", 0.82, 72)
     recs += flat("kernel-rescale", 0.798, 75) + flat("rifle,kernel-rescale", 0.70, 80)
     c = comp(recs)
-    lines = suite.combinations([c])
+    lines = report.combinations([c])
     assert len(lines) == 2
     assert "`fast-retrain,rifle`: final acc 82.00% in 72 s vs `fast-retrain` 81.00% in 70 s" in lines[0]
     assert "better than either part (+1.00 ± 0.00 pt vs `fast-retrain`, paired)" in lines[0]
     assert "worse than either part" in lines[1]
-    table = suite.overview([c])
+    table = report.overview([c])
     assert table[0] == "| method | `c1` (legacy) |"
     assert "| `fast-retrain` | 81.0 (+1.0 pt), 0.70× time |" in table
     assert "| `sgdm` | 80.0, 1.00× time |" in table
 
 
 def test_render_routes_headline_and_appendix(tmp_path, monkeypatch):
-    monkeypatch.setitem(suite.SUITES, "t", [("small", {}, ["sgdm", "kernel-rescale"], 3),
+    monkeypatch.setitem(suites.SUITES, "t", [("small", {}, ["sgdm", "kernel-rescale"], 3),
                                            ("big", {}, ["sgdm", "kernel-rescale"], 3)])
     small = comp(SGDM + flat("kernel-rescale", 0.798, 75), cid="small")
     big = comp(SGDM + flat("kernel-rescale", 0.79, 75), size=224, cid="big")
     for c in (small, big):
         c["suite"] = "t"
-    text = suite.render_text([small, big], tmp_path / "B.md", {"t": tmp_path / "res"}, "cmd", standard=False)
+    text = report.render_text([small, big], tmp_path / "B.md", {"t": tmp_path / "res"}, "cmd", standard=False)
     head, appendix = text.split("## Appendix: small inputs")
     assert "### big" in head.split("## Headline")[1] and "### small" in appendix
-    for title, *_ in suite.PAPERS.values():
+    for title, *_ in rules.PAPERS.values():
         assert f"### {title}" in text
-    assert f"- Headline (≥ {suite.HEADLINE_PX} px), `big` (legacy protocol: final acc):" in text
+    assert f"- Headline (≥ {suites.HEADLINE_PX} px), `big` (legacy protocol: final acc):" in text
     assert "- Overall, small-input appendix: **reproduced** (reproduced in 1 of 1)" in text
-    assert f"- Headline (≥ {suite.HEADLINE_PX} px): no comparison has run yet" in text  # e.g. decomposition
+    assert f"- Headline (≥ {suites.HEADLINE_PX} px): no comparison has run yet" in text  # e.g. decomposition
     assert "](res/small/accuracy_vs_time.png)" in text and "Recipe (every method):" in text
     assert "## How to reproduce" not in text  # only the standard report carries the how-to
 
 
 def test_committed_report_rerenders_identically():
     """docs/BENCHMARKS.md and the README's result tables are exactly what the committed results give."""
-    texts, comps, _ = suite.report_texts()
+    texts, comps, _ = pages.report_texts()
     assert comps, "no committed suite results found"
     for path, text in texts.items():
         assert path.read_text() == text, f"{path.name} differs: run python benchmarks/run.py --render"
@@ -250,7 +257,7 @@ def test_committed_report_rerenders_identically():
 def test_suite_configs_are_valid():
     from fastretrain.run import make_config
 
-    for name, comparisons in suite.SUITES.items():
+    for name, comparisons in suites.SUITES.items():
         for cid, base, methods, seeds in comparisons:
             assert seeds >= 1
             for m in methods:
@@ -269,14 +276,14 @@ def test_time_budget_stops_new_cells_and_keeps_finished(tmp_path, capsys):
 
 def test_main_override_and_budget(tmp_path, monkeypatch, capsys):
     """--override changes every comparison's config; a spent budget renders what exists and starts nothing."""
-    monkeypatch.setitem(suite.SUITES, "t", [("a", {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16,
-                                                  "epochs": 3, "max_train": 40, **suite.NO_FILES}, ["sgdm"], 1)])
-    suite.main(["--suite", "t", "--out", str(tmp_path / "o"), "--override", "epochs=1", "device=cpu"])
+    monkeypatch.setitem(suites.SUITES, "t", [("a", {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16,
+                                                  "epochs": 3, "max_train": 40, **suites.NO_FILES}, ["sgdm"], 1)])
+    cli.main(["--suite", "t", "--out", str(tmp_path / "o"), "--override", "epochs=1", "device=cpu"])
     summary = json.loads((tmp_path / "o" / "a" / "sgdm" / "seed0" / "summary.json").read_text())
     assert summary["epochs"] == 1
     assert (tmp_path / "o" / "BENCHMARKS.md").is_file() and (tmp_path / "o" / "a" / "time_to_target.png").is_file()
     with pytest.raises(SystemExit):
-        suite.main(["--suite", "t", "--out", str(tmp_path / "o"), "--override", "epochs"])
+        cli.main(["--suite", "t", "--out", str(tmp_path / "o"), "--override", "epochs"])
 
 
 def test_subset_zip_keeps_first_n_per_class(tmp_path):
@@ -295,11 +302,11 @@ def test_subset_zip_keeps_first_n_per_class(tmp_path):
 
 
 def test_status_counts_each_comparisons_own_seeds(tmp_path, monkeypatch):
-    monkeypatch.setitem(suite.SUITES, "t", [("a", {}, ["sgdm"], 1), ("b", {}, ["sgdm", "rifle"], 2)])
+    monkeypatch.setitem(suites.SUITES, "t", [("a", {}, ["sgdm"], 1), ("b", {}, ["sgdm", "rifle"], 2)])
     (tmp_path / "b" / "rifle" / "seed1").mkdir(parents=True)
     (tmp_path / "b" / "rifle" / "seed1" / "summary.json").write_text("{}")
-    assert suite.status("t", tmp_path) == ["- `a`: 0 of 1 cells finished", "- `b`: 1 of 4 cells finished"]
-    assert suite.status("t", tmp_path, seeds=1) == ["- `a`: 0 of 1 cells finished", "- `b`: 0 of 2 cells finished"]
+    assert suites.status("t", tmp_path) == ["- `a`: 0 of 1 cells finished", "- `b`: 1 of 4 cells finished"]
+    assert suites.status("t", tmp_path, seeds=1) == ["- `a`: 0 of 1 cells finished", "- `b`: 0 of 2 cells finished"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,48 +319,48 @@ def test_recommendation_rules_pick_by_paired_statistics():
     cheap_bad = flat("random-freeze", 0.77, 5)  # -3 pt in 0.05x the time
     quick = cells("fast-retrain", [0.80] * 3, [90] * 3, [[(0.80, 40), (0.80, 90)]] * 3)  # SGDM's final at 0.4x
     c = comp(SGDM + mp + noisy + probe + cheap_bad + quick)
-    assert suite.most_accurate(c) == ("mp-refine", "`mp-refine`: +1.0 ± 0.2 pt, 1.30× time")  # not the noisy rifle
-    m, text = suite.soonest(c)  # linear-probe reaches 0.795 only: never; fast-retrain at 40 of SGDM's 100 s
+    assert rules.most_accurate(c) == ("mp-refine", "`mp-refine`: +1.0 ± 0.2 pt, 1.30× time")  # not the noisy rifle
+    m, text = rules.soonest(c)  # linear-probe reaches 0.795 only: never; fast-retrain at 40 of SGDM's 100 s
     assert m == "fast-retrain" and text == "`fast-retrain`: 0.40× (3 of 3 reached), +0.0 ± 0.0 pt"
-    assert suite.cheapest(c) == ("linear-probe", "`linear-probe`: 0.10× time, -0.5 ± 0.0 pt")  # not random-freeze
-    assert suite.avoid(c) == [("random-freeze", pytest.approx(-3.0))]
+    assert rules.cheapest(c) == ("linear-probe", "`linear-probe`: 0.10× time, -0.5 ± 0.0 pt")  # not random-freeze
+    assert rules.avoid(c) == [("random-freeze", pytest.approx(-3.0))]
     # nothing ahead, nothing sooner, nothing cheap within a point: SGDM / none, naming the cheapest and its cost
     c = comp(SGDM + noisy + cheap_bad)
-    assert suite.most_accurate(c)[0] == suite.soonest(c)[0] == suite.cheapest(c)[0] == "sgdm"
-    assert suite.cheapest(c)[1] == "none (cheapest: `random-freeze` 0.05× time at -3.0 ± 0.0 pt)"
+    assert rules.most_accurate(c)[0] == rules.soonest(c)[0] == rules.cheapest(c)[0] == "sgdm"
+    assert rules.cheapest(c)[1] == "none (cheapest: `random-freeze` 0.05× time at -3.0 ± 0.0 pt)"
     # a loss of 1 pt is avoided only beyond one paired std
     wobbly = cells("dropout", [0.78, 0.80, 0.76], [100] * 3, [[(0.78, 100)], [(0.80, 100)], [(0.76, 100)]])
-    assert suite.avoid(comp(SGDM + wobbly)) == []  # -2.0 ± 2.0 pt
+    assert rules.avoid(comp(SGDM + wobbly)) == []  # -2.0 ± 2.0 pt
 
 
 def test_recommendation_prefers_headline_and_says_when_only_small():
     small = comp(SGDM + flat("linear-probe", 0.795, 10), cid="small")
     big = comp(SGDM + flat("mp-refine", 0.81, 120), size=224, cid="big")
     hidden = comp(SGDM + flat("rifle", 0.7, 100), data="flowers5", cid="legacy-flowers")  # not comparable
-    text = "\n".join(suite.recommendation_lines([small, big, hidden]))
+    text = "\n".join(findings.recommendation_lines([small, big, hidden]))
     assert "| `big` (legacy protocol: final acc) |" in text and "| `small`" not in text and "Only small" not in text
     assert "Not used (not comparable, re-run pending): `legacy-flowers`" in text
-    text = "\n".join(suite.recommendation_lines([small, hidden]))
+    text = "\n".join(findings.recommendation_lines([small, hidden]))
     assert "**Only small-input evidence exists so far**: every comparable comparison has 32 px inputs" in text
     row = next(line for line in text.splitlines() if line.startswith("| `small`"))
     assert row == ("| `small` (legacy protocol: final acc) | cifar10-subset | 32 px | SGDM 100 s | CPU | SGDM (none "
                    "ahead beyond one paired std) | SGDM (none reaches its final acc sooner within 0.3 pt) | "
                    "`linear-probe`: 0.10× time, -0.5 ± 0.0 pt | — |")
-    assert suite.recommendation_lines([hidden]) == ["No comparable comparison with SGDM has finished yet."]
+    assert findings.recommendation_lines([hidden]) == ["No comparable comparison with SGDM has finished yet."]
 
 
 def test_gpu_suite_runs_the_core_rows_first_at_224_px():
-    comps = {cid: (base, methods) for cid, base, methods, _ in suite.SUITES["gpu"]}
+    comps = {cid: (base, methods) for cid, base, methods, _ in suites.SUITES["gpu"]}
     assert all(base["image_size"] == 224 and base.get("val_fraction", 0.1) > 0 for base, _ in comps.values())
-    first = next((cid, rows) for name, cid, rows in suite.GPU_STAGES if cid)
-    assert first == ("flowers5-224-lite0", suite.GPU_CORE)
-    assert comps["flowers5-224-lite0"][1][: len(suite.GPU_CORE)] == suite.GPU_CORE
-    assert {"sgdm", "linear-probe", "fast-retrain", suite.FR_AUTHORS, "mp-refine", "freeze-unfreeze@fastai", "rifle",
-            "kernel-rescale"} == set(suite.GPU_CORE)
+    first = next((cid, rows) for name, cid, rows in suites.GPU_STAGES if cid)
+    assert first == ("flowers5-224-lite0", suites.GPU_CORE)
+    assert comps["flowers5-224-lite0"][1][: len(suites.GPU_CORE)] == suites.GPU_CORE
+    assert {"sgdm", "linear-probe", "fast-retrain", suites.FR_AUTHORS, "mp-refine", "freeze-unfreeze@fastai", "rifle",
+            "kernel-rescale"} == set(suites.GPU_CORE)
 
 
 TINY = {"model": "tiny-cnn", "data": "fashion-mnist", "image_size": 16, "epochs": 1, "max_train": 40,
-        "device": "cpu", **suite.NO_FILES}
+        "device": "cpu", **suites.NO_FILES}
 
 
 def test_gpu_run_records_a_crashed_cell_and_starts_nothing_after_the_budget(tmp_path, monkeypatch):
@@ -419,9 +426,9 @@ def test_precision_check_measures_the_settings_it_names(tmp_path):
 
 
 def test_gpu_page_from_the_committed_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(suite, "THROUGHPUT", tmp_path)
-    monkeypatch.setattr(suite, "GPU_RUN", tmp_path / "stages.json")
-    assert suite.gpu_page([]) is None  # nothing from a GPU: no page
+    monkeypatch.setattr(pages, "THROUGHPUT", tmp_path)
+    monkeypatch.setattr(pages, "GPU_RUN", tmp_path / "stages.json")
+    assert pages.gpu_page([]) is None  # nothing from a GPU: no page
     env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "commit": "abc1234", "command": "gpu_run.py"}
     settings = ["bf16 autocast", "float32, channels-last", "float32"]  # stored sorted: the page puts float32 first
     (tmp_path / "gpu-precision.json").write_text(json.dumps({
@@ -437,7 +444,7 @@ def test_gpu_page_from_the_committed_files(tmp_path, monkeypatch):
         r["summary"]["images_per_second"] = 1000.0 if r["method"] == "sgdm" else 500.0
     c = comp(recs, size=224, cid="flowers")
     c["suite"] = "gpu"
-    page = suite.gpu_page([c])
+    page = pages.gpu_page([c])
     assert "Device: GPU NVIDIA H100 80GB HBM3; torch 2.11.0; code abc1234." in page
     assert page.index("| float32 | 1000.0 | 1.00× | 3.50 |") < page.index("| float32, channels-last | 1100.0 | 1.10×")
     assert page.index("| float32, channels-last |") < page.index("| bf16 autocast | 2000.0 | 2.00× | 3.50 |")

@@ -1,6 +1,6 @@
 import sys, torch, copy
 sys.path.insert(0, "/work/main/benchmarks")
-from run import LITE0, V2_FASHION, V2_FLOWERS
+from suites import LITE0, V2_FASHION, V2_FLOWERS
 import fastretrain as fr
 from fastretrain import bench
 from fastretrain.models import pooled_features

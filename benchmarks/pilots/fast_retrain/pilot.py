@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, "/work/main/benchmarks")
-from run import LITE0, V2_FLOWERS, V2_FASHION
+from suites import LITE0, V2_FLOWERS, V2_FASHION
 from fastretrain import bench
 labels = sys.argv[1:]
 for name, cfg in (("fashion", {**LITE0, **V2_FASHION}), ("flowers", {**LITE0, **V2_FLOWERS})):

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, "/work/main/benchmarks")
-from run import LITE0, V2_FASHION, V2_FLOWERS
+from suites import LITE0, V2_FASHION, V2_FLOWERS
 from fastretrain import bench
 name, labels = sys.argv[1], sys.argv[2:]
 cfg = {"fashion": {**LITE0, **V2_FASHION}, "flowers": {**LITE0, **V2_FLOWERS}}[name]
