@@ -98,7 +98,8 @@ def recommendation_lines(comps: list[dict]) -> list[str]:
     tally = (f"Picked, over these {plural(len(rows), 'comparison')}: most accurate: {_tally(picks['most accurate'])}; "
              f"soonest: {_tally(picks['soonest'])}; least time within {CHEAP_TOL_PT:g} pt: "
              f"{_tally([m for m in picks['cheapest'] if m != BASELINE]) or 'none'}.")
-    rules = (f"Rules (fixed in `benchmarks/run.py`), per comparison, on the paired statistics against SGDM (accuracy: "
+    rules = ("Rules (fixed in `benchmarks/verdicts.py`), per comparison, on the paired statistics against SGDM "
+             "(accuracy: "
              "test acc at the validation-best epoch, final test acc for legacy results; mean ± paired std in pt): "
              "*most accurate*: the highest paired mean gain among the methods ahead of SGDM beyond one paired std, "
              "else SGDM; *SGDM's accuracy soonest*: the lowest median time to the same seed's SGDM final accuracy "
@@ -115,7 +116,8 @@ def recommendation_text(comps: list[dict]) -> list[str]:
 def goal_text(comps: list[dict]) -> list[str]:
     """Issue 13's goal per headline comparison, with the linear probe beside it (where it is the better choice)."""
     parts = [f"## Goal of `{GOAL_METHOD}`: SGDM's accuracy in half its time\n",
-             f"Rule (fixed in `benchmarks/run.py`): on each comparison at ≥ {HEADLINE_PX} px, `{GOAL_METHOD}` reaches "
+             "Rule (fixed in `benchmarks/verdicts.py`): "
+             f"on each comparison at ≥ {HEADLINE_PX} px, `{GOAL_METHOD}` reaches "
              f"the same seed's SGDM final test accuracy (since v3: of the model SGDM returns, its validation-best) in at most {GOAL_TIME:g}× SGDM's own time to it (median over "
              "seeds, a seed that never reaches it counts as never) and ends with a paired mean delivered test accuracy "
              f"at most {GOAL_TOL_PT} pt below SGDM's. The linear probe is shown beside it: where it is ahead, it is the "
@@ -152,7 +154,7 @@ def timing_control_text(comps: list[dict]) -> list[str]:
     mid = statistics.median(ratios)
     return [f"Timing noise: the same work (the SGD passes of the epochs where nothing is frozen) took {ratios[0]:.2f}–"
             f"{ratios[-1]:.2f}× SGDM's time in the {len(ratios)} `{GOAL_METHOD}*` cells (median {mid:.2f}×; "
-            "`benchmarks/run.py` `timing_control`). Cells run at different times, two at a time, on a shared CPU: "
+            "`benchmarks/verdicts.py` `timing_control`). Cells run at different times, two at a time, on a shared CPU: "
             f"time ratios inside that spread are not resolved here (the goal's {GOAL_TIME:g}× bar is "
             f"{'below' if GOAL_TIME < ratios[0] else 'inside'} it).\n"]
 

@@ -2,7 +2,7 @@
 each source paper's claim (`claims`, `overall`), the "which method when" picks (`most_accurate`, `soonest`,
 `cheapest`, `avoid`) and fast-retrain's goal (`goal_met`, `timing_control`, `better_than_default`).
 
-The rendered report calls these rules "fixed in `benchmarks/run.py`" (the suites' command line); they live here.
+The rendered report names this module as where the rules are fixed.
 Every rule is unit-tested on synthetic records in tests/test_suite.py.
 """
 from __future__ import annotations
