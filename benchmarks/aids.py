@@ -287,8 +287,7 @@ def load() -> dict[str, dict[int, dict]]:
                 continue
             if not done(folder):
                 continue
-            metrics = folder / "metrics.jsonl"
-            hist = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
+            hist = v3.history(folder) if (folder / "metrics.jsonl").is_file() else []
             extra = _record(folder / EXTRA[label]) if label in EXTRA else None
             cells.setdefault(label, {})[seed] = {"summary": _record(folder / "summary.json"), "history": hist,
                                                  "env": _record(folder / "environment.json"), "extra": extra}

@@ -161,6 +161,11 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
 # Reading the cells
 
 
+def history(cell: Path) -> list[dict]:
+    """A cell's metrics.jsonl, one record per scored model."""
+    return [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
 def load(cid: str) -> dict:
     """Every finished cell of a comparison: {label: {seed: record}} with history, summary, environment."""
     out = ROOT / cid
@@ -176,7 +181,7 @@ def load(cid: str) -> dict:
         level = levels.get(label.rpartition("#")[2]) if "#" in label else None
         if not done(folder, t8s.get(seed), level):  # contended, or a stale budget: pending its rerun, counted nowhere
             continue
-        hist = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        hist = history(folder)
         envf = folder / "environment.json"
         cells.setdefault(label, {})[seed] = {"summary": json.loads(summary.read_text()), "history": hist,
                                              "env": json.loads(envf.read_text()) if envf.is_file() else {}}

@@ -168,7 +168,7 @@ def _cells(folder: Path) -> list[Path]:
 
 
 def _history(cell: Path) -> list[dict]:
-    return [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return v3.history(cell)
 
 
 def image_seconds(folder: Path, root: Path = RESULTS) -> dict:
