@@ -39,6 +39,7 @@ from fastretrain import evidence as ev  # noqa: E402
 from fastretrain.bench import cell_config, environment, slug  # noqa: E402
 from fastretrain.bench import pm as _pm  # noqa: E402  (mean ± std over seeds, as every table prints it)
 from fastretrain.checkpoint import atomic_json  # noqa: E402
+from fastretrain.integrity import metrics_lines  # noqa: E402
 
 ROOT = HERE / "results" / "suite-v3"
 FULL_EPOCHS = 8  # SGDM's full schedule (cpu-v2's)
@@ -94,14 +95,25 @@ def budget_matches(summary: dict, t8: float | None, level: float) -> bool:
     return t8 is not None and abs(summary.get("budget_seconds", -1.0) - round(level * t8, 2)) <= 0.011
 
 
-def done(path: Path, t8: float | None = None, level: float | None = None) -> bool:
-    """Finished with its cores (`contended` is None) and, for a budgeted cell (`level` given), under its seed's
-    current budget; any other cell is run again when the suite resumes."""
+def cell_machine(path: Path) -> str | None:
+    """The boot id a cell ran under (`bench.environment`'s; None: recorded before this rule, or none there)."""
+    envf = path / "environment.json"
+    return json.loads(envf.read_text()).get("boot_id") if envf.is_file() else None
+
+
+ANY_MACHINE = object()
+
+
+def done(path: Path, t8: float | None = None, level: float | None = None, machine=ANY_MACHINE) -> bool:
+    """Finished with its cores (`contended` is None), for a budgeted cell (`level` given) under its seed's current
+    budget, and, when `machine` is given (its seed's SGDM-8 boot id), on that machine in that session; any other
+    cell is run again when the suite resumes."""
     summary = path / "summary.json"
     if not summary.is_file():
         return False
     s = json.loads(summary.read_text())
-    return contended(s) is None and (level is None or budget_matches(s, t8, level))
+    return (contended(s) is None and (level is None or budget_matches(s, t8, level))
+            and (machine is ANY_MACHINE or cell_machine(path) == machine))
 
 
 def run_cell(path: Path, fields: dict, env: dict) -> bool:
@@ -134,20 +146,25 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
     jobs = [(sgdm_label(level), {**cell_config(base, BASELINE), "epochs": round(FULL_EPOCHS * level)})
             for level in sorted(ev.LEVELS, reverse=True)]
     jobs.append((PROBE, cell_config(base, PROBE)))
+    t8_cell = cell(out, sgdm_label(1.0), seed)
+    if done(t8_cell) and cell_machine(t8_cell) != env.get("boot_id") and pending(out, methods, seed):
+        print(f"== {t8_cell.relative_to(ROOT)}: ran on another machine or session and its group is not complete: "
+              "the group runs again here", flush=True)
+        shutil.rmtree(t8_cell)  # its seconds set the group's budgets; they are another machine's
     for label, fields in jobs:
         path = cell(out, label, seed)
-        if not done(path):
+        if not done(path, machine=ANY_MACHINE if path == t8_cell else cell_machine(t8_cell)):
             if deadline is not None and time.monotonic() > deadline:
                 return
             run_cell(path, fields, env)
-    t8_path = cell(out, sgdm_label(1.0), seed) / "summary.json"
+    t8_path = t8_cell / "summary.json"
     if not t8_path.is_file():
         return
     t8 = json.loads(t8_path.read_text())["wall_seconds"]
     for method in methods:
         for level in sorted(ev.LEVELS, reverse=True):
             path = cell(out, f"{method}#{LEVEL_TAG[level]}", seed)
-            if done(path, t8, level) or (path / "failed.json").is_file():
+            if done(path, t8, level, cell_machine(t8_cell)) or (path / "failed.json").is_file():
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -157,13 +174,26 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
                 break
 
 
+def pending(out: Path, methods: list[str], seed: int) -> list[str]:
+    """The cells of one seed's group (SGDM at 3 budgets, the probe, `methods` at 3 budgets) that do not count yet:
+    unfinished, contended, or not under the budget and machine of the seed's SGDM-8 cell."""
+    t8_cell = cell(out, sgdm_label(1.0), seed)
+    if not done(t8_cell):
+        return [sgdm_label(1.0)]
+    t8, machine = json.loads((t8_cell / "summary.json").read_text())["wall_seconds"], cell_machine(t8_cell)
+    labels = [(sgdm_label(lv), None) for lv in ev.LEVELS if lv != 1.0] + [(PROBE, None)]
+    labels += [(f"{m}#{LEVEL_TAG[lv]}", lv) for m in methods for lv in ev.LEVELS]
+    return [lab for lab, lv in labels if not (cell(out, lab, seed) / "failed.json").is_file()
+            and not done(cell(out, lab, seed), t8, lv, machine)]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the cells
 
 
 def history(cell: Path) -> list[dict]:
     """A cell's metrics.jsonl, one record per scored model."""
-    return [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return metrics_lines(cell)
 
 
 def load(cid: str) -> dict:
@@ -175,11 +205,12 @@ def load(cid: str) -> dict:
     levels = {tag: lv for lv, tag in LEVEL_TAG.items()}
     t8s = {int(f.parent.name[4:]): json.loads(f.read_text())["wall_seconds"]
            for f in out.glob(f"{sgdm_label(1.0)}/seed*/summary.json") if done(f.parent)}
+    machines = {seed: cell_machine(out / sgdm_label(1.0) / f"seed{seed}") for seed in t8s}
     for summary in sorted(out.glob("*/seed*/summary.json")):
         folder = summary.parent
         label, seed = folder.parent.name.replace("+", ","), int(folder.name[4:])
         level = levels.get(label.rpartition("#")[2]) if "#" in label else None
-        if not done(folder, t8s.get(seed), level):  # contended, or a stale budget: pending its rerun, counted nowhere
+        if seed not in t8s or not done(folder, t8s[seed], level, machines[seed]):  # pending its rerun: counted nowhere
             continue
         hist = history(folder)
         envf = folder / "environment.json"
@@ -465,7 +496,13 @@ RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a 
          "process and is rerun; a budgeted cell is also rerun when its seed's SGDM-8 cell was). Rule change, "
          "2026-12-02, after the flowers5-128-lite0 cells ran: this CPU-share test replaced the 1-minute load "
          "average, which had passed cells that computed for well under their threads' time; the flowers cells that "
-         "fail it were rerun and everything was re-rendered.")
+         "fail it were rerun and everything was re-rendered. Rule added 2026-12-02 (third session), before its "
+         "first cell finished: a seed's cells count only when they ran on the machine and in the session (the "
+         "kernel's boot id) of that seed's SGDM-8 cell, whose seconds set the budgets; a group begun elsewhere runs "
+         "again whole. This session's machine trained Lite0 1.65x slower than the last one's (43 s against 26 s "
+         "per fashion-mnist-64 epoch, with its cores) while its same-work control (matrix products) ran faster "
+         "(0.13 s against 0.16-0.25 s): a control does not carry across machines. Groups finished before the rule "
+         "carry no boot id and are kept as they ran.")
 
 
 def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:

@@ -20,10 +20,6 @@ TIMING = {"epoch_seconds", "wall_seconds", "cpu_seconds", "images_per_second", "
           "torch", "device", "data"}  # time, identity and environment; every other value must repeat exactly
 
 
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def differences(old: dict | list, new: dict | list, where: str = "") -> list[str]:
     """Every value that differs between two records, skipping TIMING keys, as 'where: old -> new'."""
     if isinstance(old, list) and isinstance(new, list):
@@ -40,6 +36,7 @@ def rerun(cell: Path) -> list[str]:
     """Train the cell again from its config.json; the differences from its committed metrics and summary."""
     import torch
 
+    from fastretrain.integrity import metrics_lines
     from fastretrain.run import make_config, train
 
     config = json.loads((cell / "config.json").read_text())
@@ -54,7 +51,7 @@ def rerun(cell: Path) -> list[str]:
         fields = {k: v for k, v in config.items() if k not in ("out", "run_id", "overwrite", "resume")}
         train(make_config(**fields, out=tmp))
         new_summary = json.loads((Path(tmp) / "summary.json").read_text())
-        return (differences(_lines(cell / "metrics.jsonl"), _lines(Path(tmp) / "metrics.jsonl"), "metrics")
+        return (differences(metrics_lines(cell), metrics_lines(Path(tmp)), "metrics")
                 + differences(summary, new_summary, "summary"))
 
 

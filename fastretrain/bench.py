@@ -31,6 +31,7 @@ import numpy as np
 
 from .checkpoint import atomic_json
 from .errors import FastRetrainError
+from .integrity import metrics_lines
 from .evidence import delivered, mean_std  # noqa: F401 (mean_std: also bench's, for benchmarks/run.py)
 from .methods import method_names, recipe_fields
 from .options import parse_options
@@ -64,7 +65,14 @@ def environment() -> dict[str, Any]:
     return {"command": command, "commit": commit + ("+dirty" if dirty else ""),
             "torch": torch.__version__, "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu}
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "boot_id": boot_id()}
+
+
+def boot_id() -> str | None:
+    """This machine in this session: the kernel's boot id (new at every boot; None where there is none). Cells
+    timed against each other must share it (a suite resumed on another machine times other hardware)."""
+    path = Path("/proc/sys/kernel/random/boot_id")
+    return path.read_text().strip() if path.is_file() else None
 
 
 def slug(method: str) -> str:
@@ -149,8 +157,7 @@ def chosen_acc(summary: dict) -> float:
 def load_record(cell: Path, method: str, seed: int) -> dict:
     """One finished cell: its summary, per-epoch history and (when saved) resolved config."""
     summary = json.loads((cell / "summary.json").read_text())
-    history = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rec = {"method": method, "seed": seed, "summary": summary, "history": history}
+    rec = {"method": method, "seed": seed, "summary": summary, "history": metrics_lines(cell)}
     if (cell / "config.json").is_file():
         rec["config"] = json.loads((cell / "config.json").read_text())
     return rec

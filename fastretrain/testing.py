@@ -63,16 +63,17 @@ def scratch_dir() -> str:
 
 def assert_same_run(dir_a, dir_b) -> list[dict]:
     """Two run folders hold bit-identical final weights and per-epoch test accuracies; returns b's metrics."""
-    import json
     from pathlib import Path
 
     from safetensors.torch import load_file
+
+    from .integrity import metrics_lines
 
     a, b = (load_file(str(Path(d) / "model_final.safetensors")) for d in (dir_a, dir_b))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    la, lb = ([json.loads(x) for x in (Path(d) / "metrics.jsonl").read_text().splitlines()] for d in (dir_a, dir_b))
+    la, lb = (metrics_lines(Path(d)) for d in (dir_a, dir_b))
     assert [x["test_acc"] for x in lb] == [x["test_acc"] for x in la]
     return lb
 

@@ -111,3 +111,53 @@ def test_a_rerun_sgdm8_makes_its_seeds_budgeted_cells_pending(cells, tmp_path):
     reloaded = v3.load("c")
     assert 1 not in reloaded["fast-retrain#b1of2"] and 0 in reloaded["fast-retrain#b1of2"]
     assert not v3.done(summary.parent.parent.parent / "fast-retrain#b1of2" / "seed1", 90.0, 0.5)
+
+
+def _set_machine(folder, boot):
+    env = json.loads((folder / "environment.json").read_text())
+    (folder / "environment.json").write_text(json.dumps({**env, "boot_id": boot}))
+
+
+def test_a_cell_counts_only_on_its_seeds_sgdm8_machine(cells, tmp_path):
+    # cells recorded before the rule carry no boot id: one group, as before
+    assert 1 in v3.load("c")["fast-retrain#b1of2"] and 1 in v3.load("c")["sgdm-e4"]
+    _set_machine(tmp_path / "c" / "fast-retrain#b1of2" / "seed1", "other-boot")  # resumed on another machine
+    _set_machine(tmp_path / "c" / "sgdm-e4" / "seed1", "other-boot")
+    reloaded = v3.load("c")
+    assert 1 not in reloaded["fast-retrain#b1of2"] and 1 not in reloaded["sgdm-e4"] and 0 in reloaded["sgdm-e4"]
+    assert v3.pending(tmp_path / "c", ["fast-retrain"], 1) == ["sgdm-e4", "fast-retrain#b1of2"]
+    assert v3.pending(tmp_path / "c", ["fast-retrain"], 0) == []
+
+
+def _fake_runner(ran, boot):
+    def run_cell(path, fields, env):
+        ran.append(path.parent.name)
+        if path.exists():
+            import shutil
+            shutil.rmtree(path)
+        t = {8: 100.0, 4: 50.0, 2: 25.0}.get(fields.get("epochs"), 5.0) if "budget" not in fields \
+            else float(fields["budget"][:-1])
+        write(path.parent.parent, path.parent.name, int(path.name[4:]), [(t, 0.7, 0.8)], t,
+              budget=float(fields["budget"][:-1]) if "budget" in fields else None)
+        _set_machine(path, env["boot_id"])
+        return True
+    return run_cell
+
+
+def test_a_group_begun_on_another_machine_runs_again_whole(cells, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(v3, "run_cell", _fake_runner(ran, "here"))
+    v3.run_group("c", {}, ["fast-retrain"], 0, {"boot_id": "here"}, None)
+    assert ran == []  # a finished group (recorded before the rule) is left as it is, wherever it ran
+    # seed 1 was only begun elsewhere: its SGDM-8 ran on another boot and its fast-retrain cells are missing
+    import shutil
+    for tag in ("b1", "b1of2", "b1of4"):
+        shutil.rmtree(tmp_path / "c" / f"fast-retrain#{tag}" / "seed1")
+    v3.run_group("c", {}, ["fast-retrain"], 1, {"boot_id": "here"}, None)
+    assert ran == ["sgdm-e8", "sgdm-e4", "sgdm-e2", "linear-probe",
+                   "fast-retrain#b1", "fast-retrain#b1of2", "fast-retrain#b1of4"]  # all of it, here
+    assert {v3.cell_machine(tmp_path / "c" / lab / "seed1") for lab in ran} == {"here"}
+    assert v3.pending(tmp_path / "c", ["fast-retrain"], 1) == [] and 1 in v3.load("c")["fast-retrain#b1"]
+    ran.clear()
+    v3.run_group("c", {}, ["fast-retrain"], 1, {"boot_id": "another-session"}, None)
+    assert ran == []  # complete: resuming elsewhere changes nothing
