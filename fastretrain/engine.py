@@ -164,6 +164,8 @@ class Engine:
             if self.val_data is not None:
                 log["val_loss"], log["val_acc"] = self.evaluate(self.val_data)
             improved = self._is_best(log, 0)
+            if not self.best_eligible:  # as an epoch's log says it: the delivered curve skips it
+                log["eligible"] = False
             if self.test_data is not None and (improved or self.cfg.test_eval == "every"):
                 log["test_loss"], log["test_acc"] = self.evaluate(self.test_data)
             self.history.append(log)
@@ -312,6 +314,8 @@ class Engine:
                 break
             if self.budget is not None:
                 stop, self._now = budget.stop_before_step(self, loop0)
+                if stop and self.iter == 0:  # nothing trained: no after_epoch work (a refinement) on the clock
+                    return True
                 if stop:
                     break
             try:

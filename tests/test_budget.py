@@ -140,3 +140,59 @@ def test_the_ridge_head_is_returned_when_validation_prefers_it(tmp_path):
     assert torch.equal(best["fc.weight"], spoil.head["fc.weight"])  # and model_best holds the head's weights
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1]
+
+
+class Reserve(Strategy):
+    """End-of-epoch work of `seconds` (as mp-refine's refinement), reserved at every epoch's start."""
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+
+    def before_epoch(self, engine):
+        engine.epoch_end_reserve = self.seconds
+
+    def after_epoch(self, engine):
+        self.calls += 1
+        time.sleep(self.seconds)
+
+
+def test_an_epoch_stopped_before_its_first_step_does_no_end_of_epoch_work(tmp_path):
+    # the time left after an epoch can exceed two steps yet not the reserve: the next epoch stops before a step,
+    # and its end-of-epoch work (a refinement of an untrained model) must not run on the clock
+    reserve = Reserve(0.4)
+    e = build_engine(budget_cfg(tmp_path, "2s"), val_bundle(), strategies=[Slow(0.01), reserve])
+    s = e.fit()
+    assert reserve.calls == len([h for h in e.history if h["epoch"] > 0])  # once per epoch that trained
+    assert s["wall_seconds"] <= 2.0 * SLACK
+
+
+def test_mp_refine_keeps_its_reserve_across_a_resume():
+    from fastretrain.strategies.mp_refine import MPRefine
+
+    a = MPRefine(init_head=True)
+    a._pass_seconds = 3.5  # the last measured feature pass
+    b = MPRefine(init_head=True)
+    b.load_state_dict(a.state_dict())
+    assert b._pass_seconds == 3.5
+    b.load_state_dict({"stopped": None})  # a checkpoint written before it was kept
+    assert b._pass_seconds == 0.0
+
+
+def _auto_worker(rank, out):
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="tiny-cnn", epochs=2, image_size=16, batch_size=8, lr=0.05, device="cpu",
+                      progress=False, out=out, budget="3s", method="auto")
+    e = build_engine(cfg, val_bundle(), strategies=[Slow(0.01 if rank == 0 else 0.03)])
+    s = e.fit()
+    auto = next(x for x in e.strategies if type(x).__name__ == "Auto")
+    json.dump({"plan": auto.plan, "epochs": s["epochs"], "best": s["best_epoch"], "wall": s["wall_seconds"],
+               "fc": e.model.fc.weight.sum().item()}, open(os.path.join(out, f"rank{rank}.json"), "w"))
+
+
+def test_auto_under_two_gloo_processes_decides_alike(tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    run_processes(_auto_worker, 2, args=(str(out),))
+    r0, r1 = (json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1))
+    assert r0["plan"] == r1["plan"] and r0["epochs"] == r1["epochs"] and r0["best"] == r1["best"]
+    assert r0["fc"] == r1["fc"] and max(r0["wall"], r1["wall"]) <= 3.0 * SLACK

@@ -67,6 +67,8 @@ def test_time_to_target_and_timing_control(cells):
     assert r["fast-retrain"]["times"] == {0: 50.0, 1: 50.5, 2: 204.0} and r["fast-retrain"]["reached"] == 3
     assert r["linear-probe"]["reached"] == 0 and r["linear-probe"]["timing"] == "never"
     assert a["spread"] == pytest.approx(1.1 / 0.9)
+    assert a["seed_spreads"] == pytest.approx({0: 1.1 / 0.9, 1: 1.1 / 0.9, 2: 1.1 / 0.9})  # each seed's own cells
+    assert a["machines"] == ["None"] and "1 machine session(s) by boot id, cells before" in v3.reach_md(a)
     assert r["fast-retrain"]["median_ratio"] == pytest.approx(0.5) and r["fast-retrain"]["timing"] == "faster"
 
 
@@ -161,3 +163,50 @@ def test_a_group_begun_on_another_machine_runs_again_whole(cells, tmp_path, monk
     ran.clear()
     v3.run_group("c", {}, ["fast-retrain"], 1, {"boot_id": "another-session"}, None)
     assert ran == []  # complete: resuming elsewhere changes nothing
+
+
+def test_time_ratios_count_never_as_infinite_and_need_three_pairs(cells, tmp_path):
+    # SGDM-8 seed 2 ends at 0.89: the target (mean 0.8967 - 0.5 pt) is never reached there
+    m = tmp_path / "c" / "sgdm-e8" / "seed2" / "metrics.jsonl"
+    lines = [json.loads(x) for x in m.read_text().splitlines()]
+    lines[-1]["test_acc"] = 0.89
+    m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    a = v3.analyse("c", v3.load("c"), ["fast-retrain"])
+    r = a["reach"]
+    assert r["sgdm"]["reached"] == 2 and r["fast-retrain"]["reached"] == 3
+    assert r["fast-retrain"]["pairs"] == 3  # seed 2: reached where SGDM-8 never did, a ratio of 0, not dropped
+    assert r["fast-retrain"]["median_ratio"] == pytest.approx(0.5) and r["fast-retrain"]["timing"] == "faster"
+    assert r["linear-probe"]["timing"] == "never"  # never reached on any of 3 seeds
+    # without seed 2's cell only 2 pairs remain: no timing verdict
+    import shutil
+    shutil.rmtree(tmp_path / "c" / "fast-retrain#b1" / "seed2")
+    a = v3.analyse("c", v3.load("c"), ["fast-retrain"])
+    assert a["reach"]["fast-retrain"]["timing"] == "n=2: needs 3" and a["reach"]["fast-retrain"]["median_ratio"] is None
+    assert "| n=2: needs 3 |" in v3.reach_md(a)
+
+
+def test_every_judged_budget_is_named_in_the_plain_words_line(cells):
+    a = v3.analyse("c", cells, ["fast-retrain"])
+    t = a["table"]
+    # make fast-retrain the most accurate row at 1 with only "no loss": it must still be named
+    t[("fast-retrain", 1.0)].update(acc={0: 0.905, 1: 0.897, 2: 0.917}, diffs=[0.5, -0.3, 1.7], verdict="no loss")
+    t[("linear-probe", 1.0)].update(acc={0: 0.80, 1: 0.80, 2: 0.80})
+    (line,) = v3.which_lines([a])
+    assert "`fast-retrain` is the most accurate at 1 but not a gain over SGDM there (no loss, +0.63 ± 1.01 pt)" in line
+
+
+def test_autos_goal_is_paired_and_ignores_rows_without_their_seeds(cells, tmp_path):
+    for tag, acc in (("b1of4", 0.80), ("b1of2", 0.90), ("b1", 0.93)):
+        for s in range(3):
+            write(tmp_path / "c", f"auto#{tag}", s, [(10.0, 0.9, acc)], 20.0, budget={"b1of4": 0.25, "b1of2": 0.5,
+                                                                                      "b1": 1.0}[tag] * (100.0 + s))
+    # a fixed row with 2 seeds only (better than auto) must not set (a)'s bar
+    for tag in ("b1of4", "b1of2", "b1"):
+        for s in range(2):
+            lv = {"b1of4": 0.25, "b1of2": 0.5, "b1": 1.0}[tag]
+            write(tmp_path / "c", f"fast-retrain[x]#{tag}", s, [(10.0, 0.9, 0.99)], 20.0, budget=lv * (100.0 + s))
+    a = v3.analyse("c", v3.load("c"), ["fast-retrain", "fast-retrain[x]", "auto"])
+    assert a["table"][("fast-retrain[x]", 0.5)]["verdict"] is None
+    rows = v3.auto_goal(a)
+    half = next(r for r in rows if r.startswith("| 1/2 |"))
+    assert "+2.00 pt vs `linear-probe`: yes" in half  # not -9 pt vs fast-retrain[x]'s two seeds at 0.99

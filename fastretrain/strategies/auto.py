@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import budget
 from .. import distributed as dist
 from ..engine import StopFit, Strategy
 from ..methods import check_options, register_method
@@ -104,8 +105,9 @@ class Auto(Strategy):
             self.plan = {"name": "head only", "why": "perfect on validation"}
             self._say("the head is perfect on validation, which fine-tuning cannot beat there: no fine-tuning")
             raise StopFit
+        seconds, now = budget.agreed(engine.device, seconds, engine.elapsed())  # every rank decides alike
         full_epoch = seconds / FORWARD_PER_STEP
-        left = None if engine.budget is None else engine.budget - engine.elapsed()
+        left = None if engine.budget is None else engine.budget - now
         chosen = choose(left, full_epoch)
         if chosen is None:
             self.plan = {"name": "head only", "why": "no epoch fits"}
@@ -135,7 +137,8 @@ class Auto(Strategy):
     def after_eval(self, engine) -> None:
         if self.head_val is None or "val_acc" not in engine.log:
             return
-        passed = engine.elapsed() / engine.budget if engine.budget else (engine.epoch + 1) / engine.cfg.epochs
+        passed = (budget.agreed(engine.device, engine.elapsed())[0] / engine.budget if engine.budget
+                  else (engine.epoch + 1) / engine.cfg.epochs)  # the ranks' agreed clock: all stop or none
         tuned = [h["val_acc"] for h in engine.history if h["epoch"] > 0] + [engine.log["val_acc"]]
         if passed >= self.judge_after and max(tuned) < self.head_val:
             self.plan = {**(self.plan or {}), "stopped_after": engine.epoch + 1}

@@ -220,10 +220,11 @@ class MPRefine(Strategy):
             self._tap = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stopped": self.stopped}
+        return {"stopped": self.stopped, "pass_seconds": self._pass_seconds}  # a resumed budget keeps its reserve
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stopped = state.get("stopped")
+        self._pass_seconds = state.get("pass_seconds", 0.0)
 
     # ------------------------------------------------------------------ the head before epoch 1
     @torch.no_grad()
