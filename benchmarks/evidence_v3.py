@@ -538,7 +538,11 @@ RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a 
          "again whole. This session's machine trained Lite0 1.65x slower than the last one's (43 s against 26 s "
          "per fashion-mnist-64 epoch, with its cores) while its same-work control (matrix products) ran faster "
          "(0.13 s against 0.16-0.25 s): a control does not carry across machines. Groups finished before the rule "
-         "carry no boot id and are kept as they ran.")
+         "carry no boot id and are kept as they ran. Rule change, 2026-12-02 (third session), after the first "
+         "three comparisons' timings were seen (a review found it): a seed where SGDM-8 never reaches the target "
+         "and the method does gives a time ratio of 0 (never is infinite time), where both never reach it gives "
+         "none, and a timing verdict needs ratios on 3 seeds; before, such seeds were dropped, so every "
+         "\"faster\" of those comparisons rested on 2 seeds. Everything was re-rendered.")
 
 
 def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:
