@@ -266,7 +266,7 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
         runs = run_of(m, 1.0)
         times = {s: ev.time_to(runs[s]["history"], target) for s in seeds if s in runs} if target else {}
         base_t = {s: ev.time_to(cells[sgdm_label(1.0)][s]["history"], target) for s in seeds} if target else {}
-        ratios = [r for s in times if (r := _ratio(times[s], base_t.get(s))) is not None]
+        ratios = [r for s in times if (r := ev.time_ratio(times[s], base_t.get(s))) is not None]
         reached = sum(t is not None for t in times.values())
         med = float(np.median(ratios)) if len(ratios) >= ev.MIN_SEEDS else None
         timing = None if m == BASELINE else "never" if reached == 0 and len(times) >= ev.MIN_SEEDS else (
@@ -283,14 +283,6 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
             "seed_spreads": seed_spreads, "machines": machines,
             "cpu_per_wall": cpu_wall,
             "loads": [x for lab in cells.values() for r in lab.values() for x in r["env"].get("load_average", [])]}
-
-
-def _ratio(t: float | None, base: float | None) -> float | None:
-    """A seed's time-to-target ratio to SGDM-8; never is infinite time: reached where SGDM-8 never did is 0, never
-    where SGDM-8 did is inf, neither reached gives no ratio (None)."""
-    if t is None and base is None:
-        return None
-    return 0.0 if base is None else math.inf if t is None else t / base
 
 
 # ---------------------------------------------------------------------------------------------------------------

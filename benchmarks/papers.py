@@ -33,6 +33,7 @@ import argparse
 import functools
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -46,7 +47,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import evidence_v3 as v3  # noqa: E402  (suite v3: its cells' config, resume rule and cell runner are reused)
-from evidence_v3 import contended, done, run_cell  # noqa: E402
+from evidence_v3 import cell_machine, contended, done, run_cell  # noqa: E402
 from fastretrain import evidence as ev  # noqa: E402
 from fastretrain.bench import cell_config, environment, pm, slug  # noqa: E402
 from fastretrain.checkpoint import atomic_json  # noqa: E402
@@ -374,11 +375,25 @@ def plan(regime: Regime, seeds: int, out: Path = ROOT) -> list[tuple[Row, int, P
     return order
 
 
+def counts(regime: Regime, path: Path, out: Path = ROOT) -> bool:
+    """A cell counts when `finished` and on the machine and session (boot id) of its seed's baseline cell, whose
+    training time sets the seed's budget (evidence_v3's machine rule)."""
+    anchor = cell_path(regime, regime.baseline, int(path.name[4:]), out)
+    return finished(path) and (path == anchor or (finished(anchor) and cell_machine(path) == cell_machine(anchor)))
+
+
 def run_regime(regime: Regime, seeds: int, env: dict, deadline: float | None, out: Path = ROOT,
                runner=run_cell) -> bool:
-    """Run the regime's pending cells in order; False when the deadline stopped it."""
+    """Run the regime's pending cells in order; False when the deadline stopped it. A seed whose baseline ran on
+    another machine or session while some of its cells are pending runs again whole here."""
+    for seed in range(seeds):
+        anchor = cell_path(regime, regime.baseline, seed, out)
+        if finished(anchor) and cell_machine(anchor) != env.get("boot_id") and any(
+                not counts(regime, p, out) and not (p / "failed.json").is_file()
+                for _, s, p in plan(regime, seeds, out) if s == seed):
+            shutil.rmtree(anchor)
     for row, seed, path in plan(regime, seeds, out):
-        if finished(path) or (path / "failed.json").is_file():
+        if counts(regime, path, out) or (path / "failed.json").is_file():
             continue
         if deadline is not None and time.monotonic() > deadline:
             return False
@@ -391,7 +406,7 @@ def order(root: Path = RESULTS, seeds: int = SEEDS) -> list[tuple[str, float, in
     out = []
     for regime in regimes(root):
         est = estimate(regime, root)["rows"]
-        pending = [(row, s) for row, s, p in plan(regime, seeds) if not finished(p)]
+        pending = [(row, s) for row, s, p in plan(regime, seeds) if not counts(regime, p)]
         out.append((regime.name, sum(est[row.label]["minutes"] for row, _ in pending), len(pending)))
     v2 = estimate_cpu_v2(root, seeds)["cells"]
     out.append(("cpu-v2-rows", sum(c["minutes"] * len(c["pending"]) for c in v2.values()),
@@ -404,7 +419,7 @@ def dry_run(root: Path = RESULTS, seeds: int = SEEDS) -> str:
     for regime in regimes(root):
         est = estimate(regime, root)
         cells = plan(regime, seeds)
-        pending = [(row, s) for row, s, p in cells if not finished(p)]
+        pending = [(row, s) for row, s, p in cells if not counts(regime, p)]
         total = sum(est["rows"][row.label]["minutes"] for row, _ in pending)
         lines += [f"== {regime.name}: {regime.paper}; claim: {regime.claim}",
                   f"   {len(cells)} cells ({len(pending)} pending), estimated {total:.0f} min = {total / 60:.1f} h "
@@ -442,7 +457,7 @@ def load(regime: Regime, out: Path = ROOT) -> dict[str, dict[int, dict]]:
     cells: dict[str, dict[int, dict]] = {}
     for row in regime.rows:
         for s in sorted((out / regime.name / slug(row.label)).glob("seed*")):
-            if finished(s):
+            if counts(regime, s, out):
                 envf = s / "environment.json"
                 cells.setdefault(row.label, {})[int(s.name[4:])] = {
                     "summary": json.loads((s / "summary.json").read_text()), "history": _history(s),
@@ -468,15 +483,16 @@ def analyse(regime: Regime, cells: dict) -> dict:
         own = {s: ev.final(r["history"]) for s, r in runs.items()}
         diffs = [100 * (at_budget[s] - ev.final(base[s]["history"])) for s in sorted(at_budget)]
         times = {s: ev.time_to(r["history"], target) for s, r in runs.items()} if target is not None else {}
-        reach = [math.inf if times[s] is None else times[s] / ev.time_to(base[s]["history"], target)
-                 for s in times if s in base and ev.time_to(base[s]["history"], target)]
+        reach = [r for s in times if s in base
+                 and (r := ev.time_ratio(times[s], ev.time_to(base[s]["history"], target))) is not None]
         wall = [r["summary"]["wall_seconds"] / budget[s] for s, r in runs.items() if s in budget]
-        med_reach = float(np.median(reach)) if reach else None
+        med_reach = float(np.median(reach)) if len(reach) >= ev.MIN_SEEDS else None
         med_wall = float(np.median(wall)) if wall else None
         rows[row.label] = {"at_budget": at_budget, "final": own, "diffs": diffs, "n": len(diffs),
                            "verdict": ev.verdict(diffs) if row.label != regime.baseline else None,
                            "reach_times": times, "reached": sum(t is not None for t in times.values()),
-                           "reach_ratio": med_reach, "reach_timing": ev.resolved(med_reach, spread),
+                           "reach_ratio": med_reach, "reach_timing": ev.resolved(med_reach, spread) if med_reach is not None
+                           else f"n={len(reach)}: needs {ev.MIN_SEEDS}",
                            "time_ratio": med_wall, "timing": ev.resolved(med_wall, spread)}
     return {"regime": regime.name, "seeds": sorted(budget), "budget": budget, "target": target, "spread": spread,
             "chance": chance, "rows": rows, "claim": judge(regime, cells, rows, spread)}

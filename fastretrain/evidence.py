@@ -63,6 +63,14 @@ def time_to(history: list[dict], target: float) -> float | None:
     return next((t for t, a in delivered(history) if a >= target - 1e-12), None)
 
 
+def time_ratio(t: float | None, base: float | None) -> float | None:
+    """One seed's time-to-target ratio to the baseline, never being infinite time: reached where the baseline never
+    did is 0, never where the baseline did is inf, neither reached gives no ratio (None)."""
+    if t is None and base is None:
+        return None
+    return 0.0 if base is None else math.inf if t is None else t / base
+
+
 def final(history: list[dict]) -> float | None:
     points = delivered(history)
     return points[-1][1] if points else None

@@ -196,3 +196,30 @@ def test_decompose_claim_reads_the_delivered_curves(tmp_path):
     assert a["rows"]["composed-K2"]["reach_times"] == {0: 160.0, 1: 160.0, 2: 160.0}  # random init: 160 s too
     assert crit["reaches the target sooner"]["holds"] is False
     assert a["claim"]["result"] == "not reproduced (reaches the target sooner)"
+
+
+def test_a_seed_begun_on_another_machine_runs_again_whole(tmp_path):
+    regime = papers.decompose_regime(0.89)
+    ran = []
+
+    def runner(path, fields, env):
+        ran.append((path.parent.name, fields["seed"]))
+        shutil.rmtree(path, ignore_errors=True)
+        write_cell(path, 2)
+        env_f = path / "environment.json"
+        env_f.write_text(json.dumps({**json.loads(env_f.read_text()), "boot_id": env["boot_id"]}))
+        return True
+
+    papers.run_regime(regime, 1, {"boot_id": "elsewhere"}, None, out=tmp_path, runner=runner)
+    assert len(ran) == 2
+    shutil.rmtree(papers.cell_path(regime, "composed-K2", 0, tmp_path))  # the seed is left unfinished there
+    ran.clear()
+    papers.run_regime(regime, 1, {"boot_id": "here"}, None, out=tmp_path, runner=runner)
+    assert sorted(ran) == [("composed-K2", 0), ("random-init-e16", 0)]  # the baseline again too: its time is the budget
+    ran.clear()
+    papers.run_regime(regime, 1, {"boot_id": "yet another"}, None, out=tmp_path, runner=runner)
+    assert ran == []  # complete on one machine: nothing to do anywhere
+    cell = papers.cell_path(regime, "composed-K2", 0, tmp_path)
+    env_f = cell / "environment.json"
+    env_f.write_text(json.dumps({**json.loads(env_f.read_text()), "boot_id": "elsewhere"}))
+    assert not papers.counts(regime, cell, tmp_path) and "composed-K2" not in papers.load(regime, tmp_path)
