@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import evidence_v3 as v3  # noqa: E402
+import v3_report as rep  # noqa: E402
 
 
 def write(root, label, seed, points, wall, control=(1.0, 1.0), classes=4, test_images=1000, budget=None):
@@ -68,7 +69,7 @@ def test_time_to_target_and_timing_control(cells):
     assert r["linear-probe"]["reached"] == 0 and r["linear-probe"]["timing"] == "never"
     assert a["spread"] == pytest.approx(1.1 / 0.9)
     assert a["seed_spreads"] == pytest.approx({0: 1.1 / 0.9, 1: 1.1 / 0.9, 2: 1.1 / 0.9})  # each seed's own cells
-    assert a["machines"] == ["None"] and "1 machine session(s) by boot id, cells before" in v3.reach_md(a)
+    assert a["machines"] == ["None"] and "1 machine session(s) by boot id, cells before" in rep.reach_md(a)
     assert r["fast-retrain"]["median_ratio"] == pytest.approx(0.5) and r["fast-retrain"]["timing"] == "faster"
 
 
@@ -77,12 +78,12 @@ def test_fewer_seeds_than_the_rule_needs_are_counted_nowhere(cells):
     a = v3.analyse("c", two, ["fast-retrain"])
     c = a["table"][("fast-retrain", 0.5)]
     assert c["n"] == 2 and c["verdict"] is None
-    assert "needs 3, counted nowhere" in v3.verdict_text(c) and "counted nowhere" in v3.table_md(a)
-    assert v3.which_lines([a]) == ["- **c** (2 seeds): no verdict yet at 1/4, 1/2, 1 (fewer than 3 seeds)."]
+    assert "needs 3, counted nowhere" in rep.verdict_text(c) and "counted nowhere" in rep.table_md(a)
+    assert rep.which_lines([a]) == ["- **c** (2 seeds): no verdict yet at 1/4, 1/2, 1 (fewer than 3 seeds)."]
 
 
 def test_which_lines_say_where_each_wins(cells):
-    (line,) = v3.which_lines([v3.analyse("c", cells, ["fast-retrain"])])
+    (line,) = rep.which_lines([v3.analyse("c", cells, ["fast-retrain"])])
     assert "fast-retrain beats SGDM at equal budget at 1/4 (+5.00 ± 0.00 pt); 1/2 (+2.00 ± 1.00 pt)" in line
     assert "the linear probe is the right choice at 1/4 (the most accurate, +18.00 ± 0.00 pt vs SGDM); 1/2" in line
     assert "neither at 1 (SGDM is the most accurate)" in line
@@ -182,7 +183,7 @@ def test_time_ratios_count_never_as_infinite_and_need_three_pairs(cells, tmp_pat
     shutil.rmtree(tmp_path / "c" / "fast-retrain#b1" / "seed2")
     a = v3.analyse("c", v3.load("c"), ["fast-retrain"])
     assert a["reach"]["fast-retrain"]["timing"] == "n=2: needs 3" and a["reach"]["fast-retrain"]["median_ratio"] is None
-    assert "| n=2: needs 3 |" in v3.reach_md(a)
+    assert "| n=2: needs 3 |" in rep.reach_md(a)
 
 
 def test_every_judged_budget_is_named_in_the_plain_words_line(cells):
@@ -191,7 +192,7 @@ def test_every_judged_budget_is_named_in_the_plain_words_line(cells):
     # make fast-retrain the most accurate row at 1 with only "no loss": it must still be named
     t[("fast-retrain", 1.0)].update(acc={0: 0.905, 1: 0.897, 2: 0.917}, diffs=[0.5, -0.3, 1.7], verdict="no loss")
     t[("linear-probe", 1.0)].update(acc={0: 0.80, 1: 0.80, 2: 0.80})
-    (line,) = v3.which_lines([a])
+    (line,) = rep.which_lines([a])
     assert "`fast-retrain` is the most accurate at 1 but not a gain over SGDM there (no loss, +0.63 ± 1.01 pt)" in line
 
 
@@ -207,6 +208,6 @@ def test_autos_goal_is_paired_and_ignores_rows_without_their_seeds(cells, tmp_pa
             write(tmp_path / "c", f"fast-retrain[x]#{tag}", s, [(10.0, 0.9, 0.99)], 20.0, budget=lv * (100.0 + s))
     a = v3.analyse("c", v3.load("c"), ["fast-retrain", "fast-retrain[x]", "auto"])
     assert a["table"][("fast-retrain[x]", 0.5)]["verdict"] is None
-    rows = v3.auto_goal(a)
+    rows = rep.auto_goal(a)
     half = next(r for r in rows if r.startswith("| 1/2 |"))
     assert "+2.00 pt vs `linear-probe`: yes" in half  # not -9 pt vs fast-retrain[x]'s two seeds at 0.99
