@@ -40,7 +40,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,9 +47,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import evidence_v3 as v3  # noqa: E402  (suite v3: its cells' config, resume rule and cell runner are reused)
 from evidence_v3 import cell_machine, contended, done, run_cell  # noqa: E402
-from fastretrain import evidence as ev  # noqa: E402
-from fastretrain.bench import cell_config, environment, pm, slug  # noqa: E402
-from fastretrain.checkpoint import atomic_json  # noqa: E402
+from fastretrain.bench import cell_config, environment, slug  # noqa: E402
 
 RESULTS = HERE / "results"
 ROOT = RESULTS / "papers"
@@ -445,232 +442,6 @@ def dry_run(root: Path = RESULTS, seeds: int = SEEDS) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reading and judging the cells (fixed rules, stated before any cell ran)
-
-RIFLE_MIN_PT = 0.5  # the paper's smallest claimed gain over a trick
-KR_MAX_TIME_RATIO = 0.85  # "~20% less time": at least 15% less, and outside the same-work control's spread
-
-
-def load(regime: Regime, out: Path = ROOT) -> dict[str, dict[int, dict]]:
-    """The regime's finished cells: {row label: {seed: {"summary", "history", "env"}}}."""
-    cells: dict[str, dict[int, dict]] = {}
-    for row in regime.rows:
-        for s in sorted((out / regime.name / slug(row.label)).glob("seed*")):
-            if counts(regime, s, out):
-                envf = s / "environment.json"
-                cells.setdefault(row.label, {})[int(s.name[4:])] = {
-                    "summary": json.loads((s / "summary.json").read_text()), "history": _history(s),
-                    "env": json.loads(envf.read_text()) if envf.is_file() else {}}
-    return cells
-
-
-def analyse(regime: Regime, cells: dict) -> dict:
-    """Per row: delivered accuracy at the seed's budget (the baseline's training time x BUDGET_SLACK) and at the
-    end of its own schedule, paired differences against the baseline, time to the target, time ratio."""
-    base = cells.get(regime.baseline, {})
-    budget = {s: r["summary"]["wall_seconds"] for s, r in base.items()}
-    finals = [ev.final(r["history"]) for r in base.values()]
-    target = float(np.mean(finals)) - ev.TARGET_BELOW_PT / 100 if finals else None
-    controls = [c for runs in cells.values() for r in runs.values() for c in r["env"].get("control_seconds", [])]
-    spread = ev.spread(controls)
-    chance = 1 / next(iter(base.values()))["summary"]["num_classes"] if base else 0.0
-    rows = {}
-    for row in regime.rows:
-        runs = cells.get(row.label, {})
-        at_budget = {s: (ev.acc_at(r["history"], budget[s] * ev.BUDGET_SLACK) or chance)
-                     for s, r in runs.items() if s in budget}
-        own = {s: ev.final(r["history"]) for s, r in runs.items()}
-        diffs = [100 * (at_budget[s] - ev.final(base[s]["history"])) for s in sorted(at_budget)]
-        times = {s: ev.time_to(r["history"], target) for s, r in runs.items()} if target is not None else {}
-        reach = [r for s in times if s in base
-                 and (r := ev.time_ratio(times[s], ev.time_to(base[s]["history"], target))) is not None]
-        wall = [r["summary"]["wall_seconds"] / budget[s] for s, r in runs.items() if s in budget]
-        med_reach = float(np.median(reach)) if len(reach) >= ev.MIN_SEEDS else None
-        med_wall = float(np.median(wall)) if wall else None
-        rows[row.label] = {"at_budget": at_budget, "final": own, "diffs": diffs, "n": len(diffs),
-                           "verdict": ev.verdict(diffs) if row.label != regime.baseline else None,
-                           "reach_times": times, "reached": sum(t is not None for t in times.values()),
-                           "reach_ratio": med_reach, "reach_timing": ev.resolved(med_reach, spread) if med_reach is not None
-                           else f"n={len(reach)}: needs {ev.MIN_SEEDS}",
-                           "time_ratio": med_wall, "timing": ev.resolved(med_wall, spread)}
-    return {"regime": regime.name, "seeds": sorted(budget), "budget": budget, "target": target, "spread": spread,
-            "chance": chance, "rows": rows, "claim": judge(regime, cells, rows, spread)}
-
-
-def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
-    return [100 * (a[s] - b[s]) for s in sorted(a) if s in b]
-
-
-def judge(regime: Regime, cells: dict, rows: dict, spread: float | None) -> dict:
-    """The paper's claim by its fixed rule; each criterion with its numbers."""
-    crit = {}
-    if regime.name == "rifle":  # RIFLE beats each trick by >= 0.5 pt, a gain beyond one paired std (equal budget)
-        mine = rows["rifle"]["at_budget"]
-        for t in TRICKS:
-            d = _paired(mine, rows[t]["at_budget"])
-            v = ev.verdict(d)
-            crit[f"rifle vs {t}"] = {"diffs": d, "verdict": v,
-                                     "holds": None if v is None else bool(v == "gain" and np.mean(d) >= RIFLE_MIN_PT)}
-        held = [c["holds"] for c in crit.values()]
-        if any(h is None for h in held):
-            result = f"pending (fewer than {ev.MIN_SEEDS} paired seeds)"
-        else:
-            k = sum(held)
-            result = "reproduced" if k == len(held) else "partly" if 2 * k >= len(held) else "not reproduced"
-            result += f" ({k} of {len(held)} tricks)"
-        return {"criteria": crit, "result": result}
-    if regime.name == "kernel-rescale":  # no loss against SGDM-16 and >= 15% less time, resolved
-        r = rows["kernel-rescale"]
-        crit["no loss vs SGDM, same epochs"] = {"diffs": r["diffs"], "verdict": r["verdict"],
-                                                "holds": None if r["verdict"] is None else r["verdict"] != "loss"}
-        ratio, faster = r["time_ratio"], r["timing"] == "faster"
-        crit["time ratio"] = {"ratio": ratio, "timing": r["timing"],
-                              "holds": None if ratio is None else ratio <= KR_MAX_TIME_RATIO and faster}
-        same_time = f"sgdm-e{round(0.8 * KR_EPOCHS)}"
-        d = _paired(r["final"], rows[same_time]["final"])
-        crit[f"vs SGDM in the same time ({same_time}; reported, not part of the claim)"] = {
-            "diffs": d, "verdict": ev.verdict(d), "holds": None}
-    else:  # decompose: starts better, reaches the target sooner, no loss at the budget
-        r, base = rows["composed-K2"], cells.get(regime.baseline, {})
-        chance = 1 / next(iter(base.values()))["summary"]["num_classes"] if base else 0.0
-        start = {}  # seed -> (composed's first delivered accuracy, random init's delivered accuracy at that time)
-        for s, rec in cells.get("composed-K2", {}).items():
-            pts = ev.delivered(rec["history"])
-            if pts and s in base:
-                t1, a1 = pts[0]
-                b1 = ev.acc_at(base[s]["history"], t1)
-                start[s] = (a1, chance if b1 is None else b1)
-        d0 = [100 * (a - b) for a, b in start.values()]
-        v0 = ev.verdict(d0)
-        crit["starts better (delivered at its first global epoch vs random init at that time)"] = {
-            "diffs": d0, "verdict": v0, "holds": None if v0 is None else v0 == "gain"}
-        crit["reaches the target sooner"] = {"ratio": r["reach_ratio"], "timing": r["reach_timing"],
-                                             "holds": None if r["n"] < ev.MIN_SEEDS else r["reach_timing"] == "faster"}
-        crit["no loss at the budget"] = {"diffs": r["diffs"], "verdict": r["verdict"],
-                                         "holds": None if r["verdict"] is None else r["verdict"] != "loss"}
-    held = [c["holds"] for k, c in crit.items() if "not part of the claim" not in k]
-    if any(h is None for h in held):
-        result = f"pending (fewer than {ev.MIN_SEEDS} paired seeds)"
-    else:
-        result = "reproduced" if all(held) else "not reproduced (" + ", ".join(
-            k for k, c in crit.items() if c["holds"] is False) + ")"
-    return {"criteria": crit, "result": result}
-
-
-def table_md(regime: Regime, a: dict) -> str:
-    lines = ["| row | epochs | delivered at the budget (n) | own schedule's final | Δ vs baseline at the budget, pt "
-             "(paired) | verdict | time / baseline's | time to target (reached) |", "|---|---|---|---|---|---|---|---|"]
-    for row in regime.rows:
-        r = a["rows"][row.label]
-        ratio = "—" if r["time_ratio"] is None or row.label == regime.baseline else \
-            f"{r['time_ratio']:.2f}x ({r['timing']})"
-        reach = "—" if r["reach_ratio"] is None else ("never" if math.isinf(r["reach_ratio"]) else
-                                                      f"{r['reach_ratio']:.2f}x ({r['reach_timing']})")
-        verdict = "baseline" if row.label == regime.baseline else r["verdict"] or f"n={r['n']}: counted nowhere"
-        lines.append(f"| `{row.label}` | {row.epochs} | {pm(list(r['at_budget'].values()), '{:.4f}')} "
-                     f"({len(r['at_budget'])}) | {pm([x for x in r['final'].values() if x is not None], '{:.4f}')} | "
-                     f"{pm(r['diffs']) if row.label != regime.baseline else '—'} | {verdict} | {ratio} | "
-                     f"{reach} ({r['reached']} of {len(r['reach_times'])}) |")
-    return "\n".join(lines)
-
-
-def claim_md(a: dict) -> str:
-    out = [f"**Claim: {a['claim']['result']}.**"]
-    for k, c in a["claim"]["criteria"].items():
-        nums = pm(c["diffs"]) + " pt" if "diffs" in c else (
-            "—" if c["ratio"] is None else f"{c['ratio']:.2f}x ({c['timing']})")
-        state = {True: "holds", False: "fails", None: "no verdict"}[c["holds"]]
-        out.append(f"- {k}: {nums}{', ' + c['verdict'] if c.get('verdict') else ''}: {state}")
-    return "\n".join(out)
-
-
-def plot(regime: Regime, cells: dict, a: dict, path: Path) -> None:
-    """Delivered accuracy (mean over seeds) against training time for every row, the budget dashed; for RIFLE a
-    second panel: validation accuracy per epoch (mean over seeds) of SGDM and RIFLE, resets marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = 2 if regime.name == "rifle" else 1
-    fig, axes = plt.subplots(1, panels, figsize=(9 * panels, 4.8), squeeze=False)
-    ax = axes[0][0]
-    tmax = max((r["summary"]["wall_seconds"] for runs in cells.values() for r in runs.values()), default=1.0)
-    grid = np.linspace(0, tmax * 1.02, 200)
-    for row in regime.rows:
-        runs = cells.get(row.label, {})
-        if not runs:
-            continue
-        ys = []
-        for t in grid:
-            vals = [ev.acc_at(r["history"], t) for r in runs.values()]
-            ys.append(np.mean(vals) if all(v is not None for v in vals) else np.nan)
-        ax.plot(grid, ys, label=row.label, lw=1.4)
-    if a["budget"]:
-        ax.axvline(np.mean(list(a["budget"].values())), color="grey", ls="--", lw=0.8)
-    ax.set_xlabel(f"training time (s); dashed: the budget ({regime.baseline}'s time)")
-    ax.set_ylabel("delivered test accuracy (mean over seeds)")
-    ax.set_title(f"{regime.name}: {regime.paper}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    if panels == 2:
-        ax = axes[0][1]
-        for label in ("sgdm", "rifle"):
-            runs = cells.get(label, {})
-            if runs:
-                n = min(len(r["history"]) for r in runs.values())
-                val = [np.mean([r["history"][i]["val_acc"] for r in runs.values()]) for i in range(n)]
-                ax.plot(range(1, n + 1), val, label=label)
-        for b in (RIFLE_EPOCHS // 4 * k for k in (1, 2, 3)):
-            ax.axvline(b + 0.5, color="red", ls=":", lw=0.8)
-        ax.set_xlabel("epoch (dotted: RIFLE's head resets, after epochs 10, 20, 30)")
-        ax.set_ylabel("validation accuracy (mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-RULES = (f"Fixed rules (fastretrain/evidence.py and this file, stated before any cell ran): a row's accuracy at the "
-         f"budget is its delivered-model curve (test accuracy of its validation-best model so far) at training time "
-         f"<= {ev.BUDGET_SLACK} x the same seed's baseline training time (chance if nothing by then); differences "
-         f"are paired by seed against the baseline's final delivered accuracy; gain: mean - std > 0; no loss: mean "
-         f">= -{ev.NO_LOSS_MEAN_PT} pt and mean - std >= -{ev.NO_LOSS_FLOOR_PT} pt; fewer than {ev.MIN_SEEDS} "
-         f"seeds: no verdict. Time ratios count only outside the same-work control's spread. RIFLE: reproduced "
-         f"against a trick when RIFLE - trick is a gain of >= {RIFLE_MIN_PT} pt; 'partly' when it holds against at "
-         f"least half of the five. Kernel rescaling: no loss against SGDM at the same epochs and a time ratio <= "
-         f"{KR_MAX_TIME_RATIO} resolved faster. Decomposition: a gain at its first global epoch against random init "
-         "at the same time, time to target resolved faster, no loss at the budget. A cell counts when its process "
-         f"computed for >= {v3.MIN_CPU_SHARE:.0%} of its threads' wall time (a composed run: its global phase).")
-
-
-def render(out: Path = ROOT, root: Path = RESULTS) -> list[Path]:
-    written, parts = [], ["# Issue 26: the source papers in their own regimes\n",
-                          "Rendered by `python benchmarks/papers.py --render` from benchmarks/results/papers/; "
-                          "plan and commands: docs/papers_plan.md.\n", RULES + "\n"]
-    for regime in regimes(root):
-        cells = load(regime, out)
-        n = sum(len(v) for v in cells.values())
-        parts.append(f"## {regime.name}: {regime.paper}\n\nClaim: {regime.claim}. {n} of "
-                     f"{len(regime.rows) * SEEDS} cells finished.\n")
-        if regime.baseline not in cells:
-            parts.append("No baseline cell has finished: nothing to judge yet.\n")
-            continue
-        a = analyse(regime, cells)
-        folder = out / regime.name
-        md = f"{claim_md(a)}\n\n{table_md(regime, a)}\n\n![delivered accuracy vs time](delivered.png)\n"
-        (folder / "results.md").write_text(f"# {regime.name}\n\n{RULES}\n\n{md}")
-        atomic_json(a, folder / "results.json")
-        plot(regime, cells, a, folder / "delivered.png")
-        written += [folder / "results.md", folder / "results.json", folder / "delivered.png"]
-        parts.append(md.replace("](delivered.png)", f"]({regime.name}/delivered.png)"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text("\n".join(parts))
-    return [*written, out / "report.md"]
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="regimes to run (default: all, in --dry-run's order)")
@@ -696,6 +467,8 @@ def main(argv=None) -> None:
                                (["--budget-minutes", f"{left:.1f}"] if left is not None else []))
             elif not run_regime(by_name[name], args.seeds, env, deadline):
                 break
+    from papers_report import render  # judging reads this module's regimes and cells
+
     for path in render():
         print(f"written {path}")
 

@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import evidence_v3 as v3  # noqa: E402
 import papers  # noqa: E402
+import papers_report as report  # noqa: E402
 
 from fastretrain.methods import build_strategies  # noqa: E402
 from fastretrain.run import make_config  # noqa: E402
@@ -161,13 +162,13 @@ def rifle_cells(tmp_path, gain_pt):
         for s in range(3):
             final = 0.80 + (gain_pt / 100 + 2 * s / 1000 if label == "rifle" else s / 1000)
             write_cell(tmp_path / "rifle" / label / f"seed{s}", 2, val=[0.5, 0.6], test=[0.7, final])
-    return papers.load(papers.RIFLE, tmp_path)
+    return report.load(papers.RIFLE, tmp_path)
 
 
 @pytest.mark.parametrize("gain_pt, result", [(1.0, "reproduced (5 of 5 tricks)"),
                                              (0.3, "not reproduced (0 of 5 tricks)")])
 def test_rifle_claim_by_the_fixed_rule(tmp_path, gain_pt, result):
-    a = papers.analyse(papers.RIFLE, rifle_cells(tmp_path, gain_pt))
+    a = report.analyse(papers.RIFLE, rifle_cells(tmp_path, gain_pt))
     assert a["claim"]["result"] == result
     d = a["claim"]["criteria"]["rifle vs cyclic-lr"]["diffs"]
     assert d == pytest.approx([gain_pt, gain_pt + 0.1, gain_pt + 0.2])
@@ -187,7 +188,7 @@ def test_decompose_claim_reads_the_delivered_curves(tmp_path):
         m = tmp_path / "decompose" / "composed-K2" / f"seed{s}" / "metrics.jsonl"
         lines = [json.loads(x) for x in m.read_text().splitlines()]
         m.write_text("".join(json.dumps({**x, "wall_seconds": x["wall_seconds"] + 40.0}) + "\n" for x in lines))
-    a = papers.analyse(regime, papers.load(regime, tmp_path))
+    a = report.analyse(regime, report.load(regime, tmp_path))
     crit = a["claim"]["criteria"]
     start = crit["starts better (delivered at its first global epoch vs random init at that time)"]
     assert start["diffs"] == pytest.approx([12.0] * 3) and start["holds"]  # 0.50 at 50 s vs 0.38 (epoch 5)
@@ -222,4 +223,4 @@ def test_a_seed_begun_on_another_machine_runs_again_whole(tmp_path):
     cell = papers.cell_path(regime, "composed-K2", 0, tmp_path)
     env_f = cell / "environment.json"
     env_f.write_text(json.dumps({**json.loads(env_f.read_text()), "boot_id": "elsewhere"}))
-    assert not papers.counts(regime, cell, tmp_path) and "composed-K2" not in papers.load(regime, tmp_path)
+    assert not papers.counts(regime, cell, tmp_path) and "composed-K2" not in report.load(regime, tmp_path)
