@@ -174,10 +174,7 @@ def plot(regime: Regime, cells: dict, a: dict, path: Path) -> None:
         runs = cells.get(row.label, {})
         if not runs:
             continue
-        ys = []
-        for t in grid:
-            vals = [ev.acc_at(r["history"], t) for r in runs.values()]
-            ys.append(np.mean(vals) if all(v is not None for v in vals) else np.nan)
+        ys = ev.mean_curve([r["history"] for r in runs.values()], grid)
         ax.plot(grid, ys, label=row.label, lw=1.4)
     if a["budget"]:
         ax.axvline(np.mean(list(a["budget"].values())), color="grey", ls="--", lw=0.8)

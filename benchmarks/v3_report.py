@@ -95,10 +95,7 @@ def plot(a: dict, cells: dict, path: Path) -> None:
                          else f"{m}#{v3.LEVEL_TAG[1.0]}", {})
         if not full:
             continue
-        ys = []
-        for t in grid:
-            vals = [ev.acc_at(r["history"], t) for r in full.values()]
-            ys.append(np.mean(vals) if all(v is not None for v in vals) else np.nan)
+        ys = ev.mean_curve([r["history"] for r in full.values()], grid)
         color = colors[i % len(colors)]
         ax.plot(grid, ys, color=color, label=v2.SHORT_NAMES.get(m, m), lw=1.4)
         for lv in ev.LEVELS:

@@ -63,6 +63,15 @@ def time_to(history: list[dict], target: float) -> float | None:
     return next((t for t, a in delivered(history) if a >= target - 1e-12), None)
 
 
+def mean_curve(histories: list[list[dict]], grid) -> list[float]:
+    """The seeds' mean delivered accuracy at each time of `grid` (NaN where some seed has delivered nothing yet)."""
+    out = []
+    for t in grid:
+        vals = [acc_at(h, t) for h in histories]
+        out.append(float(np.mean(vals)) if all(v is not None for v in vals) else float("nan"))
+    return out
+
+
 def time_ratio(t: float | None, base: float | None) -> float | None:
     """One seed's time-to-target ratio to the baseline, never being infinite time: reached where the baseline never
     did is 0, never where the baseline did is inf, neither reached gives no ratio (None)."""

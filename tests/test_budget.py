@@ -102,11 +102,16 @@ def _worker(rank, out):
                "fc": e.model.fc.weight.sum().item()}, open(os.path.join(out, f"rank{rank}.json"), "w"))
 
 
-def test_two_gloo_processes_agree_on_the_plan_and_the_stop(tmp_path):
+def two_ranks(tmp_path, worker) -> tuple[dict, dict]:
+    """Run `worker(rank, out)` in 2 gloo processes; what each rank wrote to out/rank<k>.json."""
     out = tmp_path / "ddp"
     out.mkdir()
-    run_processes(_worker, 2, args=(str(out),))
-    r0, r1 = (json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1))
+    run_processes(worker, 2, args=(str(out),))
+    return tuple(json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1))
+
+
+def test_two_gloo_processes_agree_on_the_plan_and_the_stop(tmp_path):
+    r0, r1 = two_ranks(tmp_path, _worker)
     assert r0["epochs"] == r1["epochs"] and r0["max_batches"] == r1["max_batches"] and r0["fc"] == r1["fc"]
     assert max(r0["wall"], r1["wall"]) <= 2.0 * SLACK
 
@@ -190,9 +195,6 @@ def _auto_worker(rank, out):
 
 
 def test_auto_under_two_gloo_processes_decides_alike(tmp_path):
-    out = tmp_path / "ddp"
-    out.mkdir()
-    run_processes(_auto_worker, 2, args=(str(out),))
-    r0, r1 = (json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1))
+    r0, r1 = two_ranks(tmp_path, _auto_worker)
     assert r0["plan"] == r1["plan"] and r0["epochs"] == r1["epochs"] and r0["best"] == r1["best"]
     assert r0["fc"] == r1["fc"] and max(r0["wall"], r1["wall"]) <= 3.0 * SLACK

@@ -64,3 +64,16 @@ def test_binomial_standard_error():
 
 def test_control_work_is_timed():
     assert 0 < ev.control_work(repeats=1) < 60
+
+
+def test_mean_curve_and_time_ratio():
+    from fastretrain import evidence as ev
+
+    a = [{"epoch": 1, "wall_seconds": 1.0, "val_acc": 0.5, "val_loss": 1.0, "test_acc": 0.6},
+         {"epoch": 2, "wall_seconds": 2.0, "val_acc": 0.7, "val_loss": 1.0, "test_acc": 0.8}]
+    b = [{"epoch": 1, "wall_seconds": 1.5, "val_acc": 0.5, "val_loss": 1.0, "test_acc": 0.4}]
+    ys = ev.mean_curve([a, b], [0.5, 1.2, 1.6, 3.0])
+    assert math.isnan(ys[0]) and math.isnan(ys[1])  # b has delivered nothing yet
+    assert ys[2] == pytest.approx(0.5) and ys[3] == pytest.approx(0.6)
+    assert ev.time_ratio(5.0, 10.0) == 0.5 and ev.time_ratio(5.0, None) == 0.0
+    assert ev.time_ratio(None, 10.0) == math.inf and ev.time_ratio(None, None) is None
