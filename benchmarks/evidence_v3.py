@@ -15,6 +15,7 @@ continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.jso
 docs/BENCHMARKS.md's v3 section and README's "which method when" block are rendered from them (--render).
 
 Usage: python benchmarks/evidence_v3.py [--only CID ...] [--methods M ...] [--seeds 3] [--budget-minutes N]
+       python benchmarks/evidence_v3.py --dry-run [--only CID ...] [--methods M ...]   (pending cells, minutes)
        python benchmarks/evidence_v3.py --render
 """
 from __future__ import annotations
@@ -186,6 +187,72 @@ def pending(out: Path, methods: list[str], seed: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Sizing (METHODS.md §7: from measured costs)
+
+CELL_OVERHEAD_S = 15.0  # per cell: model, data, the control twice, evaluation; an allowance, not a measurement
+V2_ROOT = HERE / "results" / "suite-cpu-v2"  # cpu-v2's SGDM cells (8 epochs, the same configs, 2 cells at a time)
+
+
+def _t8s(folder: Path, label: str) -> dict[int, float]:
+    return {int(f.parent.name[4:]): json.loads(f.read_text())["wall_seconds"]
+            for f in folder.glob(f"{label}/seed*/summary.json")}
+
+
+def estimate(cid: str, methods: list[str], seeds: int = 3, boot: str | None = None) -> dict:
+    """The comparison's pending cells and their estimated minutes. A seed's T8 is its SGDM-8 cell's time, else the
+    mean of the comparison's SGDM-8 cells, else cpu-v2's SGDM cells of the same comparison x the v3 / cpu-v2 ratio
+    of the comparisons that have both; SGDM-4/2 cost T8/2 and T8/4, a budgeted cell its budget, the probe its
+    measured time (else T8/20), each + CELL_OVERHEAD_S. A seed begun on another machine (`boot` differs) with
+    cells pending counts whole. The machine's speed is the one those cells ran at."""
+    out = ROOT / cid
+    own = _t8s(out, sgdm_label(1.0))
+    if own:
+        t8_all, source = float(np.mean(list(own.values()))), "its own SGDM-8 cells"
+    else:
+        pairs = [(_t8s(ROOT / c, sgdm_label(1.0)), _t8s(V2_ROOT / c, BASELINE)) for c, _b, _m in COMPARISONS]
+        ratios = [np.mean(list(v3.values())) / np.mean(list(v2.values())) for v3, v2 in pairs if v3 and v2]
+        v2_t8 = _t8s(V2_ROOT / cid, BASELINE)
+        if not ratios or not v2_t8:
+            return {"cells": None, "minutes": None, "source": "no measured cost"}
+        scale = float(np.mean(ratios))
+        t8_all = float(np.mean(list(v2_t8.values()))) * scale
+        source = f"cpu-v2's SGDM cells x {scale:.2f} (v3 / cpu-v2 over {len(ratios)} comparisons)"
+    probe = _t8s(out, PROBE)
+    labels = [(sgdm_label(lv), lv / 1.0) for lv in ev.LEVELS] + [(PROBE, None)]
+    labels += [(f"{m}#{LEVEL_TAG[lv]}", lv) for m in methods for lv in ev.LEVELS]
+    cells, seconds = 0, 0.0
+    for seed in range(seeds):
+        t8 = own.get(seed, t8_all)
+        left = pending(out, methods, seed)
+        t8_cell = cell(out, sgdm_label(1.0), seed)
+        if left == [sgdm_label(1.0)] or (left and cell_machine(t8_cell) != boot):
+            left = [lab for lab, _ in labels]  # the whole group runs (again)
+        for lab, lv in labels:
+            if lab in left:
+                cells += 1
+                cost = (float(np.mean(list(probe.values()))) if probe else t8 / 20) if lv is None else lv * t8
+                seconds += cost + CELL_OVERHEAD_S
+    return {"cells": cells, "minutes": seconds / 60, "t8": t8_all, "source": source}
+
+
+def dry_run(ids: list[str] | None, methods: list[str] | None, seeds: int, boot: str | None) -> str:
+    lines, total = [], 0.0
+    for cid, _base, ms in COMPARISONS:
+        if ids and cid not in ids:
+            continue
+        run = [m for m in ms if not methods or m in methods]
+        e = estimate(cid, run, seeds, boot)
+        if e["minutes"] is None:
+            lines.append(f"{cid}: {e['source']}")
+            continue
+        total += e["minutes"]
+        lines.append(f"{cid}: {e['cells']} pending cells ({len(run)} budgeted methods), ~{e['minutes']:.0f} min "
+                     f"(T8 ~{e['t8']:.0f} s from {e['source']})")
+    lines.append(f"total: ~{total / 60:.1f} hours, one cell at a time, at the measured cells' machine speed")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Reading the cells
 
 
@@ -290,7 +357,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget-minutes", type=float, help="start no new cell after this many minutes")
     ap.add_argument("--render", action="store_true", help="only render from the finished cells")
+    ap.add_argument("--dry-run", action="store_true", help="print pending cells and estimated minutes; run nothing")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        print(dry_run(args.only, args.methods, args.seeds, environment()["boot_id"]))
+        return
     if not args.render:
         deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
         env = environment()

@@ -211,3 +211,18 @@ def test_autos_goal_is_paired_and_ignores_rows_without_their_seeds(cells, tmp_pa
     rows = rep.auto_goal(a)
     half = next(r for r in rows if r.startswith("| 1/2 |"))
     assert "+2.00 pt vs `linear-probe`: yes" in half  # not -9 pt vs fast-retrain[x]'s two seeds at 0.99
+
+
+def test_the_dry_run_sizes_pending_cells_from_measured_costs(cells, tmp_path, monkeypatch):
+    import shutil
+    assert v3.estimate("c", ["fast-retrain"], boot=None)["cells"] == 0  # everything counts: nothing to run
+    shutil.rmtree(tmp_path / "c" / "fast-retrain#b1of2" / "seed1")
+    e = v3.estimate("c", ["fast-retrain"], boot=None)
+    assert e["cells"] == 1 and e["minutes"] * 60 == pytest.approx(0.5 * 101.0 + v3.CELL_OVERHEAD_S)
+    # on another machine the seed's group runs again whole: SGDM at 3 budgets, the probe, 3 budgeted cells
+    e = v3.estimate("c", ["fast-retrain"], boot="another machine")
+    assert e["cells"] == 7 and e["minutes"] * 60 == pytest.approx(
+        (1 + 0.5 + 0.25) * 101.0 + 5.0 + (1 + 0.5 + 0.25) * 101.0 + 7 * v3.CELL_OVERHEAD_S)
+    monkeypatch.setattr(v3, "COMPARISONS", [("c", {}, ["fast-retrain"])])
+    assert v3.dry_run(None, None, 3, None).startswith("c: 1 pending cells (1 budgeted methods), ~1 min (T8 ~101 s "
+                                                      "from its own SGDM-8 cells)")
