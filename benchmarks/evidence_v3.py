@@ -198,41 +198,58 @@ def _t8s(folder: Path, label: str) -> dict[int, float]:
             for f in folder.glob(f"{label}/seed*/summary.json")}
 
 
-def estimate(cid: str, methods: list[str], seeds: int = 3, boot: str | None = None) -> dict:
-    """The comparison's pending cells and their estimated minutes. A seed's T8 is its SGDM-8 cell's time, else the
-    mean of the comparison's SGDM-8 cells, else cpu-v2's SGDM cells of the same comparison x the v3 / cpu-v2 ratio
-    of the comparisons that have both; SGDM-4/2 cost T8/2 and T8/4, a budgeted cell its budget, the probe its
-    measured time (else T8/20), each + CELL_OVERHEAD_S. A seed begun on another machine (`boot` differs) with
-    cells pending counts whole. The machine's speed is the one those cells ran at."""
-    out = ROOT / cid
-    own = _t8s(out, sgdm_label(1.0))
+def _t8_guess(cid: str) -> tuple[float | None, str]:
+    """The comparison's SGDM-8 time: the mean of its own SGDM-8 cells, else cpu-v2's SGDM cells of the same
+    comparison x the v3 / cpu-v2 ratio of the comparisons that have both; (None, why) without either."""
+    own = _t8s(ROOT / cid, sgdm_label(1.0))
     if own:
-        t8_all, source = float(np.mean(list(own.values()))), "its own SGDM-8 cells"
-    else:
-        pairs = [(_t8s(ROOT / c, sgdm_label(1.0)), _t8s(V2_ROOT / c, BASELINE)) for c, _b, _m in COMPARISONS]
-        ratios = [np.mean(list(v3.values())) / np.mean(list(v2.values())) for v3, v2 in pairs if v3 and v2]
-        v2_t8 = _t8s(V2_ROOT / cid, BASELINE)
-        if not ratios or not v2_t8:
-            return {"cells": None, "minutes": None, "source": "no measured cost"}
-        scale = float(np.mean(ratios))
-        t8_all = float(np.mean(list(v2_t8.values()))) * scale
-        source = f"cpu-v2's SGDM cells x {scale:.2f} (v3 / cpu-v2 over {len(ratios)} comparisons)"
+        return float(np.mean(list(own.values()))), "its own SGDM-8 cells"
+    pairs = [(_t8s(ROOT / c, sgdm_label(1.0)), _t8s(V2_ROOT / c, BASELINE)) for c, _b, _m in COMPARISONS]
+    ratios = [np.mean(list(a.values())) / np.mean(list(b.values())) for a, b in pairs if a and b]
+    v2_t8 = _t8s(V2_ROOT / cid, BASELINE)
+    if not ratios or not v2_t8:
+        return None, "no measured cost"
+    scale = float(np.mean(ratios))
+    return (float(np.mean(list(v2_t8.values()))) * scale,
+            f"cpu-v2's SGDM cells x {scale:.2f} (v3 / cpu-v2 over {len(ratios)} comparisons)")
+
+
+def group_cost(cid: str, methods: list[str], seed: int, boot: str | None, t8_all: float) -> tuple[int, float]:
+    """(pending cells, estimated seconds) of one seed's group: SGDM-4/2 cost T8/2 and T8/4, a budgeted cell its
+    budget, the probe its measured time (else T8/20), each + CELL_OVERHEAD_S; a seed begun on another machine
+    (`boot` differs) with cells pending counts whole."""
+    out = ROOT / cid
+    t8 = _t8s(out, sgdm_label(1.0)).get(seed, t8_all)
     probe = _t8s(out, PROBE)
-    labels = [(sgdm_label(lv), lv / 1.0) for lv in ev.LEVELS] + [(PROBE, None)]
+    labels = [(sgdm_label(lv), lv) for lv in ev.LEVELS] + [(PROBE, None)]
     labels += [(f"{m}#{LEVEL_TAG[lv]}", lv) for m in methods for lv in ev.LEVELS]
-    cells, seconds = 0, 0.0
-    for seed in range(seeds):
-        t8 = own.get(seed, t8_all)
-        left = pending(out, methods, seed)
-        t8_cell = cell(out, sgdm_label(1.0), seed)
-        if left == [sgdm_label(1.0)] or (left and cell_machine(t8_cell) != boot):
-            left = [lab for lab, _ in labels]  # the whole group runs (again)
-        for lab, lv in labels:
-            if lab in left:
-                cells += 1
-                cost = (float(np.mean(list(probe.values()))) if probe else t8 / 20) if lv is None else lv * t8
-                seconds += cost + CELL_OVERHEAD_S
-    return {"cells": cells, "minutes": seconds / 60, "t8": t8_all, "source": source}
+    left = pending(out, methods, seed)
+    if left == [sgdm_label(1.0)] or (left and cell_machine(cell(out, sgdm_label(1.0), seed)) != boot):
+        left = [lab for lab, _ in labels]  # the whole group runs (again)
+    costs = [((float(np.mean(list(probe.values()))) if probe else t8 / 20) if lv is None else lv * t8)
+             + CELL_OVERHEAD_S for lab, lv in labels if lab in left]
+    return len(costs), float(sum(costs))
+
+
+def estimate(cid: str, methods: list[str], seeds: int = 3, boot: str | None = None) -> dict:
+    """The comparison's pending cells and their estimated minutes (`group_cost` per seed, at the speed of the
+    machine its measured cells ran on)."""
+    t8_all, source = _t8_guess(cid)
+    if t8_all is None:
+        return {"cells": None, "minutes": None, "source": source}
+    groups = [group_cost(cid, methods, seed, boot, t8_all) for seed in range(seeds)]
+    return {"cells": sum(n for n, _ in groups), "minutes": sum(s for _, s in groups) / 60, "t8": t8_all,
+            "source": source}
+
+
+def fits(cid: str, methods: list[str], seed: int, boot: str | None, deadline: float) -> bool:
+    """Whether a seed's pending group is estimated to finish before `deadline` (time.monotonic()); a group that
+    cannot finish on this machine is wasted (the next session's machine runs it again whole)."""
+    t8_all, _ = _t8_guess(cid)
+    if t8_all is None:
+        return True  # nothing measured to estimate from: the deadline alone decides
+    _, seconds = group_cost(cid, methods, seed, boot, t8_all)
+    return time.monotonic() + seconds <= deadline
 
 
 def dry_run(ids: list[str] | None, methods: list[str] | None, seeds: int, boot: str | None) -> str:
@@ -370,6 +387,9 @@ def main(argv=None) -> None:
                 continue
             run = [m for m in methods if not args.methods or m in args.methods]
             for seed in range(args.seeds):
+                if deadline is not None and not fits(cid, run, seed, env.get("boot_id"), deadline):
+                    print(f"== {cid} seed {seed}: its group would not finish before the deadline; not started")
+                    continue
                 run_group(cid, base, run, seed, env, deadline)
     from v3_report import render  # the report reads this module's cells
 

@@ -226,3 +226,13 @@ def test_the_dry_run_sizes_pending_cells_from_measured_costs(cells, tmp_path, mo
     monkeypatch.setattr(v3, "COMPARISONS", [("c", {}, ["fast-retrain"])])
     assert v3.dry_run(None, None, 3, None).startswith("c: 1 pending cells (1 budgeted methods), ~1 min (T8 ~101 s "
                                                       "from its own SGDM-8 cells)")
+
+
+def test_a_group_that_cannot_finish_before_the_deadline_is_not_started(cells, tmp_path):
+    import shutil
+    import time
+    shutil.rmtree(tmp_path / "c" / "fast-retrain#b1of2" / "seed1")  # ~65 s of work left in seed 1's group
+    assert v3.group_cost("c", ["fast-retrain"], 1, None, 100.0) == (1, pytest.approx(0.5 * 101.0 + 15.0))
+    assert v3.fits("c", ["fast-retrain"], 1, None, time.monotonic() + 120)
+    assert not v3.fits("c", ["fast-retrain"], 1, None, time.monotonic() + 30)
+    assert v3.fits("c", ["fast-retrain"], 0, None, time.monotonic() + 1)  # nothing pending in seed 0
