@@ -17,8 +17,10 @@ Regimes (one folder each under benchmarks/results/papers/<regime>/<row>/seed<k>/
   cpu-v2-rows     The cpu-v2 Lite0 rows that never ran (freeze-unfreeze@fastai, rifle, kernel-rescale,
                   fast-retrain,rifle): run by benchmarks/run.py's own resumable suite (`CPU_V2_COMMAND`).
 Every cell runs with evidence_v3's `run_cell` (the same-work control timed before and after it), one at a time with
-all cores, seeds interleaved (seed 0 of every row, then seed 1, ...); a finished cell is skipped unless it did not
-get its cores (evidence_v3's `done` / `contended`), so rerunning the command continues. `--dry-run` prints, per
+all cores, one seed's rows back to back (its group), then the next seed's; a finished cell is skipped unless it
+did not get its cores (evidence_v3's `done` / `contended`) or ran on another machine than its seed's baseline
+(`counts`), so rerunning the command continues; a group that would not finish before --budget-minutes' deadline
+is not started. `--dry-run` prints, per
 regime, the cells, the estimated minutes on this 2-core CPU from the committed cells' measured costs (named), and
 the order to run (cheapest first). `--render` judges the finished cells by the fixed rules below
 (results.md / results.json / delivered.png per regime, report.md). docs/papers_plan.md is the plan.
@@ -363,13 +365,11 @@ def finished(path: Path) -> bool:
 
 
 def plan(regime: Regime, seeds: int, out: Path = ROOT) -> list[tuple[Row, int, Path]]:
-    """Every cell in run order: each seed's core rows back to back, seeds interleaved, then the after-core rows."""
-    order = []
-    for after_core in (False, True):
-        for seed in range(seeds):
-            order += [(row, seed, cell_path(regime, row.label, seed, out)) for row in regime.rows
-                      if row.after_core == after_core]
-    return order
+    """Every cell in run order: one seed's rows back to back (its core rows, then its after-core rows), then the
+    next seed's. A seed's group is the unit a session finishes: under the machine rule (`counts`) a group left
+    unfinished is run again whole on the next machine."""
+    return [(row, seed, cell_path(regime, row.label, seed, out)) for seed in range(seeds)
+            for after_core in (False, True) for row in regime.rows if row.after_core == after_core]
 
 
 def counts(regime: Regime, path: Path, out: Path = ROOT) -> bool:
@@ -380,21 +380,28 @@ def counts(regime: Regime, path: Path, out: Path = ROOT) -> bool:
 
 
 def run_regime(regime: Regime, seeds: int, env: dict, deadline: float | None, out: Path = ROOT,
-               runner=run_cell) -> bool:
-    """Run the regime's pending cells in order; False when the deadline stopped it. A seed whose baseline ran on
-    another machine or session while some of its cells are pending runs again whole here."""
+               runner=run_cell, minutes: dict[str, float] | None = None) -> bool:
+    """Run the regime's pending cells in order; False when the deadline stopped it, or when a seed's pending group
+    would not finish before it (`minutes` per row label: `estimate`'s, from measured costs). A seed whose baseline
+    ran on another machine or session while some of its cells are pending runs again whole here."""
     for seed in range(seeds):
+        group = [(row, path) for row, s, path in plan(regime, seeds, out) if s == seed]
         anchor = cell_path(regime, regime.baseline, seed, out)
-        if finished(anchor) and cell_machine(anchor) != env.get("boot_id") and any(
-                not counts(regime, p, out) and not (p / "failed.json").is_file()
-                for _, s, p in plan(regime, seeds, out) if s == seed):
+        todo = [(row, path) for row, path in group if not counts(regime, path, out)
+                and not (path / "failed.json").is_file()]
+        if todo and finished(anchor) and cell_machine(anchor) != env.get("boot_id"):
             shutil.rmtree(anchor)
-    for row, seed, path in plan(regime, seeds, out):
-        if counts(regime, path, out) or (path / "failed.json").is_file():
+            todo = [(row, path) for row, path in group if not (path / "failed.json").is_file()]
+        if not todo:
             continue
-        if deadline is not None and time.monotonic() > deadline:
-            return False
-        runner(path, fields(regime, row, seed), env)
+        if deadline is not None:
+            if minutes is None:
+                minutes = {label: r["minutes"] for label, r in estimate(regime)["rows"].items()}
+            if time.monotonic() + 60 * sum(minutes.get(row.label, 0.0) for row, _ in todo) > deadline:
+                return False
+        for row, path in todo:
+            if not counts(regime, path, out):
+                runner(path, fields(regime, row, seed), env)
     return True
 
 

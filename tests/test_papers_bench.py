@@ -47,15 +47,15 @@ def test_the_cell_plan():
     v3_base = next(b for c, b, _ in v3.COMPARISONS if c == "cifar10-96-lite0")
     assert rifle.base == {**v3_base, "test_eval": "improved"} and rifle.base["image_size"] == 96
     cells = papers.plan(rifle, 3)
-    assert len(cells) == 24 and [s for _, s, _ in cells[:7]] == [0] * 7 and cells[7][1] == 1  # seeds interleaved
-    assert cells[20][2] == papers.ROOT / "rifle" / "rifle" / "seed2"
-    assert [(row.label, s) for row, s, _ in cells[21:]] == [("linear-probe", s) for s in range(3)]  # after the core
+    assert len(cells) == 24 and [s for _, s, _ in cells[:8]] == [0] * 8 and cells[8][1] == 1  # a seed's group whole
+    assert cells[22][2] == papers.ROOT / "rifle" / "rifle" / "seed2"
+    assert [(row.label, s) for row, s, _ in cells[7::8]] == [("linear-probe", s) for s in range(3)]  # after its core
 
     assert [(r.label, r.epochs) for r in kr.rows] == [("sgdm-e16", 16), ("sgdm-e13", 13), ("kernel-rescale", 16),
                                                       ("resize-only", 16)]
     assert kr.base["model"] == "resnet18" and kr.base["pretrained"] is False and 64 <= kr.base["image_size"] <= 128
     order = [(row.label, s) for row, s, _ in papers.plan(kr, 3)]
-    assert order[-3:] == [("resize-only", 0), ("resize-only", 1), ("resize-only", 2)]  # the ablation after the core
+    assert order[3::4] == [("resize-only", 0), ("resize-only", 1), ("resize-only", 2)]  # the ablation after the core
 
     assert [(r.label, r.epochs) for r in dec.rows] == [("random-init-e16", 16), ("composed-K2", 16)]  # 4 x 0.89 <= 4
     assert papers.decompose_regime(1.3).rows[1].epochs == 4 + 16 - 6  # 4 sub-epochs x 1.3 = 5.2 -> 10 global
@@ -224,3 +224,20 @@ def test_a_seed_begun_on_another_machine_runs_again_whole(tmp_path):
     env_f = cell / "environment.json"
     env_f.write_text(json.dumps({**json.loads(env_f.read_text()), "boot_id": "elsewhere"}))
     assert not papers.counts(regime, cell, tmp_path) and "composed-K2" not in report.load(regime, tmp_path)
+
+
+def test_a_seed_group_that_would_not_finish_before_the_deadline_is_not_started(tmp_path):
+    import time
+    regime = papers.decompose_regime(0.89)
+    ran = []
+
+    def runner(path, fields, env):
+        ran.append(path.parent.name)
+        write_cell(path, 2)
+        return True
+
+    minutes = {"random-init-e16": 5.0, "composed-K2": 6.0}  # 11 minutes per seed
+    assert not papers.run_regime(regime, 1, {}, time.monotonic() + 600, out=tmp_path, runner=runner, minutes=minutes)
+    assert ran == []
+    assert papers.run_regime(regime, 1, {}, time.monotonic() + 700, out=tmp_path, runner=runner, minutes=minutes)
+    assert ran == ["random-init-e16", "composed-K2"]
