@@ -164,8 +164,6 @@ class Engine:
             if self.val_data is not None:
                 log["val_loss"], log["val_acc"] = self.evaluate(self.val_data)
             improved = self._is_best(log, 0)
-            if not self.best_eligible:  # as an epoch's log says it: the delivered curve skips it
-                log["eligible"] = False
             if self.test_data is not None and (improved or self.cfg.test_eval == "every"):
                 log["test_loss"], log["test_acc"] = self.evaluate(self.test_data)
             self.history.append(log)
@@ -314,8 +312,6 @@ class Engine:
                 break
             if self.budget is not None:
                 stop, self._now = budget.stop_before_step(self, loop0)
-                if stop and self.iter == 0:  # nothing trained: no after_epoch work (a refinement) on the clock
-                    return True
                 if stop:
                     break
             try:
@@ -327,7 +323,8 @@ class Engine:
         if self.device.type != "cpu" and self.loss is not None:
             passes.check_finite(self, force=True)
         dist.average_buffers(self.model)  # BN statistics alike on every rank
-        self._call("after_epoch")
+        if not (stop and self.iter == 0):  # stopped before a step: no after_epoch work (a refinement) on the clock
+            self._call("after_epoch")
         return stop
 
     def _train_batch(self) -> None:
@@ -376,8 +373,6 @@ class Engine:
             self.log.update(test_loss=test_loss, test_acc=test_acc)
         self.best_eligible = True
         stop = self._stopped(self._call, "after_eval")  # the epoch is recorded and saved first
-        if not self.best_eligible:
-            self.log["eligible"] = False
         improved = self._is_best(self.log, self.epoch + 1)
         if self.test_data is not None and not every and improved:  # the delivered model changed: score it
             self.log["test_loss"], self.log["test_acc"] = self.evaluate(self.test_data)
@@ -392,7 +387,8 @@ class Engine:
     def _is_best(self, log: dict[str, Any], epoch: int) -> bool:
         """Whether `log` (of `epoch`, 0: a model offered before epoch 1) becomes the best: by (val_acc, -val_loss),
         strictly better; without validation, the latest eligible epoch (epoch 0 only when there is no other)."""
-        if not self.best_eligible:
+        if not self.best_eligible:  # kept out of the choice; its log says so (the delivered curve skips it)
+            log["eligible"] = False
             return False
         key = (log["val_acc"], -log["val_loss"]) if "val_acc" in log else None
         if key is not None and self.best_key is not None and not key > self.best_key:

@@ -474,7 +474,7 @@ def test_min_gain_stops_refining_on_validation_gain():
     assert h[0]["refine_val_gain"] == pytest.approx(post.acc[0] - pre.acc[0])  # measured on validation
     assert h[0]["val_acc_before_refine"] == pre.acc[0]
     assert [("refine_seconds" in x) for x in h] == [True, False, False]  # a gain below 1.0 stops it for good
-    assert refine.stopped == 1 and refine.state_dict() == {"stopped": 1}
+    assert refine.stopped == 1 and refine.state_dict()["stopped"] == 1
     keep = val_engine([MPRefine(C=4.0, until=None, min_gain=-1.0, init_head=False)], 3)  # any gain is enough
     keep.fit()
     assert all("refine_val_gain" in x for x in keep.history)
