@@ -115,6 +115,16 @@ def done(path: Path, t8: float | None = None, level: float | None = None, machin
             and (machine is ANY_MACHINE or cell_machine(path) == machine))
 
 
+def begun_elsewhere(anchor: Path, has_pending: bool, boot: str | None, finished=done) -> bool:
+    """The machine rule's rerun: when a seed's anchor cell (its SGDM-8, or a paper regime's baseline: its time sets
+    the seed's budgets) finished on another machine or session (`boot` differs) while cells of its group are
+    pending, the anchor is removed and True returned: the group runs again whole here."""
+    if has_pending and finished(anchor) and cell_machine(anchor) != boot:
+        shutil.rmtree(anchor)
+        return True
+    return False
+
+
 def run_cell(path: Path, fields: dict, env: dict) -> bool:
     """Train one cell (timed same-work control before and after); False when the method cannot run here."""
     from fastretrain.errors import FastRetrainError
@@ -146,20 +156,18 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
             for level in sorted(ev.LEVELS, reverse=True)]
     jobs.append((PROBE, cell_config(base, PROBE)))
     t8_cell = cell(out, sgdm_label(1.0), seed)
-    if done(t8_cell) and cell_machine(t8_cell) != env.get("boot_id") and pending(out, methods, seed):
+    if begun_elsewhere(t8_cell, bool(pending(out, methods, seed)), env.get("boot_id")):
         print(f"== {t8_cell.relative_to(ROOT)}: ran on another machine or session and its group is not complete: "
               "the group runs again here", flush=True)
-        shutil.rmtree(t8_cell)  # its seconds set the group's budgets; they are another machine's
     for label, fields in jobs:
         path = cell(out, label, seed)
         if not done(path, machine=ANY_MACHINE if path == t8_cell else cell_machine(t8_cell)):
             if deadline is not None and time.monotonic() > deadline:
                 return
             run_cell(path, fields, env)
-    t8_path = t8_cell / "summary.json"
-    if not t8_path.is_file():
+    t8 = t8s(out, sgdm_label(1.0)).get(seed)
+    if t8 is None:  # not finished, or without its cores: no budgets from it (it runs again on the next resume)
         return
-    t8 = json.loads(t8_path.read_text())["wall_seconds"]
     for method in methods:
         for level in sorted(ev.LEVELS, reverse=True):
             path = cell(out, f"{method}#{LEVEL_TAG[level]}", seed)
@@ -177,9 +185,10 @@ def pending(out: Path, methods: list[str], seed: int) -> list[str]:
     """The cells of one seed's group (SGDM at 3 budgets, the probe, `methods` at 3 budgets) that do not count yet:
     unfinished, contended, or not under the budget and machine of the seed's SGDM-8 cell."""
     t8_cell = cell(out, sgdm_label(1.0), seed)
-    if not done(t8_cell):
+    t8 = t8s(out, sgdm_label(1.0)).get(seed)
+    if t8 is None:
         return [sgdm_label(1.0)]
-    t8, machine = json.loads((t8_cell / "summary.json").read_text())["wall_seconds"], cell_machine(t8_cell)
+    machine = cell_machine(t8_cell)
     labels = [(sgdm_label(lv), None) for lv in ev.LEVELS if lv != 1.0] + [(PROBE, None)]
     labels += [(f"{m}#{LEVEL_TAG[lv]}", lv) for m in methods for lv in ev.LEVELS]
     return [lab for lab, lv in labels if not (cell(out, lab, seed) / "failed.json").is_file()
@@ -193,20 +202,23 @@ CELL_OVERHEAD_S = 15.0  # per cell: model, data, the control twice, evaluation; 
 V2_ROOT = HERE / "results" / "suite-cpu-v2"  # cpu-v2's SGDM cells (8 epochs, the same configs, 2 cells at a time)
 
 
-def _t8s(folder: Path, label: str) -> dict[int, float]:
+def t8s(folder: Path, label: str, counted: bool = True) -> dict[int, float]:
+    """{seed: training seconds} of `label`'s cells in `folder`: the one reader of SGDM-8 (and probe) times, for
+    budgets, the report and sizing alike; with `counted`, only cells that `done` (finished with their cores)."""
     return {int(f.parent.name[4:]): json.loads(f.read_text())["wall_seconds"]
-            for f in folder.glob(f"{label}/seed*/summary.json")}
+            for f in folder.glob(f"{label}/seed*/summary.json") if not counted or done(f.parent)}
 
 
 def _t8_guess(cid: str) -> tuple[float | None, str]:
     """The comparison's SGDM-8 time: the mean of its own SGDM-8 cells, else cpu-v2's SGDM cells of the same
     comparison x the v3 / cpu-v2 ratio of the comparisons that have both; (None, why) without either."""
-    own = _t8s(ROOT / cid, sgdm_label(1.0))
+    own = t8s(ROOT / cid, sgdm_label(1.0))
     if own:
         return float(np.mean(list(own.values()))), "its own SGDM-8 cells"
-    pairs = [(_t8s(ROOT / c, sgdm_label(1.0)), _t8s(V2_ROOT / c, BASELINE)) for c, _b, _m in COMPARISONS]
+    pairs = [(t8s(ROOT / c, sgdm_label(1.0)), t8s(V2_ROOT / c, BASELINE, counted=False))
+             for c, _b, _m in COMPARISONS]
     ratios = [np.mean(list(a.values())) / np.mean(list(b.values())) for a, b in pairs if a and b]
-    v2_t8 = _t8s(V2_ROOT / cid, BASELINE)
+    v2_t8 = t8s(V2_ROOT / cid, BASELINE, counted=False)
     if not ratios or not v2_t8:
         return None, "no measured cost"
     scale = float(np.mean(ratios))
@@ -219,8 +231,8 @@ def group_cost(cid: str, methods: list[str], seed: int, boot: str | None, t8_all
     budget, the probe its measured time (else T8/20), each + CELL_OVERHEAD_S; a seed begun on another machine
     (`boot` differs) with cells pending counts whole."""
     out = ROOT / cid
-    t8 = _t8s(out, sgdm_label(1.0)).get(seed, t8_all)
-    probe = _t8s(out, PROBE)
+    t8 = t8s(out, sgdm_label(1.0)).get(seed, t8_all)
+    probe = t8s(out, PROBE)
     labels = [(sgdm_label(lv), lv) for lv in ev.LEVELS] + [(PROBE, None)]
     labels += [(f"{m}#{LEVEL_TAG[lv]}", lv) for m in methods for lv in ev.LEVELS]
     left = pending(out, methods, seed)
@@ -285,14 +297,13 @@ def load(cid: str) -> dict:
     if not out.is_dir():
         return cells
     levels = {tag: lv for lv, tag in LEVEL_TAG.items()}
-    t8s = {int(f.parent.name[4:]): json.loads(f.read_text())["wall_seconds"]
-           for f in out.glob(f"{sgdm_label(1.0)}/seed*/summary.json") if done(f.parent)}
-    machines = {seed: cell_machine(out / sgdm_label(1.0) / f"seed{seed}") for seed in t8s}
+    t8 = t8s(out, sgdm_label(1.0))
+    machines = {seed: cell_machine(out / sgdm_label(1.0) / f"seed{seed}") for seed in t8}
     for summary in sorted(out.glob("*/seed*/summary.json")):
         folder = summary.parent
         label, seed = folder.parent.name.replace("+", ","), int(folder.name[4:])
         level = levels.get(label.rpartition("#")[2]) if "#" in label else None
-        if seed not in t8s or not done(folder, t8s[seed], level, machines[seed]):  # pending its rerun: counted nowhere
+        if seed not in t8 or not done(folder, t8[seed], level, machines[seed]):  # pending its rerun: counted nowhere
             continue
         hist = history(folder)
         envf = folder / "environment.json"

@@ -35,7 +35,6 @@ import argparse
 import functools
 import json
 import math
-import shutil
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import evidence_v3 as v3  # noqa: E402  (suite v3: its cells' config, resume rule and cell runner are reused)
-from evidence_v3 import cell_machine, contended, done, run_cell  # noqa: E402
+from evidence_v3 import begun_elsewhere, cell_machine, contended, done, run_cell  # noqa: E402
 from fastretrain.bench import cell_config, environment, slug  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -389,8 +388,7 @@ def run_regime(regime: Regime, seeds: int, env: dict, deadline: float | None, ou
         anchor = cell_path(regime, regime.baseline, seed, out)
         todo = [(row, path) for row, path in group if not counts(regime, path, out)
                 and not (path / "failed.json").is_file()]
-        if todo and finished(anchor) and cell_machine(anchor) != env.get("boot_id"):
-            shutil.rmtree(anchor)
+        if begun_elsewhere(anchor, bool(todo), env.get("boot_id"), finished):
             todo = [(row, path) for row, path in group if not (path / "failed.json").is_file()]
         if not todo:
             continue
