@@ -14,6 +14,7 @@ from fastretrain.testing import tiny_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import aids  # noqa: E402
+import aids_report as report  # noqa: E402
 
 TINY = {"model": "tiny-cnn", "image_size": 16, "batch_size": 8, "lr": 0.05, "device": "cpu", "val_fraction": 0.25,
         "progress": False, "save_checkpoint": False, "save_weights": False}
@@ -46,7 +47,7 @@ def config(label, seed=0):
 def test_a_seed_runs_every_cell_and_a_resumed_run_skips_finished_ones(bench, monkeypatch):
     aids.run_seed(0, {"commit": "test"})
     assert all(aids.done(aids.cell(label, 0)) for label in aids.LABELS)
-    cells = aids.load()
+    cells = report.load()
     assert sorted(cells) == sorted(aids.LABELS)
     base = config(aids.BASELINE)
     assert (base["method"], base["epochs"], base["test_eval"], base["lr"]) == ("sgdm", 2, "improved", 0.05)
@@ -115,7 +116,7 @@ def synthetic(seeds):
 
 def test_the_analysis_pairs_each_aid_with_the_same_seeds_baseline(bench):
     synthetic(range(3))
-    a = aids.analyse(aids.load())
+    a = report.analyse(report.load())
     rows = {r["label"]: r for r in a["rows"]}
     assert a["seeds"] == [0, 1, 2] and a["spread"] == pytest.approx(1.25)
     assert rows["+ema"]["diffs"] == pytest.approx([1.0, 2.0, 3.0]) and rows["+ema"]["verdict"] == "gain"
@@ -134,7 +135,7 @@ def test_the_analysis_pairs_each_aid_with_the_same_seeds_baseline(bench):
 
 def test_the_rendered_block_replaces_the_old_one_and_gives_no_verdict_below_3_seeds(bench):
     synthetic(range(2))
-    aids.render()
+    report.render()
     text = aids.DOC.read_text()
     assert "stale text" not in text and text.endswith(f"{aids.END}\n\n## Example\n")
     block = text.split(aids.BEGIN)[1].split(aids.END)[0]
@@ -142,16 +143,16 @@ def test_the_rendered_block_replaces_the_old_one_and_gives_no_verdict_below_3_se
     assert "| `+ema` | `--ema 0.94` | 0.8200 ± 0.0141 (2) | +1.50 ± 0.71 |" in block
     assert "| 1.10x (1.10, 1.10) |" in block
     synthetic([2])
-    aids.render()
+    report.render()
     block = aids.DOC.read_text().split(aids.BEGIN)[1].split(aids.END)[0]
     assert "needs 3" not in block and "(3 seeds, 400 test images" in block
     assert "| +2.00 ± 1.00 | **gain** |" in block and "| -2.00 ± 0.00 | **loss** |" in block
     assert json.loads((aids.ROOT / "results.json").read_text())["seeds"] == [0, 1, 2]
     assert block in (aids.ROOT / "results.md").read_text()
-    aids.render()  # rendering again changes nothing
+    report.render()  # rendering again changes nothing
     assert aids.DOC.read_text().split(aids.BEGIN)[1].split(aids.END)[0] == block
 
 
 def test_without_cells_the_block_says_nothing_was_measured(bench):
-    assert aids.render() == [aids.DOC] and not aids.ROOT.exists()
+    assert report.render() == [aids.DOC] and not aids.ROOT.exists()
     assert "**Not measured yet.**" in aids.DOC.read_text()
