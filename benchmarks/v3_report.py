@@ -182,7 +182,8 @@ def which_lines(analyses: list[dict]) -> list[str]:
                          f"({c['verdict']}, {_pm(c['diffs'])} pt)")
         if pending:
             parts.append(f"no verdict yet at {_levels(pending)} (fewer than {ev.MIN_SEEDS} seeds)")
-        out.append(f"- **{a['id']}** ({len(a['seeds'])} seeds): " + "; ".join(parts) + ".")
+        n = len(a["seeds"])
+        out.append(f"- **{a['id']}** ({n} seed{'s' * (n != 1)}): " + "; ".join(parts) + ".")
     return out
 
 
