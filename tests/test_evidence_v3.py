@@ -166,6 +166,32 @@ def test_a_group_begun_on_another_machine_runs_again_whole(cells, tmp_path, monk
     assert ran == []  # complete: resuming elsewhere changes nothing
 
 
+def test_a_contended_sgdm8_sets_no_budgets(cells, tmp_path, monkeypatch):
+    """Its seconds would set the seed's budgets: while it did not get its cores, no budgeted cell runs (it reruns
+    first, on the next resume), and sizing reads it nowhere."""
+    import shutil
+    for tag in ("b1", "b1of2", "b1of4"):
+        shutil.rmtree(tmp_path / "c" / f"fast-retrain#{tag}" / "seed0")
+    summary = tmp_path / "c" / "sgdm-e8" / "seed0" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "cpu_seconds": 0.5 * 2 * 100.0}))
+    assert v3.t8s(tmp_path / "c", "sgdm-e8") == {1: 101.0, 2: 102.0}
+    assert v3.t8s(tmp_path / "c", "sgdm-e8", counted=False)[0] == 100.0
+    assert v3.pending(tmp_path / "c", ["fast-retrain"], 0) == ["sgdm-e8"]
+    ran = []
+
+    def contended_runner(path, fields, env):  # the rerun SGDM-8 is contended again
+        ran.append(path.parent.name)
+        shutil.rmtree(path)
+        write(path.parent.parent, path.parent.name, 0, [(100.0, 0.7, 0.8)], 100.0)
+        record = json.loads((path / "summary.json").read_text())
+        (path / "summary.json").write_text(json.dumps({**record, "cpu_seconds": 0.5 * 2 * 100.0}))
+        return True
+
+    monkeypatch.setattr(v3, "run_cell", contended_runner)
+    v3.run_group("c", {}, ["fast-retrain"], 0, {"boot_id": None}, None)
+    assert ran == ["sgdm-e8"]  # rerun; still without its cores: no budget comes from it
+
+
 def test_time_ratios_count_never_as_infinite_and_need_three_pairs(cells, tmp_path):
     # SGDM-8 seed 2 ends at 0.89: the target (mean 0.8967 - 0.5 pt) is never reached there
     m = tmp_path / "c" / "sgdm-e8" / "seed2" / "metrics.jsonl"
