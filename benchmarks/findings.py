@@ -8,7 +8,8 @@ import statistics
 
 from fastretrain.bench import NOT_COMPARABLE, paired, pm, reach_text
 from suites import BASELINE, FR_AUTHORS, HEADLINE_PX, REPORT_SUITES, load_dedicated
-from verdicts import (AVOID_PT, CHEAP_TOL_PT, CHECKS, DEDICATED, DEDICATED_NOTES, GOAL_METHOD, GOAL_SEEDS, GOAL_TIME,
+from verdicts import (AVOID_PT, CHEAP_TOL_PT, CHECKS, CLAIM_SEEDS, DEDICATED, DEDICATED_NOTES, GOAL_METHOD,
+                      GOAL_SEEDS, GOAL_TIME,
                       GOAL_TOL_PT, NO_LOSS_PT, PAPERS, PROBE, acc_name, against_baseline, avoid, better_than_default,
                       cheapest, claims, delivered_d, describe, diffs, goal_met, label_of, mean_of, most_accurate,
                       overall, plural, row_of, show_name, soonest, tier, timing_control, versus)
@@ -213,7 +214,9 @@ def ablation_text(comps: list[dict]) -> list[str]:
 
 def claims_text(comps: list[dict]) -> list[str]:
     measured = claims(comps)
-    parts = ["## Claims of the source papers, checked\n"]
+    parts = ["## Claims of the source papers, checked\n",
+             f"A check with fewer than {CLAIM_SEEDS} paired seeds gets no verdict and is counted nowhere (enforced "
+             "since 2026-12-02, when partial cpu-v2 rows first reached this section; no earlier verdict changed).\n"]
     for key, (title, claim, rule, page) in PAPERS.items():
         lines = measured[key]
         parts += [f"### {title}\n", f"- Claim: {claim}.", f"- Checked: {rule}."]

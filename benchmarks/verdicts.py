@@ -62,6 +62,8 @@ DEDICATED = {
 DEDICATED_NOTES = {f"decompose/{d}": "the sub-networks trained one after another on one machine; their time is "
                    "included" for d in ("cifar", "fashion")}
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+CLAIM_SEEDS = 3  # paired seeds a claim's check needs (METHODS.md §6)
+FEW_SEEDS = f"no verdict (fewer than {CLAIM_SEEDS} paired seeds)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,9 +152,13 @@ def acc_name(comp: dict) -> str:
     return "test acc" if comp["protocol"]["metric"] == "test_acc" else "final acc"
 
 
-def _verdict(comp: dict, checks: list[bool]) -> str:
+def _verdict(comp: dict, checks: list[bool], n: int) -> str:
+    """`n`: the fewest paired seeds behind the checks; under CLAIM_SEEDS no verdict, counted nowhere (METHODS.md
+    §6; enforced here since 2026-12-02, when partial cpu-v2 rows first reached this table, stated in the report)."""
     if comp["protocol"]["kind"] == NOT_COMPARABLE:
         return NOT_COMPARABLE
+    if n < CLAIM_SEEDS:
+        return FEW_SEEDS
     return REPRODUCED if all(checks) else NOT_REPRODUCED
 
 
@@ -164,13 +170,13 @@ def check_fast(comp: dict, method="fast-retrain", base=BASELINE, unfrozen="mp-re
         d, ok_speed = diffs(comp, p), faster(p, 1 / FAST_SPEEDUP)
         text = (f"{acc_name(comp)} {pm(d)} pt vs {_name(base)} (gain beyond one std: {_yn(gain(d))}); time to "
                 f"{_name(base)}'s final acc {reach_text(p)} (≤ {1 / FAST_SPEEDUP:.2f}×: {_yn(ok_speed)})")
-        out.append((text, _verdict(comp, [gain(d), ok_speed])))
+        out.append((text, _verdict(comp, [gain(d), ok_speed], p["n"])))
     q = paired(comp["records"], method, unfrozen)
     if q:
         d, save = diffs(comp, q), mean_std(saving(q))[0]
         text = (f"{saving_text(q)} than refinement without freezing (`{unfrozen}`) (≥ {100 * FAST_SAVING:.0f}%: "
                 f"{_yn(save >= FAST_SAVING)}), {acc_name(comp)} {pm(d)} pt (≥ −{NO_LOSS_PT}: {_yn(no_loss(d))})")
-        out.append((text, _verdict(comp, [save >= FAST_SAVING, no_loss(d)])))
+        out.append((text, _verdict(comp, [save >= FAST_SAVING, no_loss(d)], q["n"])))
     return out
 
 
@@ -184,7 +190,7 @@ def check_rifle(comp: dict, method="rifle", base=BASELINE) -> list[tuple[str, st
     parts = [f"vs `{t}` {pm(diffs(comp, p))} pt ({_yn(ok)})" for (t, p), ok in zip(pairs, oks)]
     sg = paired(comp["records"], method, base)
     ref = f"; vs {_name(base)} {pm(diffs(comp, sg))} pt" if sg else ""
-    return [(f"{acc_name(comp)} {', '.join(parts)}{ref}", _verdict(comp, oks))]
+    return [(f"{acc_name(comp)} {', '.join(parts)}{ref}", _verdict(comp, oks, min(p["n"] for _, p in pairs)))]
 
 
 def check_kernel(comp: dict, method="kernel-rescale", base=BASELINE) -> list[tuple[str, str]]:
@@ -195,7 +201,7 @@ def check_kernel(comp: dict, method="kernel-rescale", base=BASELINE) -> list[tup
     d, save = diffs(comp, p), mean_std(saving(p))[0]
     text = (f"{saving_text(p)} than {_name(base)} (≥ {100 * KERNEL_SAVING:.0f}%: {_yn(save >= KERNEL_SAVING)}), "
             f"{acc_name(comp)} {pm(d)} pt (≥ −{NO_LOSS_PT}: {_yn(no_loss(d))})")
-    return [(text, _verdict(comp, [save >= KERNEL_SAVING, no_loss(d)]))]
+    return [(text, _verdict(comp, [save >= KERNEL_SAVING, no_loss(d)], p["n"]))]
 
 
 def check_decompose(comp: dict, method="decompose", base=BASELINE) -> list[tuple[str, str]]:
@@ -207,7 +213,7 @@ def check_decompose(comp: dict, method="decompose", base=BASELINE) -> list[tuple
     text = (f"test acc after the first epoch {pm(first)} pt (gain beyond one std: {_yn(gain(first))}); time to "
             f"{_name(base)}'s final acc {reach_text(p)} (< 1×: {_yn(sooner)}); {acc_name(comp)} {pm(d)} pt "
             f"(≥ −{NO_LOSS_PT}: {_yn(no_loss(d))})")
-    return [(text, _verdict(comp, [gain(first), sooner, no_loss(d)]))]
+    return [(text, _verdict(comp, [gain(first), sooner, no_loss(d)], p["n"]))]
 
 
 CHECKS = {"fast": check_fast, "rifle": check_rifle, "kernel": check_kernel, "decompose": check_decompose}
@@ -233,11 +239,13 @@ def claims(comps: list[dict]) -> dict[str, list[dict]]:
 def overall(verdicts: list[str]) -> str:
     """'reproduced' when every comparable comparison reproduces, 'partly' when at least half do, else 'not
     reproduced'; with the counts. Comparisons that are not comparable are counted apart, never as evidence."""
-    comparable = [v for v in verdicts if v != NOT_COMPARABLE]
-    n, k, skipped = len(comparable), comparable.count(REPRODUCED), len(verdicts) - len(comparable)
-    extra = f"; {skipped} not comparable, re-run pending" if skipped else ""
+    comparable = [v for v in verdicts if v not in (NOT_COMPARABLE, FEW_SEEDS)]
+    n, k, skipped = len(comparable), comparable.count(REPRODUCED), verdicts.count(NOT_COMPARABLE)
+    few = verdicts.count(FEW_SEEDS)
+    extra = (f"; {skipped} not comparable, re-run pending" if skipped else "") + \
+        (f"; {few} with fewer than {CLAIM_SEEDS} seeds, not counted" if few else "")
     if not n:
-        return "**not measured**" + (f" ({skipped} not comparable, re-run pending)" if skipped else "")
+        return "**not measured**" + (f" ({extra[2:]})" if extra else "")
     word = REPRODUCED if k == n else "partly" if 2 * k >= n else NOT_REPRODUCED
     return f"**{word}** (reproduced in {k} of {n}{extra})"
 

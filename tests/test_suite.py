@@ -194,6 +194,18 @@ def test_current_protocol_compares_test_acc_at_the_val_best_epoch():
     assert verdict == "not reproduced" and "test acc -2.00 ± 0.00 pt" in text
 
 
+def test_a_claim_check_with_fewer_than_three_seeds_gets_no_verdict_and_counts_nowhere():
+    base = cells("sgdm", [0.80] * 3, [100] * 3, [[(0.80, 100)]] * 3, test=[0.80] * 3)
+    kr = cells("kernel-rescale", [0.80], [75], [[(0.80, 75)]], test=[0.60])  # one seed: -20 pt, 25% less time
+    text, verdict = rules.check_kernel(comp(base + kr))[0]
+    assert verdict == rules.FEW_SEEDS and "test acc -20.00 pt" in text
+    R, N = "reproduced", "not reproduced"
+    assert rules.overall([R, rules.FEW_SEEDS]) == "**reproduced** (reproduced in 1 of 1; 1 with fewer than 3 seeds, " \
+        "not counted)"
+    assert rules.overall([rules.FEW_SEEDS]) == "**not measured** (1 with fewer than 3 seeds, not counted)"
+    assert rules.overall([N]) == "**not reproduced** (reproduced in 0 of 1)"
+
+
 def test_overall_counts():
     R, N, X = "reproduced", "not reproduced", "not comparable"
     assert rules.overall([R, N, N, N, N, N, N]) == "**not reproduced** (reproduced in 1 of 7)"
