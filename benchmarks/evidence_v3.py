@@ -165,7 +165,7 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
             if deadline is not None and time.monotonic() > deadline:
                 return
             run_cell(path, fields, env)
-    t8 = t8s(out, sgdm_label(1.0)).get(seed)
+    t8 = seconds(t8_cell)
     if t8 is None:  # not finished, or without its cores: no budgets from it (it runs again on the next resume)
         return
     for method in methods:
@@ -185,7 +185,7 @@ def pending(out: Path, methods: list[str], seed: int) -> list[str]:
     """The cells of one seed's group (SGDM at 3 budgets, the probe, `methods` at 3 budgets) that do not count yet:
     unfinished, contended, or not under the budget and machine of the seed's SGDM-8 cell."""
     t8_cell = cell(out, sgdm_label(1.0), seed)
-    t8 = t8s(out, sgdm_label(1.0)).get(seed)
+    t8 = seconds(t8_cell)
     if t8 is None:
         return [sgdm_label(1.0)]
     machine = cell_machine(t8_cell)
@@ -202,11 +202,19 @@ CELL_OVERHEAD_S = 15.0  # per cell: model, data, the control twice, evaluation; 
 V2_ROOT = HERE / "results" / "suite-cpu-v2"  # cpu-v2's SGDM cells (8 epochs, the same configs, 2 cells at a time)
 
 
+def seconds(path: Path, counted: bool = True) -> float | None:
+    """A cell's training seconds, None when it has not finished or, with `counted`, does not count (`done`): the
+    one reader of SGDM-8 (and probe) times, for budgets, the report and sizing alike."""
+    summary = path / "summary.json"
+    if not summary.is_file() or (counted and not done(path)):
+        return None
+    return json.loads(summary.read_text())["wall_seconds"]
+
+
 def t8s(folder: Path, label: str, counted: bool = True) -> dict[int, float]:
-    """{seed: training seconds} of `label`'s cells in `folder`: the one reader of SGDM-8 (and probe) times, for
-    budgets, the report and sizing alike; with `counted`, only cells that `done` (finished with their cores)."""
-    return {int(f.parent.name[4:]): json.loads(f.read_text())["wall_seconds"]
-            for f in folder.glob(f"{label}/seed*/summary.json") if not counted or done(f.parent)}
+    """{seed: `seconds`} of `label`'s cells in `folder` that have them."""
+    found = {int(p.name[4:]): seconds(p, counted) for p in folder.glob(f"{label}/seed*")}
+    return {seed: t for seed, t in found.items() if t is not None}
 
 
 def _t8_guess(cid: str) -> tuple[float | None, str]:
