@@ -115,11 +115,12 @@ def done(path: Path, t8: float | None = None, level: float | None = None, machin
             and (machine is ANY_MACHINE or cell_machine(path) == machine))
 
 
-def begun_elsewhere(anchor: Path, has_pending: bool, boot: str | None, finished=done) -> bool:
+def begun_elsewhere(anchor: Path, has_pending, boot: str | None, finished=done) -> bool:
     """The machine rule's rerun: when a seed's anchor cell (its SGDM-8, or a paper regime's baseline: its time sets
     the seed's budgets) finished on another machine or session (`boot` differs) while cells of its group are
-    pending, the anchor is removed and True returned: the group runs again whole here."""
-    if has_pending and finished(anchor) and cell_machine(anchor) != boot:
+    pending (`has_pending()`, asked only then), the anchor is removed and True returned: the group runs again
+    whole here."""
+    if finished(anchor) and cell_machine(anchor) != boot and has_pending():
         shutil.rmtree(anchor)
         return True
     return False
@@ -156,7 +157,7 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
             for level in sorted(ev.LEVELS, reverse=True)]
     jobs.append((PROBE, cell_config(base, PROBE)))
     t8_cell = cell(out, sgdm_label(1.0), seed)
-    if begun_elsewhere(t8_cell, bool(pending(out, methods, seed)), env.get("boot_id")):
+    if begun_elsewhere(t8_cell, lambda: bool(pending(out, methods, seed)), env.get("boot_id")):
         print(f"== {t8_cell.relative_to(ROOT)}: ran on another machine or session and its group is not complete: "
               "the group runs again here", flush=True)
     for label, fields in jobs:

@@ -388,7 +388,7 @@ def run_regime(regime: Regime, seeds: int, env: dict, deadline: float | None, ou
         anchor = cell_path(regime, regime.baseline, seed, out)
         todo = [(row, path) for row, path in group if not counts(regime, path, out)
                 and not (path / "failed.json").is_file()]
-        if begun_elsewhere(anchor, bool(todo), env.get("boot_id"), finished):
+        if begun_elsewhere(anchor, lambda: bool(todo), env.get("boot_id"), finished):
             todo = [(row, path) for row, path in group if not (path / "failed.json").is_file()]
         if not todo:
             continue

@@ -166,6 +166,21 @@ def test_a_group_begun_on_another_machine_runs_again_whole(cells, tmp_path, monk
     assert ran == []  # complete: resuming elsewhere changes nothing
 
 
+def test_the_rerun_asks_what_is_pending_only_when_the_anchor_ran_elsewhere(cells, tmp_path):
+    anchor = tmp_path / "c" / "sgdm-e8" / "seed0"
+    _set_machine(anchor, "here")
+    asked = []
+
+    def has_pending(answer):
+        return lambda: asked.append(answer) or answer
+
+    assert not v3.begun_elsewhere(anchor, has_pending(True), "here") and asked == []  # same machine: not asked
+    assert not v3.begun_elsewhere(anchor, has_pending(False), "there") and anchor.is_dir()  # complete: kept
+    assert v3.begun_elsewhere(anchor, has_pending(True), "there") and not anchor.exists()  # removed: runs again
+    assert asked == [False, True]
+    assert not v3.begun_elsewhere(anchor, has_pending(True), "there") and asked == [False, True]  # gone: not asked
+
+
 def test_a_contended_sgdm8_sets_no_budgets(cells, tmp_path, monkeypatch):
     """Its seconds would set the seed's budgets: while it did not get its cores, no budgeted cell runs (it reruns
     first, on the next resume), and sizing reads it nowhere."""
