@@ -4,10 +4,11 @@ contributes (also docs/fast_retrain.md's blocks), and the source papers' claims,
 """
 from __future__ import annotations
 
+import json
 import statistics
 
 from fastretrain.bench import NOT_COMPARABLE, paired, pm, reach_text
-from suites import BASELINE, FR_AUTHORS, HEADLINE_PX, REPORT_SUITES, load_dedicated
+from suites import BASELINE, FR_AUTHORS, HEADLINE_PX, REPORT_SUITES, ROOT, load_dedicated
 from verdicts import (AVOID_PT, CHEAP_TOL_PT, CHECKS, CLAIM_SEEDS, DEDICATED, DEDICATED_NOTES, GOAL_METHOD,
                       GOAL_SEEDS, GOAL_TIME,
                       GOAL_TOL_PT, NO_LOSS_PT, PAPERS, PROBE, acc_name, against_baseline, avoid, better_than_default,
@@ -212,6 +213,20 @@ def ablation_text(comps: list[dict]) -> list[str]:
     return parts
 
 
+OWN_REGIME = {"rifle": "rifle", "kernel": "kernel-rescale", "decompose": "decompose"}  # PAPERS key -> papers.py's
+
+
+def own_regime(name: str) -> str:
+    """The claim's state in its own regime, from `python benchmarks/papers.py --render`'s results.json."""
+    path = ROOT / "benchmarks" / "results" / "papers" / name / "results.json"
+    link = f"[benchmarks/results/papers/{name}](../benchmarks/results/papers/{name}/results.md)"
+    if not path.is_file():
+        return f"no baseline cell has finished yet (`python benchmarks/papers.py --only {name}`)"
+    res = json.loads(path.read_text())
+    n = len(res["seeds"])
+    return f"**{res['claim']['result']}** ({n} seed{'s' if n != 1 else ''} of its baseline finished; {link})"
+
+
 def claims_text(comps: list[dict]) -> list[str]:
     measured = claims(comps)
     parts = ["## Claims of the source papers, checked\n",
@@ -227,6 +242,8 @@ def claims_text(comps: list[dict]) -> list[str]:
                 continue
             parts += [f"- {name}, {x['text']} → **{x['verdict']}**" for x in mine]
             parts.append(f"- Overall, {name[0].lower() + name[1:]}: {overall([x['verdict'] for x in mine])}")
+        if key in OWN_REGIME:
+            parts.append(f"- In its own regime (issue 26): {own_regime(OWN_REGIME[key])}")
         for folder, method, base in DEDICATED.get(key, []):
             comp = load_dedicated(folder, method, base)
             if comp is None:

@@ -218,7 +218,61 @@ RULES = (f"Fixed rules (fastretrain/evidence.py and this file, stated before any
          f"a ratio of 0, neither reaching gives none); a timing verdict needs ratios on {ev.MIN_SEEDS} seeds.")
 
 
-def render(out: Path = ROOT, root: Path = RESULTS) -> list[Path]:
+# ---------------------------------------------------------------------------------------------------------------
+# The papers' docs pages: a `<!-- results:papers -->` block each (the regime's state, claim and table), RIFLE's
+# also the cpu-v2 rows' validation accuracy around each reset (the measured "why" of its final epoch)
+
+DOCS = RESULTS.parent.parent / "docs"
+PAGES = {"rifle": "rifle.md", "kernel-rescale": "kernel_rescale.md", "decompose": "decompose.md"}
+CPU_V2 = RESULTS / "suite-cpu-v2"
+
+
+def cpu_v2_resets(root: Path | None = None) -> list[str]:
+    """Per cpu-v2 comparison where `rifle` and `sgdm` both finished >= 3 seeds: mean validation and test accuracy
+    per epoch of both (the seeds they share), the epochs after which RIFLE reset its head marked (`rifle_resets`
+    in its metrics)."""
+    root, parts = root or CPU_V2, []
+    for comp in sorted(p for p in root.iterdir() if (p / "rifle").is_dir()) if root.is_dir() else []:
+        hist = {m: {int(d.name[4:]): _history(d) for d in sorted((comp / m).glob("seed*"))
+                    if (d / "summary.json").is_file()} for m in ("sgdm", "rifle")}
+        seeds = sorted(set(hist["sgdm"]) & set(hist["rifle"]))
+        if len(seeds) < ev.MIN_SEEDS:
+            continue
+        n = min(len(hist[m][s]) for m in hist for s in seeds)
+        mean = {(m, k): [float(np.mean([hist[m][s][i][k] for s in seeds])) for i in range(n)]
+                for m in hist for k in ("val_acc", "test_acc")}
+        reset = [any(hist["rifle"][s][i].get("rifle_resets") for s in seeds) for i in range(n)]
+        parts += [f"`{comp.name}` (cpu-v2: {n} epochs, {len(seeds)} seeds; mean accuracy per epoch; ↺ marks an epoch "
+                  "that began with a head reset):", "",
+                  "| epoch | " + " | ".join(f"{i + 1}{' ↺' if reset[i] else ''}" for i in range(n)) + " |",
+                  "|---|" + "---|" * n]
+        for m, k in (("sgdm", "val_acc"), ("rifle", "val_acc"), ("sgdm", "test_acc"), ("rifle", "test_acc")):
+            parts.append(f"| {m} {k.split('_')[0]} | " + " | ".join(f"{x:.3f}" for x in mean[(m, k)]) + " |")
+        parts.append("")
+    return parts
+
+
+def page_block(regime: Regime, cells: dict, a: dict | None) -> str:
+    """The regime's state for its docs page, every number from the cells (the same text as report.md's section)."""
+    n = sum(len(v) for v in cells.values())
+    lines = [f"Rendered by `python benchmarks/papers.py --render` from benchmarks/results/papers/{regime.name}/ "
+             f"(issue 26; plan: [papers_plan.md](papers_plan.md)). Regime: {regime.why}. Claim checked: "
+             f"{regime.claim}. {n} of {len(regime.rows) * SEEDS} cells finished"
+             + (f" (seeds {', '.join(map(str, a['seeds']))})." if a else "; no baseline cell yet: nothing judged.")
+             + f" Run: `python benchmarks/papers.py --only {regime.name}`.", ""]
+    if a:
+        lines += [claim_md(a), "", table_md(regime, a), "",
+                  f"![delivered accuracy vs time](../benchmarks/results/papers/{regime.name}/delivered.png)", ""]
+    if regime.name == "rifle":
+        resets = cpu_v2_resets()
+        if resets:
+            lines += ["RIFLE in the cpu-v2 rows (not its regime: a short run, its default period of a quarter of it, "
+                      "the last quarter to settle): what each reset costs, and what the last one leaves at the end.",
+                      "", *resets]
+    return "\n".join(lines).rstrip("\n")
+
+
+def render(out: Path = ROOT, root: Path = RESULTS, docs: Path | None = DOCS) -> list[Path]:
     written, parts = [], ["# Issue 26: the source papers in their own regimes\n",
                           "Rendered by `python benchmarks/papers.py --render` from benchmarks/results/papers/; "
                           "plan and commands: docs/papers_plan.md.\n", RULES + "\n"]
@@ -229,8 +283,10 @@ def render(out: Path = ROOT, root: Path = RESULTS) -> list[Path]:
                      f"{len(regime.rows) * SEEDS} cells finished.\n")
         if regime.baseline not in cells:
             parts.append("No baseline cell has finished: nothing to judge yet.\n")
+            written += fill_page(regime, page_block(regime, cells, None), docs)
             continue
         a = analyse(regime, cells)
+        written += fill_page(regime, page_block(regime, cells, a), docs)
         folder = out / regime.name
         md = f"{claim_md(a)}\n\n{table_md(regime, a)}\n\n![delivered accuracy vs time](delivered.png)\n"
         (folder / "results.md").write_text(f"# {regime.name}\n\n{RULES}\n\n{md}")
@@ -241,3 +297,14 @@ def render(out: Path = ROOT, root: Path = RESULTS) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(parts))
     return [*written, out / "report.md"]
+
+
+def fill_page(regime: Regime, block: str, docs: Path | None) -> list[Path]:
+    """Write `block` into the regime's docs page (its `<!-- results:papers -->` block); nothing when `docs` is None."""
+    if docs is None:
+        return []
+    from pages import fill_blocks
+
+    page = docs / PAGES[regime.name]
+    page.write_text(fill_blocks(page.read_text(), {"papers": block}))
+    return [page]

@@ -241,3 +241,47 @@ def test_a_seed_group_that_would_not_finish_before_the_deadline_is_not_started(t
     assert ran == []
     assert papers.run_regime(regime, 1, {}, time.monotonic() + 700, out=tmp_path, runner=runner, minutes=minutes)
     assert ran == ["random-init-e16", "composed-K2"]
+
+
+def test_each_papers_docs_page_gets_its_regimes_state(tmp_path, monkeypatch):
+    """render() fills each paper's docs block: judged with its claim and table when a baseline finished, "nothing
+    judged" with its command when not; RIFLE's block adds the cpu-v2 rows' accuracy per epoch, resets marked."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for page in report.PAGES.values():
+        (docs / page).write_text("# page\n\n<!-- results:papers -->\nstale\n<!-- /results:papers -->\n\nrest\n")
+    cpu_v2 = tmp_path / "suite-cpu-v2" / "c"
+    for s in range(3):
+        write_cell(cpu_v2 / "sgdm" / f"seed{s}", 4, val=[0.5, 0.6, 0.7, 0.8], test=[0.5, 0.6, 0.7, 0.8])
+        write_cell(cpu_v2 / "rifle" / f"seed{s}", 4, val=[0.5, 0.7, 0.4, 0.6], test=[0.5, 0.7, 0.4 + s / 100, 0.6])
+        m = cpu_v2 / "rifle" / f"seed{s}" / "metrics.jsonl"
+        lines = [json.loads(x) for x in m.read_text().splitlines()]
+        lines[2]["rifle_resets"] = 1  # the head was reset before epoch 3 trained
+        m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    monkeypatch.setattr(report, "CPU_V2", tmp_path / "suite-cpu-v2")
+    out = tmp_path / "papers"
+    for s in range(3):  # decompose: its baseline finished (3 seeds); the others have no cell
+        write_cell(out / "decompose" / "random-init-e16" / f"seed{s}", 2, test=[0.3, 0.4])
+    written = report.render(out=out, docs=docs)
+    assert {docs / p for p in report.PAGES.values()} <= set(written)
+    dec = (docs / "decompose.md").read_text()
+    assert "stale" not in dec and dec.endswith("<!-- /results:papers -->\n\nrest\n")
+    assert "3 of 6 cells finished (seeds 0, 1, 2)" in dec and "**Claim: pending" in dec and "| `composed-K2` |" in dec
+    rifle = (docs / "rifle.md").read_text()
+    assert "0 of 24 cells finished; no baseline cell yet: nothing judged." in rifle
+    assert "`python benchmarks/papers.py --only rifle`" in rifle
+    assert "| epoch | 1 | 2 | 3 ↺ | 4 |" in rifle and "| rifle test | 0.500 | 0.700 | 0.410 | 0.600 |" in rifle
+    assert "| sgdm val | 0.500 | 0.600 | 0.700 | 0.800 |" in rifle
+    assert "epoch |" not in (docs / "kernel_rescale.md").read_text()  # the reset table is RIFLE's alone
+
+
+def test_the_benchmarks_claims_section_reads_each_regimes_verdict(tmp_path, monkeypatch):
+    import findings
+
+    monkeypatch.setattr(findings, "ROOT", tmp_path)
+    assert findings.own_regime("decompose").startswith("no baseline cell has finished yet")
+    folder = tmp_path / "benchmarks" / "results" / "papers" / "decompose"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"seeds": [0], "claim": {"result": "pending (x)"}}))
+    assert findings.own_regime("decompose").startswith("**pending (x)** (1 seed of its baseline finished;")
+    assert set(findings.OWN_REGIME) <= set(findings.PAPERS) and set(findings.OWN_REGIME.values()) == set(report.PAGES)
