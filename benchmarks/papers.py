@@ -260,16 +260,19 @@ def _split_sizes(base: dict) -> tuple[int, int, int]:
 
 
 def estimate(regime: Regime, root: Path = RESULTS) -> dict:
-    """Minutes per cell of each row on this 2-core CPU, from the committed cells the regime's `cost` names:
-    epoch = per-image training seconds (x the FLOP ratio to the source's model and size) x training images x the
+    """Minutes per cell of each row on this 2-core CPU, from the regime's own finished baseline cells when it has
+    some, else from the committed cells its `cost` names: epoch = per-image training seconds (x the FLOP ratio to
+    the source's model and size, for a source other than its own cells) x training images x the
     row's cost; + evaluation (validation every epoch, test on the source suite's measured share of epochs) at
     EVAL_PER_TRAIN x a training image; + CELL_SETUP_S."""
     c = regime.cost
-    src = image_seconds(root / c["source"], root)
-    lines = [f"per-image training cost {1000 * src['per_image']:.2f} ms: {c['source']} (median epoch "
+    own = root / "papers" / regime.name / slug(regime.baseline)  # its own baseline cells, once some have finished
+    source = own.relative_to(root) if _cells(own) else c["source"]
+    src = image_seconds(root / source, root)
+    lines = [f"per-image training cost {1000 * src['per_image']:.2f} ms: {source} (median epoch "
              f"{src['epoch_seconds']:.1f} s for {src['train_images']:.0f} images; cells {', '.join(src['cells'])})"]
     per_image, scale = src["per_image"], 1.0
-    if c.get("scale"):
+    if c.get("scale") and source == c["source"]:
         m0, s0, m1, s1 = c["scale"]
         scale = forward_flops(m1, s1) / forward_flops(m0, s0)
         per_image *= scale

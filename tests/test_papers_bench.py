@@ -155,6 +155,13 @@ def test_dry_run_estimate_is_a_formula_over_the_named_cells(committed):
     again = papers.estimate(papers.RIFLE, committed)
     assert again["epoch_seconds"] == pytest.approx(2 * est["epoch_seconds"])  # the estimate follows the cells
 
+    own = committed / "papers" / "decompose" / "random-init-e16"  # the regime's own baseline, once one finished
+    write_cell(own / "seed0", 3, epoch_seconds=27.0, train_images=9000)
+    write_cell(own / "seed1", 2, epoch_seconds=99.0, train_images=9000, cpu_share=0.5)  # contended: never read
+    measured = papers.estimate(papers.decompose_regime(1.0), committed)
+    assert measured["scale"] == 1.0 and measured["epoch_seconds"] == pytest.approx(27.0)  # no FLOP scaling
+    assert measured["sources"][0].startswith("per-image training cost 3.00 ms: papers/decompose/random-init-e16")
+
 
 def rifle_cells(tmp_path, gain_pt):
     """RIFLE's regime where every row delivers 0.80 + s/1000 at the end (seed s) and RIFLE 0.80 + gain + 2s/1000."""
