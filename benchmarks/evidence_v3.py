@@ -377,12 +377,16 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
                     "median_ratio": med, "timing": timing}
     seed_spreads = {s: ev.spread([c for lab in cells.values() if s in lab
                                   for c in lab[s]["env"].get("control_seconds", [])]) for s in seeds}
+    # for reading only, not a rule: SGDM's seconds per epoch over its 2/4/8-epoch cells of one seed (minutes of
+    # the same training, not 0.2 s of products), the machine's steadiness where it matters
+    sgdm_pace = {s: ev.spread([cells[sgdm_label(lv)][s]["summary"]["wall_seconds"] / round(FULL_EPOCHS * lv)
+                               for lv in ev.LEVELS if s in cells.get(sgdm_label(lv), {})]) for s in seeds}
     machines = sorted({str(r["env"].get("boot_id")) for lab in cells.values() for r in lab.values()})
     cpu_wall = [r["summary"].get("cpu_seconds", 0) / r["summary"]["wall_seconds"]
                 for lab in cells.values() for r in lab.values() if r["summary"].get("wall_seconds")]
     return {"id": cid, "seeds": seeds, "t8": t8, "n_test": n_test, "chance": chance, "rows": rows,
             "table": table, "target": target, "reach": reach, "spread": spread, "controls": controls,
-            "seed_spreads": seed_spreads, "machines": machines,
+            "seed_spreads": seed_spreads, "sgdm_pace": sgdm_pace, "machines": machines,
             "cpu_per_wall": cpu_wall,
             "loads": [x for lab in cells.values() for r in lab.values() for x in r["env"].get("load_average", [])]}
 

@@ -67,7 +67,10 @@ def _groups_md(a: dict) -> str:
     ms = a.get("machines", [])
     where = (f"{len(ms)} machine session(s) by boot id" + (", cells before the machine rule unrecorded"
                                                              if "None" in ms else "")) if ms else ""
-    return f"Within each seed's group: {per}; {where}." if per else ""
+    pace = " / ".join(f"{x:.2f}x" if x else "—" for x in a.get("sgdm_pace", {}).values())
+    pace = (f" SGDM's seconds per epoch over its 2-, 4- and 8-epoch cells, per seed (minutes of the same training; "
+            f"for reading, not the rule): {pace}.") if pace else ""
+    return f"Within each seed's group: {per}; {where}.{pace}" if per else ""
 
 
 def budgets_md(a: dict) -> str:

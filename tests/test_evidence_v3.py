@@ -69,6 +69,8 @@ def test_time_to_target_and_timing_control(cells):
     assert r["linear-probe"]["reached"] == 0 and r["linear-probe"]["timing"] == "never"
     assert a["spread"] == pytest.approx(1.1 / 0.9)
     assert a["seed_spreads"] == pytest.approx({0: 1.1 / 0.9, 1: 1.1 / 0.9, 2: 1.1 / 0.9})  # each seed's own cells
+    assert a["sgdm_pace"] == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0})  # t8/8 s per epoch in each SGDM cell
+    assert "(minutes of the same training; for reading, not the rule): 1.00x / 1.00x / 1.00x" in rep.reach_md(a)
     assert a["machines"] == ["None"] and "1 machine session(s) by boot id, cells before" in rep.reach_md(a)
     assert r["fast-retrain"]["median_ratio"] == pytest.approx(0.5) and r["fast-retrain"]["timing"] == "faster"
 
