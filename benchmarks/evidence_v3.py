@@ -60,8 +60,13 @@ COMPARISONS = [  # (id, base config, budgeted methods): cpu-v2's headline compar
 LEVEL_TAG = {0.25: "b1of4", 0.5: "b1of2", 1.0: "b1"}
 
 
+def sgdm_epochs(level: float) -> int:
+    """SGDM's epochs at a budget level: its schedule annealed to that share of FULL_EPOCHS."""
+    return round(FULL_EPOCHS * level)
+
+
 def sgdm_label(level: float) -> str:
-    return f"sgdm-e{round(FULL_EPOCHS * level)}"
+    return f"sgdm-e{sgdm_epochs(level)}"
 
 
 def cell(out: Path, label: str, seed: int) -> Path:
@@ -153,7 +158,7 @@ def run_group(cid: str, base: dict, methods: list[str], seed: int, env: dict, de
     method at T8, T8/2, T8/4."""
     out = ROOT / cid
     base = {**base, **V3, "options": {**base.get("options", {}), **V3["options"]}, "seed": seed}
-    jobs = [(sgdm_label(level), {**cell_config(base, BASELINE), "epochs": round(FULL_EPOCHS * level)})
+    jobs = [(sgdm_label(level), {**cell_config(base, BASELINE), "epochs": sgdm_epochs(level)})
             for level in sorted(ev.LEVELS, reverse=True)]
     jobs.append((PROBE, cell_config(base, PROBE)))
     t8_cell = cell(out, sgdm_label(1.0), seed)
@@ -379,7 +384,7 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
                                   for c in lab[s]["env"].get("control_seconds", [])]) for s in seeds}
     # for reading only, not a rule: SGDM's seconds per epoch over its 2/4/8-epoch cells of one seed (minutes of
     # the same training, not 0.2 s of products), the machine's steadiness where it matters
-    sgdm_pace = {s: ev.spread([cells[sgdm_label(lv)][s]["summary"]["wall_seconds"] / round(FULL_EPOCHS * lv)
+    sgdm_pace = {s: ev.spread([cells[sgdm_label(lv)][s]["summary"]["wall_seconds"] / sgdm_epochs(lv)
                                for lv in ev.LEVELS if s in cells.get(sgdm_label(lv), {})]) for s in seeds}
     machines = sorted({str(r["env"].get("boot_id")) for lab in cells.values() for r in lab.values()})
     cpu_wall = [r["summary"].get("cpu_seconds", 0) / r["summary"]["wall_seconds"]
