@@ -240,10 +240,26 @@ def _t8_guess(cid: str) -> tuple[float | None, str]:
             f"cpu-v2's SGDM cells x {scale:.2f} (v3 / cpu-v2 over {len(ratios)} comparisons)")
 
 
+def machine_speed(boot: str | None) -> float:
+    """How much longer the same work takes on machine `boot` than on the others: over the comparisons with SGDM-8
+    cells both there and elsewhere, the mean of (their mean seconds there / elsewhere); 1.0 without such a pair."""
+    ratios = []
+    for c, _b, _m in COMPARISONS:
+        here, other = [], []
+        for p in (ROOT / c).glob(f"{sgdm_label(1.0)}/seed*"):
+            t = seconds(p, True)
+            if t is not None:
+                (here if cell_machine(p) == boot else other).append(t)
+        if here and other:
+            ratios.append(np.mean(here) / np.mean(other))
+    return float(np.mean(ratios)) if ratios else 1.0
+
+
 def group_cost(cid: str, methods: list[str], seed: int, boot: str | None, t8_all: float) -> tuple[int, float]:
     """(pending cells, estimated seconds) of one seed's group: SGDM-4/2 cost T8/2 and T8/4, a budgeted cell its
     budget, the probe its measured time (else T8/20), each + CELL_OVERHEAD_S; a seed begun on another machine
-    (`boot` differs) with cells pending counts whole."""
+    (`boot` differs) with cells pending counts whole. Unless the seed's SGDM-8 cell ran on `boot`, the sum is
+    scaled by `machine_speed(boot)`: the cells will run here, at this machine's measured speed."""
     out = ROOT / cid
     t8 = t8s(out, sgdm_label(1.0)).get(seed, t8_all)
     probe = t8s(out, PROBE)
@@ -254,7 +270,8 @@ def group_cost(cid: str, methods: list[str], seed: int, boot: str | None, t8_all
         left = [lab for lab, _ in labels]  # the whole group runs (again)
     costs = [((float(np.mean(list(probe.values()))) if probe else t8 / 20) if lv is None else lv * t8)
              + CELL_OVERHEAD_S for lab, lv in labels if lab in left]
-    return len(costs), float(sum(costs))
+    here = cell_machine(cell(out, sgdm_label(1.0), seed)) == boot and seed in t8s(out, sgdm_label(1.0))
+    return len(costs), float(sum(costs)) * (1.0 if here else machine_speed(boot))
 
 
 def estimate(cid: str, methods: list[str], seeds: int = 3, boot: str | None = None) -> dict:
@@ -291,7 +308,8 @@ def dry_run(ids: list[str] | None, methods: list[str] | None, seeds: int, boot: 
         total += e["minutes"]
         lines.append(f"{cid}: {e['cells']} pending cells ({len(run)} budgeted methods), ~{e['minutes']:.0f} min "
                      f"(T8 ~{e['t8']:.0f} s from {e['source']})")
-    lines.append(f"total: ~{total / 60:.1f} hours, one cell at a time, at the measured cells' machine speed")
+    lines.append(f"total: ~{total / 60:.1f} hours, one cell at a time, at this machine's speed (x{machine_speed(boot):.2f} "
+                 "the other machines' where both ran SGDM-8)")
     return "\n".join(lines)
 
 

@@ -279,3 +279,20 @@ def test_a_group_that_cannot_finish_before_the_deadline_is_not_started(cells, tm
     assert v3.fits("c", ["fast-retrain"], 1, None, time.monotonic() + 120)
     assert not v3.fits("c", ["fast-retrain"], 1, None, time.monotonic() + 30)
     assert v3.fits("c", ["fast-retrain"], 0, None, time.monotonic() + 1)  # nothing pending in seed 0
+
+
+def test_the_estimate_runs_at_this_machines_measured_speed(cells, tmp_path, monkeypatch):
+    import shutil
+    monkeypatch.setattr(v3, "COMPARISONS", [("c", {}, ["fast-retrain"])])
+    assert v3.machine_speed("here") == 1.0  # no SGDM-8 cell ran here: nothing to scale by
+    for envf in (tmp_path / "c").glob("*/seed0/environment.json"):  # seed 0's group ran here, seeds 1-2 elsewhere
+        envf.write_text(json.dumps({**json.loads(envf.read_text()), "boot_id": "here"}))
+    assert v3.machine_speed("here") == pytest.approx(100.0 / 101.5)  # its SGDM-8 over the others' mean
+    shutil.rmtree(tmp_path / "c" / "fast-retrain#b1of2" / "seed0")
+    shutil.rmtree(tmp_path / "c" / "fast-retrain#b1of2" / "seed1")
+    # seed 0's own SGDM-8 ran here: its pending cell costs its own budget, unscaled
+    assert v3.group_cost("c", ["fast-retrain"], 0, "here", 100.0) == (1, pytest.approx(0.5 * 100.0 + 15.0))
+    # seed 1's ran elsewhere: its whole group runs again here, at this machine's speed
+    n, secs = v3.group_cost("c", ["fast-retrain"], 1, "here", 100.0)
+    assert n == 7 and secs == pytest.approx(
+        ((1 + 0.5 + 0.25) * 101.0 + 5.0 + (1 + 0.5 + 0.25) * 101.0 + 7 * 15.0) * 100.0 / 101.5)
