@@ -20,7 +20,7 @@ steps per epoch, 68 steps in 4 epochs (`--dry-run` recomputes this from the comm
 Measured per cell: delivered test accuracy (the end of the delivered-model curve, `evidence.final`), training wall
 and process CPU time (the engine's clock; lr-find adds its sweep, timed around `lr_find` with the data loaded), the
 same-work control before and after (`evidence.control_work`). Rendered by evidence.py's rules: paired deltas vs the
-same seed's baseline, verdict gain / no loss / loss with MIN_SEEDS = 3, a time ratio inside the control's spread is
+same seed's baseline, verdict gain / no loss / inconclusive / loss with MIN_SEEDS = 3, a time ratio inside the control's spread is
 "unresolved". A cell is finished when its environment.json (written last) is there and none of its records is
 `contended` (suite v3's rule: another process had part of the cores); an interrupted or contended cell runs again
 when the script is rerun. The baseline's delivered weights (delivered.safetensors) stay out of git.

@@ -153,7 +153,8 @@ def table_md(a: dict) -> str:
 RULES = ("Rules (`fastretrain/evidence.py`): accuracy is the delivered model's (validation-best epoch's) test "
          "accuracy; Δ is paired by seed against the same seed's baseline, mean ± std in points; **gain**: mean − std "
          f"> 0; **no loss**: mean ≥ −{ev.NO_LOSS_MEAN_PT} pt and mean − std ≥ −{ev.NO_LOSS_FLOOR_PT} pt; else "
-         f"**loss**; fewer than {ev.MIN_SEEDS} seeds: no verdict. Time: the aid's training time over the same seed's "
+         "**loss** when mean + std < 0, **inconclusive** when not (neither is no loss); fewer than "
+         f"{ev.MIN_SEEDS} seeds: no verdict. Time: the aid's training time over the same seed's "
          "baseline's (lr-find: its sweep plus its training; TTA: the TTA evaluation over the plain one), wall clock "
          "and process CPU; a median ratio inside the same-work control's spread (identical work timed before and "
          "after every cell) is unresolved.")

@@ -11,7 +11,11 @@ Every run scores test only when validation improves (`test_eval=improved`: the d
 process CPU time beside wall time. A finished cell (summary.json) is never rerun, except one that did not get
 its cores (`contended`: process CPU time below MIN_CPU_SHARE of wall time x its threads) and a budgeted cell
 whose budget no longer matches its seed's SGDM-8 time (that SGDM-8 cell was rerun): rerun the same command to
-continue. Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
+continue. Run nothing else while cells run, not even at idle priority: the CPU-share test catches a process that
+takes a cell's cores, not one that shares its caches and memory bandwidth (2026-12-03: a test run beside an
+SGDM-8 cell slowed it to 41 s per epoch against 30 s for its group's SGDM-4 and SGDM-2 cells, which would have
+widened that seed's budgets by ~1.4x; the group was discarded before its budgeted cells finished and rerun).
+Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
 docs/BENCHMARKS.md's v3 section and README's "which method when" block are rendered from them (--render).
 
 Usage: python benchmarks/evidence_v3.py [--only CID ...] [--methods M ...] [--seeds 3] [--budget-minutes N]

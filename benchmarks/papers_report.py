@@ -73,6 +73,11 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [100 * (a[s] - b[s]) for s in sorted(a) if s in b]
 
 
+def _no_loss(row: dict) -> bool | None:
+    """Whether a row's verdict shows no loss (a gain does too); None without a verdict."""
+    return None if row["verdict"] is None else row["verdict"] in ("gain", "no loss")
+
+
 def judge(regime: Regime, cells: dict, rows: dict, spread: float | None) -> dict:
     """The paper's claim by its fixed rule; each criterion with its numbers."""
     crit = {}
@@ -93,8 +98,7 @@ def judge(regime: Regime, cells: dict, rows: dict, spread: float | None) -> dict
         return {"criteria": crit, "result": result}
     if regime.name == "kernel-rescale":  # no loss against SGDM-16 and >= 15% less time, resolved
         r = rows["kernel-rescale"]
-        crit["no loss vs SGDM, same epochs"] = {"diffs": r["diffs"], "verdict": r["verdict"],
-                                                "holds": None if r["verdict"] is None else r["verdict"] != "loss"}
+        crit["no loss vs SGDM, same epochs"] = {"diffs": r["diffs"], "verdict": r["verdict"], "holds": _no_loss(r)}
         ratio, faster = r["time_ratio"], r["timing"] == "faster"
         crit["time ratio"] = {"ratio": ratio, "timing": r["timing"],
                               "holds": None if ratio is None else ratio <= KR_MAX_TIME_RATIO and faster}
@@ -119,8 +123,7 @@ def judge(regime: Regime, cells: dict, rows: dict, spread: float | None) -> dict
         crit["reaches the target sooner"] = {"ratio": r["reach_ratio"], "timing": r["reach_timing"],
                                              "holds": None if r["n"] < ev.MIN_SEEDS or r["reach_ratio"] is None
                                              else r["reach_timing"] == "faster"}
-        crit["no loss at the budget"] = {"diffs": r["diffs"], "verdict": r["verdict"],
-                                         "holds": None if r["verdict"] is None else r["verdict"] != "loss"}
+        crit["no loss at the budget"] = {"diffs": r["diffs"], "verdict": r["verdict"], "holds": _no_loss(r)}
     held = [c["holds"] for k, c in crit.items() if "not part of the claim" not in k]
     if any(h is None for h in held):
         result = f"pending (fewer than {ev.MIN_SEEDS} paired seeds)"
@@ -206,8 +209,9 @@ RULES = (f"Fixed rules (fastretrain/evidence.py and this file, stated before any
          f"budget is its delivered-model curve (test accuracy of its validation-best model so far) at training time "
          f"<= {ev.BUDGET_SLACK} x the same seed's baseline training time (chance if nothing by then); differences "
          f"are paired by seed against the baseline's final delivered accuracy; gain: mean - std > 0; no loss: mean "
-         f">= -{ev.NO_LOSS_MEAN_PT} pt and mean - std >= -{ev.NO_LOSS_FLOOR_PT} pt; fewer than {ev.MIN_SEEDS} "
-         f"seeds: no verdict. Time ratios count only outside the same-work control's spread. RIFLE: reproduced "
+         f">= -{ev.NO_LOSS_MEAN_PT} pt and mean - std >= -{ev.NO_LOSS_FLOOR_PT} pt; else loss when mean + std < 0, "
+         f"inconclusive when not; fewer than {ev.MIN_SEEDS} seeds: no verdict. Time ratios count only outside the "
+         f"same-work control's spread. RIFLE: reproduced "
          f"against a trick when RIFLE - trick is a gain of >= {RIFLE_MIN_PT} pt; 'partly' when it holds against at "
          f"least half of the five. Kernel rescaling: no loss against SGDM at the same epochs and a time ratio <= "
          f"{KR_MAX_TIME_RATIO} resolved faster. Decomposition: a gain at its first global epoch against random init "

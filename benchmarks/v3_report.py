@@ -250,7 +250,8 @@ RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a 
          f"to 2 / 4 / 8 epochs, and the budgets are 1/4, 1/2 and 1 of that seed's SGDM-8 training time. Differences "
          f"are paired by seed, mean ± paired std in points, with the test set's binomial standard error beside "
          f"them; **gain**: mean − std > 0; **no loss**: mean ≥ −{ev.NO_LOSS_MEAN_PT} pt and mean − std ≥ "
-         f"−{ev.NO_LOSS_FLOOR_PT} pt; else **loss**; fewer than {ev.MIN_SEEDS} seeds: no verdict, counted nowhere. "
+         f"−{ev.NO_LOSS_FLOOR_PT} pt; else **loss** when mean + std < 0 and **inconclusive** when not (neither is "
+         f"no loss); fewer than {ev.MIN_SEEDS} seeds: no verdict, counted nowhere. "
          f"Time to target: the first time the delivered curve reaches SGDM-8's mean delivered accuracy minus "
          f"{ev.TARGET_BELOW_PT} pt (never counts as never); a time ratio inside the same-work control's spread "
          "(identical work timed before and after every cell) is unresolved. A cell counts only when its process "
@@ -268,7 +269,11 @@ RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a 
          "three comparisons' timings were seen (a review found it): a seed where SGDM-8 never reaches the target "
          "and the method does gives a time ratio of 0 (never is infinite time), where both never reach it gives "
          "none, and a timing verdict needs ratios on 3 seeds; before, such seeds were dropped, so every "
-         "\"faster\" of those comparisons rested on 2 seeds. Everything was re-rendered.")
+         "\"faster\" of those comparisons rested on 2 seeds. Everything was re-rendered. Wording change, "
+         "2026-12-03, after all cells so far were seen: a result that fails \"no loss\" had been printed **loss** "
+         "even with a positive mean (+0.67 ± 1.89 pt); it is now **loss** only beyond one paired std (mean + std "
+         "< 0, as a gain is) and **inconclusive** otherwise. Which rows count as a gain or no loss, and every goal "
+         "and choice that reads them, is unchanged; everything was re-rendered.")
 
 
 def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:

@@ -19,7 +19,9 @@ and renders the report is `benchmarks/evidence_v3.py`.
   r counts as faster or slower only when r < 1/spread or r > spread, else it is "unresolved".
 - Statistics: paired differences (seed k of a method against seed k of SGDM) in points, mean +- sample std, n;
   beside them the test set's binomial standard error. Fixed rules: "gain" when mean - std > 0; "no loss" when
-  mean >= -NO_LOSS_MEAN_PT and mean - std >= -NO_LOSS_FLOOR_PT; anything else "loss". A row with fewer than
+  mean >= -NO_LOSS_MEAN_PT and mean - std >= -NO_LOSS_FLOOR_PT; otherwise "loss" when mean + std < 0 (beyond
+  one paired std, as a gain) and "inconclusive" when not (no loss not shown, no loss shown either; counted as
+  neither gain nor no loss, as "loss" is). A row with fewer than
   MIN_SEEDS paired seeds gets no verdict and is counted nowhere.
 """
 from __future__ import annotations
@@ -97,7 +99,8 @@ def binomial_se_pt(acc: float, n_test: int) -> float:
 
 
 def verdict(diffs: list[float]) -> str | None:
-    """The fixed rule on paired differences in points: 'gain', 'no loss' or 'loss'; None below MIN_SEEDS."""
+    """The fixed rule on paired differences in points: 'gain', 'no loss', 'inconclusive' or 'loss'; None below
+    MIN_SEEDS. 'inconclusive' and 'loss' both fail "no loss"; they differ only in what the report says."""
     if len(diffs) < MIN_SEEDS:
         return None
     m, s = mean_std(diffs)
@@ -105,7 +108,7 @@ def verdict(diffs: list[float]) -> str | None:
         return "gain"
     if m >= -NO_LOSS_MEAN_PT and m - s >= -NO_LOSS_FLOOR_PT:
         return "no loss"
-    return "loss"
+    return "loss" if m + s < 0 else "inconclusive"
 
 
 def spread(control_seconds: list[float]) -> float | None:

@@ -42,9 +42,12 @@ def test_delivered_curve_follows_the_engines_selection_rule():
 
 def test_verdict_rules_and_seed_count():
     assert ev.verdict([1.0, 2.0, 3.0]) == "gain"  # mean 2, std 1
-    assert ev.verdict([-0.27 + d for d in (-1.1, 0.0, 1.1)]) == "loss"  # mean -0.27, std 1.1: floor -1.37
+    # mean -0.27, std 1.1: the floor -1.37 fails "no loss"; mean + std > 0: not a loss beyond one std either
+    assert ev.verdict([-0.27 + d for d in (-1.1, 0.0, 1.1)]) == "inconclusive"
+    assert ev.verdict([0.67 + d for d in (-1.89, 0.0, 1.89)]) == "inconclusive"  # a positive mean, floor -1.22
     assert ev.verdict([-0.2, -0.1, 0.0]) == "no loss"
-    assert ev.verdict([-0.5, -0.4, -0.3]) == "loss"  # mean below -0.3
+    assert ev.verdict([-0.5, -0.4, -0.3]) == "loss"  # mean below -0.3, mean + std -0.3 < 0
+    assert ev.verdict([-0.2, -2.0, 1.0]) == "inconclusive"  # mean -0.4, std 1.5: mean + std > 0
     assert ev.verdict([5.0, 6.0]) is None  # two seeds: no verdict, counted nowhere
 
 

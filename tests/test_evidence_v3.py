@@ -56,7 +56,8 @@ def test_equal_budget_table(cells):
     assert t[("fast-retrain", 0.5)]["diffs"] == pytest.approx([1.0, 2.0, 3.0])
     assert t[("fast-retrain", 0.5)]["verdict"] == "gain"  # mean 2, std 1
     assert t[("fast-retrain", 1.0)]["acc"][2] == 0.25  # nothing returned within the budget: chance
-    assert t[("fast-retrain", 1.0)]["verdict"] == "loss"
+    # diffs +5, +5, -65 (seed 2 at chance): mean -18.3 fails "no loss"; mean + std > 0, so not a loss beyond one std
+    assert t[("fast-retrain", 1.0)]["verdict"] == "inconclusive"
     assert t[("linear-probe", 0.25)]["acc"] == {0: 0.88, 1: 0.88, 2: 0.88}  # its one run, read at each budget
 
 
