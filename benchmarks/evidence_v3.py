@@ -265,7 +265,8 @@ def group_cost(cid: str, methods: list[str], seed: int, boot: str | None, t8_all
     (`boot` differs) with cells pending counts whole. Unless the seed's SGDM-8 cell ran on `boot`, the sum is
     scaled by `machine_speed(boot)`: the cells will run here, at this machine's measured speed."""
     out = ROOT / cid
-    t8 = t8s(out, sgdm_label(1.0)).get(seed, t8_all)
+    own = t8s(out, sgdm_label(1.0))
+    t8 = own.get(seed, t8_all)
     probe = t8s(out, PROBE)
     labels = [(sgdm_label(lv), lv) for lv in ev.LEVELS] + [(PROBE, None)]
     labels += [(f"{m}#{LEVEL_TAG[lv]}", lv) for m in methods for lv in ev.LEVELS]
@@ -274,7 +275,7 @@ def group_cost(cid: str, methods: list[str], seed: int, boot: str | None, t8_all
         left = [lab for lab, _ in labels]  # the whole group runs (again)
     costs = [((float(np.mean(list(probe.values()))) if probe else t8 / 20) if lv is None else lv * t8)
              + CELL_OVERHEAD_S for lab, lv in labels if lab in left]
-    here = cell_machine(cell(out, sgdm_label(1.0), seed)) == boot and seed in t8s(out, sgdm_label(1.0))
+    here = seed in own and cell_machine(cell(out, sgdm_label(1.0), seed)) == boot
     return len(costs), float(sum(costs)) * (1.0 if here else machine_speed(boot))
 
 
@@ -312,8 +313,8 @@ def dry_run(ids: list[str] | None, methods: list[str] | None, seeds: int, boot: 
         total += e["minutes"]
         lines.append(f"{cid}: {e['cells']} pending cells ({len(run)} budgeted methods), ~{e['minutes']:.0f} min "
                      f"(T8 ~{e['t8']:.0f} s from {e['source']})")
-    lines.append(f"total: ~{total / 60:.1f} hours, one cell at a time, at this machine's speed (x{machine_speed(boot):.2f} "
-                 "the other machines' where both ran SGDM-8)")
+    lines.append(f"total: ~{total / 60:.1f} hours, one cell at a time, at this machine's speed "
+                 f"(x{machine_speed(boot):.2f} the other machines' where both ran SGDM-8)")
     return "\n".join(lines)
 
 
