@@ -23,7 +23,8 @@ did not get its cores (evidence_v3's `done` / `contended`) or ran on another mac
 is not started. `--dry-run` prints, per
 regime, the cells, the estimated minutes on this 2-core CPU from the committed cells' measured costs (named), and
 the order to run (cheapest first). `--render` judges the finished cells by the fixed rules below
-(results.md / results.json / delivered.png per regime, report.md). docs/papers_plan.md is the plan.
+(results.md / results.json / delivered.png per regime, report.md), then docs/BENCHMARKS.md, which
+quotes each regime's verdict. docs/papers_plan.md is the plan.
 
 Usage: python benchmarks/papers.py --dry-run
        python benchmarks/papers.py [--only REGIME ...] [--seeds 3] [--budget-minutes N]
@@ -477,7 +478,7 @@ def main(argv=None) -> None:
                 break
     from papers_report import render  # judging reads this module's regimes and cells
 
-    for path in render():
+    for path in [*render(), *v3.v2.render_all(plots=False)]:  # docs/BENCHMARKS.md reads each regime's verdict
         print(f"written {path}")
 
 
