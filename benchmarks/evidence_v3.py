@@ -15,7 +15,8 @@ continue. Run nothing else while cells run, not even at idle priority: the CPU-s
 takes a cell's cores, not one that shares its caches and memory bandwidth (2026-12-03: a test run beside an
 SGDM-8 cell slowed it to 41 s per epoch against 30 s for its group's SGDM-4 and SGDM-2 cells, which would have
 widened that seed's budgets by ~1.4x; the group was discarded before its budgeted cells finished and rerun).
-Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot);
+Results: benchmarks/results/suite-v3/<comparison>/ (cells, results.json, results.md, the plot, replaced.jsonl:
+the SGDM-8 times of groups rerun elsewhere, which size the next runs);
 docs/BENCHMARKS.md's v3 section and README's "which method when" block are rendered from them (--render).
 
 Usage: python benchmarks/evidence_v3.py [--only CID ...] [--methods M ...] [--seeds 3] [--budget-minutes N]
@@ -127,12 +128,26 @@ def done(path: Path, t8: float | None = None, level: float | None = None, machin
 def begun_elsewhere(anchor: Path, has_pending, boot: str | None, finished=done) -> bool:
     """The machine rule's rerun: when a seed's anchor cell (its SGDM-8, or a paper regime's baseline: its time sets
     the seed's budgets) finished on another machine or session (`boot` differs) while cells of its group are
-    pending (`has_pending()`, asked only then), the anchor is removed and True returned: the group runs again
-    whole here."""
+    pending (`has_pending()`, asked only then), the anchor is removed (its time and machine logged in its folder's
+    REPLACED file) and True returned: the group runs again whole here."""
     if finished(anchor) and cell_machine(anchor) != boot and has_pending():
+        summary, envf = json.loads((anchor / "summary.json").read_text()), anchor / "environment.json"
+        commit = json.loads(envf.read_text()).get("commit") if envf.is_file() else None
+        with (anchor.parent.parent / REPLACED).open("a") as log:  # its time stays measured: `machine_speed`
+            log.write(json.dumps({"cell": f"{anchor.parent.name}/{anchor.name}", "boot_id": cell_machine(anchor),
+                                  "wall_seconds": summary["wall_seconds"], "commit": commit}) + "\n")
         shutil.rmtree(anchor)
         return True
     return False
+
+
+REPLACED = "replaced.jsonl"  # per comparison (or paper regime): the anchors the machine rule removed, one a line
+
+
+def replaced(folder: Path) -> list[dict]:
+    """The anchor cells removed from `folder` by the machine rule (`begun_elsewhere`): cell, boot id, seconds."""
+    log = folder / REPLACED
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
 
 
 def run_cell(path: Path, fields: dict, env: dict) -> bool:
@@ -246,14 +261,17 @@ def _t8_guess(cid: str) -> tuple[float | None, str]:
 
 def machine_speed(boot: str | None) -> float:
     """How much longer the same work takes on machine `boot` than on the others: over the comparisons with SGDM-8
-    cells both there and elsewhere, the mean of (their mean seconds there / elsewhere); 1.0 without such a pair."""
+    cells both there and elsewhere (counting the SGDM-8 cells the machine rule replaced, `replaced`), the mean of
+    (their mean seconds there / elsewhere); 1.0 without such a pair."""
     ratios = []
     for c, _b, _m in COMPARISONS:
         here, other = [], []
-        for p in (ROOT / c).glob(f"{sgdm_label(1.0)}/seed*"):
-            t = seconds(p, True)
+        timed = [(cell_machine(p), seconds(p, True)) for p in (ROOT / c).glob(f"{sgdm_label(1.0)}/seed*")]
+        timed += [(r["boot_id"], r["wall_seconds"]) for r in replaced(ROOT / c)
+                  if r["cell"].startswith(f"{sgdm_label(1.0)}/")]  # a group rerun here keeps its old time
+        for machine, t in timed:
             if t is not None:
-                (here if cell_machine(p) == boot else other).append(t)
+                (here if machine == boot else other).append(t)
         if here and other:
             ratios.append(np.mean(here) / np.mean(other))
     return float(np.mean(ratios)) if ratios else 1.0

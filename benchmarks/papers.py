@@ -21,7 +21,8 @@ all cores, one seed's rows back to back (its group), then the next seed's; a fin
 did not get its cores (evidence_v3's `done` / `contended`) or ran on another machine than its seed's baseline
 (`counts`), so rerunning the command continues; a group that would not finish before --budget-minutes' deadline
 is not started. `--dry-run` prints, per
-regime, the cells, the estimated minutes on this 2-core CPU from the committed cells' measured costs (named), and
+regime, the cells, the estimated minutes on this 2-core CPU from the committed cells' measured costs (named; at
+this machine's measured speed when they ran elsewhere: evidence_v3's `machine_speed`), and
 the order to run (cheapest first). `--render` judges the finished cells by the fixed rules below
 (results.md / results.json / delivered.png per regime, report.md), then docs/BENCHMARKS.md, which
 quotes each regime's verdict. docs/papers_plan.md is the plan.
@@ -260,10 +261,11 @@ def _split_sizes(base: dict) -> tuple[int, int, int]:
     return train, base["max_train"] - train, 3000
 
 
-def estimate(regime: Regime, root: Path = RESULTS) -> dict:
+def estimate(regime: Regime, root: Path = RESULTS, boot: str | None = None) -> dict:
     """Minutes per cell of each row on this 2-core CPU, from the regime's own finished baseline cells when it has
     some, else from the committed cells its `cost` names: epoch = per-image training seconds (x the FLOP ratio to
-    the source's model and size, for a source other than its own cells) x training images x the
+    the source's model and size, for a source other than its own cells; x this machine's measured speed,
+    evidence_v3's `machine_speed(boot)`, with `boot` given and a source cell run elsewhere) x training images x the
     row's cost; + evaluation (validation every epoch, test on the source suite's measured share of epochs) at
     EVAL_PER_TRAIN x a training image; + CELL_SETUP_S."""
     c = regime.cost
@@ -279,6 +281,10 @@ def estimate(regime: Regime, root: Path = RESULTS) -> dict:
         per_image *= scale
         lines.append(f"x {scale:.2f} = forward FLOPs of {m1} at {s1} px over {m0} at {s0} px (dense convs: more "
                      "FLOPs per second at larger sizes, so this errs long)")
+    if boot is not None and any(cell_machine(root / p) != boot for p in src["cells"]):
+        speed = v3.machine_speed(boot)
+        per_image *= speed
+        lines.append(f"x {speed:.2f}: this machine's speed against the others' (evidence_v3.machine_speed)")
     v3_root = root / "suite-v3" / "cifar10-96-lite0"
     f_test = test_fraction(v3_root)
     lines.append(f"test scored on {f_test:.0%} of epochs (test_eval=improved, measured over suite-v3/"
@@ -398,7 +404,8 @@ def run_regime(regime: Regime, seeds: int, env: dict, deadline: float | None, ou
             continue
         if deadline is not None:
             if minutes is None:
-                minutes = {label: r["minutes"] for label, r in estimate(regime)["rows"].items()}
+                est = estimate(regime, boot=env.get("boot_id"))["rows"]
+                minutes = {label: r["minutes"] for label, r in est.items()}
             if time.monotonic() + 60 * sum(minutes.get(row.label, 0.0) for row, _ in todo) > deadline:
                 return False
         for row, path in todo:
@@ -407,11 +414,11 @@ def run_regime(regime: Regime, seeds: int, env: dict, deadline: float | None, ou
     return True
 
 
-def order(root: Path = RESULTS, seeds: int = SEEDS) -> list[tuple[str, float, int]]:
+def order(root: Path = RESULTS, seeds: int = SEEDS, boot: str | None = None) -> list[tuple[str, float, int]]:
     """(regime, estimated minutes of its pending cells, pending cells), cheapest first."""
     out = []
     for regime in regimes(root):
-        est = estimate(regime, root)["rows"]
+        est = estimate(regime, root, boot)["rows"]
         pending = [(row, s) for row, s, p in plan(regime, seeds) if not counts(regime, p)]
         out.append((regime.name, sum(est[row.label]["minutes"] for row, _ in pending), len(pending)))
     v2 = estimate_cpu_v2(root, seeds)["cells"]
@@ -420,10 +427,10 @@ def order(root: Path = RESULTS, seeds: int = SEEDS) -> list[tuple[str, float, in
     return sorted(out, key=lambda x: x[1])
 
 
-def dry_run(root: Path = RESULTS, seeds: int = SEEDS) -> str:
+def dry_run(root: Path = RESULTS, seeds: int = SEEDS, boot: str | None = None) -> str:
     lines = []
     for regime in regimes(root):
-        est = estimate(regime, root)
+        est = estimate(regime, root, boot)
         cells = plan(regime, seeds)
         pending = [(row, s) for row, s, p in cells if not counts(regime, p)]
         total = sum(est["rows"][row.label]["minutes"] for row, _ in pending)
@@ -444,7 +451,7 @@ def dry_run(root: Path = RESULTS, seeds: int = SEEDS) -> str:
               *(f"   {cid} {m}: {c['minutes']:.1f} min/cell, pending seeds {c['pending']} ({c['note']})"
                 for (cid, m), c in v2["cells"].items()),
               "   command: python benchmarks/run.py " + " ".join(CPU_V2_COMMAND)]
-    ranked = order(root, seeds)
+    ranked = order(root, seeds, boot)
     lines += ["== order (cheapest first): " + "; ".join(f"{i}. {n} ({m / 60:.1f} h, {k} cells)"
                                                        for i, (n, m, k) in enumerate(ranked, 1)),
               f"== total: {sum(m for _, m, _ in ranked) / 60:.1f} CPU hours"]
@@ -460,12 +467,12 @@ def main(argv=None) -> None:
     ap.add_argument("--render", action="store_true", help="only judge and render the finished cells")
     args = ap.parse_args(argv)
     if args.dry_run:
-        print(dry_run(seeds=args.seeds))
+        print(dry_run(seeds=args.seeds, boot=environment().get("boot_id")))
         return
     if not args.render:
         deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
         env, by_name = environment(), {r.name: r for r in regimes()}
-        for name, _, _ in order(seeds=args.seeds):
+        for name, _, _ in order(seeds=args.seeds, boot=env.get("boot_id")):
             if args.only and name not in args.only:
                 continue
             if name == "cpu-v2-rows":  # benchmarks/run.py's own resumable suite

@@ -179,7 +179,10 @@ def test_the_rerun_asks_what_is_pending_only_when_the_anchor_ran_elsewhere(cells
 
     assert not v3.begun_elsewhere(anchor, has_pending(True), "here") and asked == []  # same machine: not asked
     assert not v3.begun_elsewhere(anchor, has_pending(False), "there") and anchor.is_dir()  # complete: kept
+    assert v3.replaced(tmp_path / "c") == []
     assert v3.begun_elsewhere(anchor, has_pending(True), "there") and not anchor.exists()  # removed: runs again
+    (log,) = v3.replaced(tmp_path / "c")  # its time stays on record, for the machine's speed
+    assert log["cell"] == "sgdm-e8/seed0" and log["boot_id"] == "here" and log["wall_seconds"] > 0
     assert asked == [False, True]
     assert not v3.begun_elsewhere(anchor, has_pending(True), "there") and asked == [False, True]  # gone: not asked
 
@@ -289,6 +292,10 @@ def test_the_estimate_runs_at_this_machines_measured_speed(cells, tmp_path, monk
     for envf in (tmp_path / "c").glob("*/seed0/environment.json"):  # seed 0's group ran here, seeds 1-2 elsewhere
         envf.write_text(json.dumps({**json.loads(envf.read_text()), "boot_id": "here"}))
     assert v3.machine_speed("here") == pytest.approx(100.0 / 101.5)  # its SGDM-8 over the others' mean
+    (tmp_path / "c" / v3.REPLACED).write_text(json.dumps({"cell": "sgdm-e8/seed0", "boot_id": "before",
+                                                          "wall_seconds": 50.0, "commit": None}) + "\n")
+    assert v3.machine_speed("here") == pytest.approx(100.0 / ((101.0 + 102.0 + 50.0) / 3))  # a replaced time counts
+    (tmp_path / "c" / v3.REPLACED).unlink()
     shutil.rmtree(tmp_path / "c" / "fast-retrain#b1of2" / "seed0")
     shutil.rmtree(tmp_path / "c" / "fast-retrain#b1of2" / "seed1")
     # seed 0's own SGDM-8 ran here: its pending cell costs its own budget, unscaled

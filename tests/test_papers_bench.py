@@ -163,6 +163,19 @@ def test_dry_run_estimate_is_a_formula_over_the_named_cells(committed):
     assert measured["sources"][0].startswith("per-image training cost 3.00 ms: papers/decompose/random-init-e16")
 
 
+def test_the_estimate_runs_at_this_machines_speed_unless_its_cells_ran_here(committed, monkeypatch):
+    monkeypatch.setattr(papers.v3, "machine_speed", lambda boot: 2.0 if boot == "here" else 1.0)
+    base = papers.estimate(papers.RIFLE, committed)
+    here = papers.estimate(papers.RIFLE, committed, boot="here")  # its source cells ran elsewhere
+    assert here["epoch_seconds"] == pytest.approx(2 * base["epoch_seconds"])
+    assert "x 2.00: this machine's speed" in " ".join(here["sources"])
+    for s in (0, 1, 2):  # the same cells, run here: their time is this machine's already
+        (committed / "suite-v3" / "cifar10-96-lite0" / "sgdm-e8" / f"seed{s}" / "environment.json").write_text(
+            json.dumps({"control_seconds": [1.0, 1.02], "boot_id": "here"}))
+    assert papers.estimate(papers.RIFLE, committed, boot="here")["epoch_seconds"] == pytest.approx(
+        base["epoch_seconds"])
+
+
 def rifle_cells(tmp_path, gain_pt):
     """RIFLE's regime where every row delivers 0.80 + s/1000 at the end (seed s) and RIFLE 0.80 + gain + 2s/1000."""
     for label in [r.label for r in papers.RIFLE.rows]:
