@@ -131,11 +131,11 @@ def begun_elsewhere(anchor: Path, has_pending, boot: str | None, finished=done) 
     pending (`has_pending()`, asked only then), the anchor is removed (its time and machine logged in its folder's
     REPLACED file) and True returned: the group runs again whole here."""
     if finished(anchor) and cell_machine(anchor) != boot and has_pending():
-        summary, envf = json.loads((anchor / "summary.json").read_text()), anchor / "environment.json"
-        commit = json.loads(envf.read_text()).get("commit") if envf.is_file() else None
+        envf = anchor / "environment.json"
+        env = json.loads(envf.read_text()) if envf.is_file() else {}
         with (anchor.parent.parent / REPLACED).open("a") as log:  # its time stays measured: `machine_speed`
-            log.write(json.dumps({"cell": f"{anchor.parent.name}/{anchor.name}", "boot_id": cell_machine(anchor),
-                                  "wall_seconds": summary["wall_seconds"], "commit": commit}) + "\n")
+            log.write(json.dumps({"cell": f"{anchor.parent.name}/{anchor.name}", "boot_id": env.get("boot_id"),
+                                  "wall_seconds": seconds(anchor, False), "commit": env.get("commit")}) + "\n")
         shutil.rmtree(anchor)
         return True
     return False
