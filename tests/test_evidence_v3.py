@@ -229,8 +229,8 @@ def test_time_ratios_count_never_as_infinite_and_need_three_pairs(cells, tmp_pat
     import shutil
     shutil.rmtree(tmp_path / "c" / "fast-retrain#b1" / "seed2")
     a = v3.analyse("c", v3.load("c"), ["fast-retrain"])
-    assert a["reach"]["fast-retrain"]["timing"] == "n=2: needs 3" and a["reach"]["fast-retrain"]["median_ratio"] is None
-    assert "| n=2: needs 3 |" in rep.reach_md(a)
+    assert a["reach"]["fast-retrain"]["timing"] == "2 timed pairs: needs 3" and a["reach"]["fast-retrain"]["median_ratio"] is None
+    assert "| 2 timed pairs: needs 3 |" in rep.reach_md(a)
 
 
 def test_every_judged_budget_is_named_in_the_plain_words_line(cells):
