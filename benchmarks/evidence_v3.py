@@ -418,7 +418,7 @@ def analyse(cid: str, cells: dict, methods: list[str]) -> dict:
         reached = sum(t is not None for t in times.values())
         med = float(np.median(ratios)) if len(ratios) >= ev.MIN_SEEDS else None
         timing = None if m == BASELINE else "never" if reached == 0 and len(times) >= ev.MIN_SEEDS else (
-            ev.resolved(med, spread) if med is not None else f"{len(ratios)} timed pairs: needs {ev.MIN_SEEDS}")
+            ev.resolved(med, spread) if med is not None else ev.too_few_pairs(len(ratios)))
         reach[m] = {"times": times, "reached": reached, "n": len(times), "pairs": len(ratios),
                     "median_ratio": med, "timing": timing}
     seed_spreads = {s: ev.spread([c for lab in cells.values() if s in lab

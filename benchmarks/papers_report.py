@@ -63,7 +63,7 @@ def analyse(regime: Regime, cells: dict) -> dict:
                            "verdict": ev.verdict(diffs) if row.label != regime.baseline else None,
                            "reach_times": times, "reached": sum(t is not None for t in times.values()),
                            "reach_ratio": med_reach, "reach_timing": ev.resolved(med_reach, spread) if med_reach is not None
-                           else f"n={len(reach)}: needs {ev.MIN_SEEDS}",
+                           else ev.too_few_pairs(len(reach)),
                            "time_ratio": med_wall, "timing": ev.resolved(med_wall, spread)}
     return {"regime": regime.name, "seeds": sorted(budget), "budget": budget, "target": target, "spread": spread,
             "chance": chance, "rows": rows, "claim": judge(regime, cells, rows, spread)}

@@ -117,6 +117,11 @@ def spread(control_seconds: list[float]) -> float | None:
     return max(xs) / min(xs) if len(xs) >= 2 else None
 
 
+def too_few_pairs(pairs: int) -> str:
+    """A time-to-target row with fewer seed pairs holding a time ratio than MIN_SEEDS: no timing verdict."""
+    return f"{pairs} timed pair{'' if pairs == 1 else 's'}: needs {MIN_SEEDS}"
+
+
 def resolved(ratio: float | None, spread_: float | None) -> str:
     """'faster' / 'slower' when the time ratio lies outside the control's spread, else 'unresolved'."""
     if ratio is None or spread_ is None or math.isinf(ratio) or math.isnan(ratio):
