@@ -237,10 +237,10 @@ def claims_text(comps: list[dict]) -> list[str]:
         parts += [f"### {title}\n", f"- Claim: {claim}.", f"- Checked: {rule}."]
         for t, name in (("headline", f"Headline (≥ {HEADLINE_PX} px)"), ("appendix", "Small-input appendix")):
             mine = [x for x in lines if x["tier"] == t]
-            if not mine:  # a paper with an own regime has its >= 64 px run there (issue 26), not in the suites
-                parts.append(f"- {name}: " + ("none in the benchmark suites; its ≥ 64 px comparison is its own "
-                                              "regime's, below" if t == "headline" and key in OWN_REGIME
-                                              else "no comparison has run yet"))
+            if not mine:
+                own = t == "headline" and key in OWN_REGIME  # its >= HEADLINE_PX run is its own regime's (issue 26)
+                parts.append(f"- {name}: none in the benchmark suites; its ≥ {HEADLINE_PX} px comparison is its own "
+                             "regime's, below" if own else f"- {name}: no comparison has run yet")
                 continue
             parts += [f"- {name}, {x['text']} → **{x['verdict']}**" for x in mine]
             parts.append(f"- Overall, {name[0].lower() + name[1:]}: {overall([x['verdict'] for x in mine])}")
