@@ -463,7 +463,7 @@ def main(argv=None) -> None:
                 run_group(cid, base, run, seed, env, deadline)
     from v3_report import render  # the report reads this module's cells
 
-    written, _ = render(args.only)
+    written, _ = render()  # every comparison, --only or not: the pages list them all
     for path in written:
         print(f"written {path}")
 

@@ -276,11 +276,11 @@ RULES = (f"Rules (fixed in `fastretrain/evidence.py` before any v3 cell ran): a 
          "and choice that reads them, is unchanged; everything was re-rendered.")
 
 
-def render(ids: list[str] | None = None) -> tuple[list[Path], list[dict]]:
+def render() -> tuple[list[Path], list[dict]]:
+    """Every comparison's files and the pages that read them all (report.md, README, docs). Always all: the pages
+    list every comparison, so rendering a subset would drop the others from them."""
     analyses, written = [], []
     for cid, _base, methods in v3.COMPARISONS:
-        if ids and cid not in ids:
-            continue
         cells = v3.load(cid)
         if v3.sgdm_label(1.0) not in cells:
             continue

@@ -304,3 +304,13 @@ def test_the_estimate_runs_at_this_machines_measured_speed(cells, tmp_path, monk
     n, secs = v3.group_cost("c", ["fast-retrain"], 1, "here", 100.0)
     assert n == 7 and secs == pytest.approx(
         ((1 + 0.5 + 0.25) * 101.0 + 5.0 + (1 + 0.5 + 0.25) * 101.0 + 7 * 15.0) * 100.0 / 101.5)
+
+
+def test_a_run_limited_by_only_still_renders_every_comparison(monkeypatch):
+    """`--only c` runs c's cells, but README, docs and report.md list every comparison: rendering only c's would
+    drop the others from them (2026-12-04: a `--only fashion-mnist-64-lite0` run rewrote docs/BENCHMARKS.md with
+    that comparison alone). Nothing runs here (no seeds); the render is recorded, not done."""
+    calls = []
+    monkeypatch.setattr(rep, "render", lambda *a, **k: calls.append((a, k)) or ([], []))
+    v3.main(["--only", "c", "--seeds", "0"])
+    assert calls == [((), {})]
