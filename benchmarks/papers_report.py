@@ -106,6 +106,9 @@ def judge(regime: Regime, cells: dict, rows: dict, spread: float | None) -> dict
         d = _paired(r["final"], rows[same_time]["final"])
         crit[f"vs SGDM in the same time ({same_time}; reported, not part of the claim)"] = {
             "diffs": d, "verdict": ev.verdict(d), "holds": None}
+        d = _paired(r["final"], rows["resize-only"]["final"])  # the plan's row that separates the kernels' part
+        crit["vs resize-only (the same low-resolution phase, no kernel rescaled: what rescaling the kernels adds; "
+             "reported, not part of the claim)"] = {"diffs": d, "verdict": ev.verdict(d), "holds": None}
     else:  # decompose: starts better, reaches the target sooner, no loss at the budget
         r, base = rows["composed-K2"], cells.get(regime.baseline, {})
         chance = 1 / next(iter(base.values()))["summary"]["num_classes"] if base else 0.0

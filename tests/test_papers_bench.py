@@ -195,6 +195,29 @@ def test_rifle_claim_by_the_fixed_rule(tmp_path, gain_pt, result):
     assert a["rows"]["rifle"]["verdict"] == "gain" and a["rows"]["dropout"]["verdict"] == "no loss"
 
 
+def test_kernel_rescale_claim_and_what_the_kernels_add(tmp_path):
+    """No loss against SGDM-16 and 0.8x its time (outside the control's 1.02x spread): reproduced. The paired
+    difference against resize-only (-2 pt here) and against SGDM-13 are reported beside it and judge nothing."""
+    kr = tmp_path / "kernel-rescale"
+    for s in range(3):
+        ramp = [0.30 + 0.02 * i for i in range(15)]
+        write_cell(kr / "sgdm-e16" / f"seed{s}", 16, val=[i / 100 for i in range(16)], test=ramp + [0.60])
+        write_cell(kr / "sgdm-e13" / f"seed{s}", 13, val=[i / 100 for i in range(13)], test=ramp[:12] + [0.57])
+        write_cell(kr / "kernel-rescale" / f"seed{s}", 16, epoch_seconds=8.0, val=[i / 100 for i in range(16)],
+                   test=ramp + [0.60])
+        write_cell(kr / "resize-only" / f"seed{s}", 16, epoch_seconds=8.0, val=[i / 100 for i in range(16)],
+                   test=ramp + [0.62])
+    a = report.analyse(papers.KERNEL_RESCALE, report.load(papers.KERNEL_RESCALE, tmp_path))
+    crit = a["claim"]["criteria"]
+    assert crit["no loss vs SGDM, same epochs"]["diffs"] == pytest.approx([0.0] * 3)
+    assert crit["time ratio"]["ratio"] == pytest.approx(0.8) and crit["time ratio"]["holds"]
+    same_time = crit["vs SGDM in the same time (sgdm-e13; reported, not part of the claim)"]
+    assert same_time["diffs"] == pytest.approx([3.0] * 3) and same_time["holds"] is None
+    kernels = next(c for k, c in crit.items() if k.startswith("vs resize-only"))
+    assert kernels["diffs"] == pytest.approx([-2.0] * 3) and kernels["verdict"] == "loss" and kernels["holds"] is None
+    assert a["claim"]["result"] == "reproduced"
+
+
 def test_decompose_claim_reads_the_delivered_curves(tmp_path):
     regime = papers.decompose_regime(1.0)
     for s in range(3):  # random init: 10 s epochs, 16 of them, test accuracy climbing 0.30 -> 0.60
