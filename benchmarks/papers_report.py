@@ -234,10 +234,31 @@ PAGES = {"rifle": "rifle.md", "kernel-rescale": "kernel_rescale.md", "decompose"
 CPU_V2 = RESULTS / "suite-cpu-v2"
 
 
+def epoch_table(hist: dict[str, dict[int, list[dict]]], lines: list[tuple[str, str]],
+                around_resets: bool = False) -> list[str]:
+    """Markdown table of the mean per epoch, over the seeds every method in `hist` ({method: {seed: history}})
+    finished, of each (method, metrics key) in `lines`; ↺ marks an epoch that began with a head reset
+    (`rifle_resets` in some seed's metrics). `around_resets`: only the first and last epochs and, per reset, the
+    epoch before it and the three from it."""
+    seeds = sorted(set.intersection(*(set(h) for h in hist.values())))
+    n = min(len(hist[m][s]) for m in hist for s in seeds)
+    reset = [any(h[s][i].get("rifle_resets") for h in hist.values() for s in seeds) for i in range(n)]
+    shown = range(n)
+    if around_resets:
+        keep = {0, n - 1} | {j for i in range(n) if reset[i] for j in range(i - 1, i + 3)}
+        shown = [i for i in sorted(keep) if 0 <= i < n]
+    names = {"val_acc": "val", "test_acc": "test", "train_loss": "train loss"}
+    out = ["| epoch | " + " | ".join(f"{i + 1}{' ↺' if reset[i] else ''}" for i in shown) + " |",
+           "|---|" + "---|" * len(shown)]
+    for m, k in lines:
+        out.append(f"| {m} {names.get(k, k)} | " + " | ".join(
+            f"{np.mean([hist[m][s][i][k] for s in seeds]):.3f}" for i in shown) + " |")
+    return out + [""]
+
+
 def cpu_v2_resets(root: Path | None = None) -> list[str]:
     """Per cpu-v2 comparison where `rifle` and `sgdm` both finished >= 3 seeds: mean validation and test accuracy
-    per epoch of both (the seeds they share), the epochs after which RIFLE reset its head marked (`rifle_resets`
-    in its metrics)."""
+    per epoch of both (the seeds they share), the epochs after which RIFLE reset its head marked."""
     root, parts = root or CPU_V2, []
     for comp in sorted(p for p in root.iterdir() if (p / "rifle").is_dir()) if root.is_dir() else []:
         hist = {m: {int(d.name[4:]): _history(d) for d in sorted((comp / m).glob("seed*"))
@@ -246,17 +267,24 @@ def cpu_v2_resets(root: Path | None = None) -> list[str]:
         if len(seeds) < ev.MIN_SEEDS:
             continue
         n = min(len(hist[m][s]) for m in hist for s in seeds)
-        mean = {(m, k): [float(np.mean([hist[m][s][i][k] for s in seeds])) for i in range(n)]
-                for m in hist for k in ("val_acc", "test_acc")}
-        reset = [any(hist["rifle"][s][i].get("rifle_resets") for s in seeds) for i in range(n)]
         parts += [f"`{comp.name}` (cpu-v2: {n} epochs, {len(seeds)} seeds; mean accuracy per epoch; ↺ marks an epoch "
                   "that began with a head reset):", "",
-                  "| epoch | " + " | ".join(f"{i + 1}{' ↺' if reset[i] else ''}" for i in range(n)) + " |",
-                  "|---|" + "---|" * n]
-        for m, k in (("sgdm", "val_acc"), ("rifle", "val_acc"), ("sgdm", "test_acc"), ("rifle", "test_acc")):
-            parts.append(f"| {m} {k.split('_')[0]} | " + " | ".join(f"{x:.3f}" for x in mean[(m, k)]) + " |")
-        parts.append("")
+                  *epoch_table(hist, [(m, k) for k in ("val_acc", "test_acc") for m in ("sgdm", "rifle")])]
     return parts
+
+
+def regime_resets(cells: dict) -> list[str]:
+    """RIFLE's own regime: validation accuracy and training loss around each reset, mean over the seeds where SGDM,
+    cyclic LR (its warm restarts fall on RIFLE's resets) and RIFLE all finished; empty before they have one."""
+    hist = {m: {s: r["history"] for s, r in cells.get(m, {}).items()} for m in ("sgdm", "cyclic-lr", "rifle")}
+    seeds = set.intersection(*(set(h) for h in hist.values()))
+    if not seeds:
+        return []
+    return [f"Around each reset in this regime (mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+            f"({', '.join(map(str, sorted(seeds)))}); described, judging nothing; ↺ marks an epoch that began with a "
+            "head reset; test accuracy is scored only on epochs where validation improved, so it is not shown):", "",
+            *epoch_table(hist, [(m, "val_acc") for m in hist] + [(m, "train_loss") for m in hist],
+                         around_resets=True)]
 
 
 def page_block(regime: Regime, cells: dict, a: dict | None) -> str:
@@ -271,6 +299,7 @@ def page_block(regime: Regime, cells: dict, a: dict | None) -> str:
         lines += [claim_md(a), "", table_md(regime, a), "",
                   f"![delivered accuracy vs time](../benchmarks/results/papers/{regime.name}/delivered.png)", ""]
     if regime.name == "rifle":
+        lines += regime_resets(cells)
         resets = cpu_v2_resets()
         if resets:
             lines += ["RIFLE in the cpu-v2 rows (not its regime: a short run, its default period of a quarter of it, "

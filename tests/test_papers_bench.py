@@ -318,6 +318,31 @@ def test_each_papers_docs_page_gets_its_regimes_state(tmp_path, monkeypatch):
     assert "epoch |" not in (docs / "kernel_rescale.md").read_text()  # the reset table is RIFLE's alone
 
 
+def test_rifle_regime_table_shows_each_reset_from_the_cells_metrics(tmp_path):
+    """The regime's own reset table: columns are the first and last epochs and, per reset read from the cells'
+    `rifle_resets`, the epoch before and the three from it; each value the mean over the seeds all three rows
+    finished (seed 2 of cyclic-lr is missing, so seeds 0-1)."""
+    val = [0.1 * (i % 10) for i in range(12)]
+    for label in ("sgdm", "cyclic-lr", "rifle"):
+        for s in range(3 if label != "cyclic-lr" else 2):
+            folder = tmp_path / "rifle" / label / f"seed{s}"
+            write_cell(folder, 12, val=[v + (s / 100 if label == "rifle" else 0) for v in val])
+            m = folder / "metrics.jsonl"
+            lines = [json.loads(x) for x in m.read_text().splitlines()]
+            for e, line in enumerate(lines, 1):
+                line["train_loss"] = 2.0 if label == "rifle" and e in (4, 8) else 1.0
+                if label == "rifle" and e in (4, 8):
+                    line["rifle_resets"] = 1
+            m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cells = report.load(papers.RIFLE, tmp_path)
+    text = "\n".join(report.regime_resets(cells))
+    assert "mean over 2 seeds (0, 1)" in text
+    assert "| epoch | 1 | 3 | 4 ↺ | 5 | 6 | 7 | 8 ↺ | 9 | 10 | 12 |" in text
+    assert "| rifle val | 0.005 | 0.205 | 0.305 | 0.405 | 0.505 | 0.605 | 0.705 | 0.805 | 0.905 | 0.105 |" in text
+    assert "| rifle train loss | 1.000 | 1.000 | 2.000 | 1.000 | 1.000 | 1.000 | 2.000 | 1.000 | 1.000 | 1.000 |" in text
+    assert report.regime_resets({"sgdm": cells["sgdm"]}) == []  # no cyclic-lr or rifle cell yet: no table
+
+
 def test_the_benchmarks_claims_section_reads_each_regimes_verdict(tmp_path, monkeypatch):
     import findings
 
