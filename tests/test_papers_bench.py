@@ -18,8 +18,9 @@ from fastretrain.run import make_config  # noqa: E402
 
 
 def write_cell(folder, epochs, *, epoch_seconds=10.0, train_images=900, cpu_share=1.0, first=None, config=None,
-               val=None, test=None, classes=10, summary=None):
-    """A finished cell: one metrics line per epoch (val/test accuracies from the lists when given)."""
+               val=None, test=None, classes=10, summary=None, extra=None):
+    """A finished cell: one metrics line per epoch (val/test accuracies from the lists when given; `extra`:
+    {epoch: fields} added to that epoch's line)."""
     folder.mkdir(parents=True)
     lines = []
     for e in range(1, epochs + 1):
@@ -27,6 +28,7 @@ def write_cell(folder, epochs, *, epoch_seconds=10.0, train_images=900, cpu_shar
                 "val_acc": val[e - 1] if val else 0.5}
         if test:
             line["test_acc"] = test[e - 1]
+        line.update((extra or {}).get(e, {}))
         lines.append(line)
     if first:
         lines[0].update(first)
@@ -296,11 +298,8 @@ def test_each_papers_docs_page_gets_its_regimes_state(tmp_path, monkeypatch):
     cpu_v2 = tmp_path / "suite-cpu-v2" / "c"
     for s in range(3):
         write_cell(cpu_v2 / "sgdm" / f"seed{s}", 4, val=[0.5, 0.6, 0.7, 0.8], test=[0.5, 0.6, 0.7, 0.8])
-        write_cell(cpu_v2 / "rifle" / f"seed{s}", 4, val=[0.5, 0.7, 0.4, 0.6], test=[0.5, 0.7, 0.4 + s / 100, 0.6])
-        m = cpu_v2 / "rifle" / f"seed{s}" / "metrics.jsonl"
-        lines = [json.loads(x) for x in m.read_text().splitlines()]
-        lines[2]["rifle_resets"] = 1  # the head was reset before epoch 3 trained
-        m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        write_cell(cpu_v2 / "rifle" / f"seed{s}", 4, val=[0.5, 0.7, 0.4, 0.6], test=[0.5, 0.7, 0.4 + s / 100, 0.6],
+                   extra={3: {"rifle_resets": 1}})  # the head was reset before epoch 3 trained
     monkeypatch.setattr(report, "CPU_V2", tmp_path / "suite-cpu-v2")
     out = tmp_path / "papers"
     for s in range(3):  # decompose: its baseline finished (3 seeds); the others have no cell
@@ -325,15 +324,10 @@ def test_rifle_regime_table_shows_each_reset_from_the_cells_metrics(tmp_path):
     val = [0.1 * (i % 10) for i in range(12)]
     for label in ("sgdm", "cyclic-lr", "rifle"):
         for s in range(3 if label != "cyclic-lr" else 2):
-            folder = tmp_path / "rifle" / label / f"seed{s}"
-            write_cell(folder, 12, val=[v + (s / 100 if label == "rifle" else 0) for v in val])
-            m = folder / "metrics.jsonl"
-            lines = [json.loads(x) for x in m.read_text().splitlines()]
-            for e, line in enumerate(lines, 1):
-                line["train_loss"] = 2.0 if label == "rifle" and e in (4, 8) else 1.0
-                if label == "rifle" and e in (4, 8):
-                    line["rifle_resets"] = 1
-            m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+            reset = {"train_loss": 2.0, "rifle_resets": 1} if label == "rifle" else {"train_loss": 1.0}
+            write_cell(tmp_path / "rifle" / label / f"seed{s}", 12,
+                       val=[v + (s / 100 if label == "rifle" else 0) for v in val],
+                       extra={e: reset if e in (4, 8) else {"train_loss": 1.0} for e in range(1, 13)})
     cells = report.load(papers.RIFLE, tmp_path)
     text = "\n".join(report.regime_resets(cells))
     assert "mean over 2 seeds (0, 1)" in text
