@@ -103,12 +103,13 @@ def judge(regime: Regime, cells: dict, rows: dict, spread: float | None) -> dict
         crit["time ratio"] = {"ratio": ratio, "timing": r["timing"],
                               "holds": None if ratio is None else ratio <= KR_MAX_TIME_RATIO and faster}
         same_time = f"sgdm-e{round(0.8 * KR_EPOCHS)}"
-        d = _paired(r["final"], rows[same_time]["final"])
-        crit[f"vs SGDM in the same time ({same_time}; reported, not part of the claim)"] = {
-            "diffs": d, "verdict": ev.verdict(d), "holds": None}
-        d = _paired(r["final"], rows["resize-only"]["final"])  # the plan's row that separates the kernels' part
-        crit["vs resize-only (the same low-resolution phase, no kernel rescaled: what rescaling the kernels adds; "
-             "reported, not part of the claim)"] = {"diffs": d, "verdict": ev.verdict(d), "holds": None}
+        reported = {same_time: f"vs SGDM in the same time ({same_time}; reported, not part of the claim)",
+                    # the plan's row that separates the kernels' part
+                    "resize-only": "vs resize-only (the same low-resolution phase, no kernel rescaled: what "
+                                   "rescaling the kernels adds; reported, not part of the claim)"}
+        for row, label in reported.items():
+            d = _paired(r["final"], rows[row]["final"])
+            crit[label] = {"diffs": d, "verdict": ev.verdict(d), "holds": None}
     else:  # decompose: starts better, reaches the target sooner, no loss at the budget
         r, base = rows["composed-K2"], cells.get(regime.baseline, {})
         chance = 1 / next(iter(base.values()))["summary"]["num_classes"] if base else 0.0
@@ -234,13 +235,17 @@ PAGES = {"rifle": "rifle.md", "kernel-rescale": "kernel_rescale.md", "decompose"
 CPU_V2 = RESULTS / "suite-cpu-v2"
 
 
-def epoch_table(hist: dict[str, dict[int, list[dict]]], lines: list[tuple[str, str]],
+def shared_seeds(hist: dict[str, dict[int, list[dict]]]) -> list[int]:
+    """The seeds every method in `hist` ({method: {seed: history}}) finished, sorted."""
+    return sorted(set.intersection(*(set(h) for h in hist.values())))
+
+
+def epoch_table(hist: dict[str, dict[int, list[dict]]], seeds: list[int], lines: list[tuple[str, str]],
                 around_resets: bool = False) -> list[str]:
-    """Markdown table of the mean per epoch, over the seeds every method in `hist` ({method: {seed: history}})
-    finished, of each (method, metrics key) in `lines`; ↺ marks an epoch that began with a head reset
-    (`rifle_resets` in some seed's metrics). `around_resets`: only the first and last epochs and, per reset, the
-    epoch before it and the three from it."""
-    seeds = sorted(set.intersection(*(set(h) for h in hist.values())))
+    """Markdown table of the mean per epoch, over `seeds` (finished by every method in `hist`), of each
+    (method, metrics key) in `lines`; ↺ marks an epoch that began with a head reset (`rifle_resets` in some seed's
+    metrics). `around_resets`: only the first and last epochs and, per reset, the epoch before it and the three
+    from it."""
     n = min(len(hist[m][s]) for m in hist for s in seeds)
     reset = [any(h[s][i].get("rifle_resets") for h in hist.values() for s in seeds) for i in range(n)]
     shown = range(n)
@@ -263,13 +268,13 @@ def cpu_v2_resets(root: Path | None = None) -> list[str]:
     for comp in sorted(p for p in root.iterdir() if (p / "rifle").is_dir()) if root.is_dir() else []:
         hist = {m: {int(d.name[4:]): _history(d) for d in sorted((comp / m).glob("seed*"))
                     if (d / "summary.json").is_file()} for m in ("sgdm", "rifle")}
-        seeds = sorted(set(hist["sgdm"]) & set(hist["rifle"]))
+        seeds = shared_seeds(hist)
         if len(seeds) < ev.MIN_SEEDS:
             continue
         n = min(len(hist[m][s]) for m in hist for s in seeds)
         parts += [f"`{comp.name}` (cpu-v2: {n} epochs, {len(seeds)} seeds; mean accuracy per epoch; ↺ marks an epoch "
                   "that began with a head reset):", "",
-                  *epoch_table(hist, [(m, k) for k in ("val_acc", "test_acc") for m in ("sgdm", "rifle")])]
+                  *epoch_table(hist, seeds, [(m, k) for k in ("val_acc", "test_acc") for m in ("sgdm", "rifle")])]
     return parts
 
 
@@ -277,13 +282,13 @@ def regime_resets(cells: dict) -> list[str]:
     """RIFLE's own regime: validation accuracy and training loss around each reset, mean over the seeds where SGDM,
     cyclic LR (its warm restarts fall on RIFLE's resets) and RIFLE all finished; empty before they have one."""
     hist = {m: {s: r["history"] for s, r in cells.get(m, {}).items()} for m in ("sgdm", "cyclic-lr", "rifle")}
-    seeds = set.intersection(*(set(h) for h in hist.values()))
+    seeds = shared_seeds(hist)
     if not seeds:
         return []
     return [f"Around each reset in this regime (mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-            f"({', '.join(map(str, sorted(seeds)))}); described, judging nothing; ↺ marks an epoch that began with a "
+            f"({', '.join(map(str, seeds))}); described, judging nothing; ↺ marks an epoch that began with a "
             "head reset; test accuracy is scored only on epochs where validation improved, so it is not shown):", "",
-            *epoch_table(hist, [(m, "val_acc") for m in hist] + [(m, "train_loss") for m in hist],
+            *epoch_table(hist, seeds, [(m, "val_acc") for m in hist] + [(m, "train_loss") for m in hist],
                          around_resets=True)]
 
 
